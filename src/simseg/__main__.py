@@ -1,0 +1,3 @@
+from simseg.cli import entry
+
+entry()

@@ -1,0 +1,105 @@
+"""Configuration: packaged YAML presets, an optional experiment YAML, then strict ``key=value`` overrides.
+
+Config is read only at entry points; everything below them takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from simseg.errors import ConfigError, InputError
+
+PRESETS = ("tiny", "simseg-vit-s16", "simseg-vit-b16")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("simseg.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(path_or_text: str | os.PathLike, label: str) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path_or_text)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{label}: invalid YAML ({e})") from None
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"{label}: invalid YAML ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{label}: a config must be a mapping at the top level")
+    return cfg
+
+
+def load_preset(name: str) -> DictConfig:
+    """One of the packaged presets (see :data:`PRESETS`)."""
+    res = resources.files("simseg.configs") / f"{name}.yaml"
+    if not res.is_file():
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(preset_names())}")
+    with resources.as_file(res) as p:
+        return _read_yaml(p, f"preset {name}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    parsed = OmegaConf.create({"v": value}) if value == "" else OmegaConf.create(f"v: {value}")
+    return key, parsed["v"] if not isinstance(parsed["v"], DictConfig) else OmegaConf.to_container(parsed["v"])
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
+    """Apply ``key.sub=value`` overrides; a key that does not exist in ``cfg`` is an error naming it."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, True)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"unknown config key {key!r} in override {text!r}")
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {text!r}: {e}") from None
+    return cfg
+
+
+def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> DictConfig:
+    """A preset name or a YAML file, then overrides. An experiment YAML may name a ``base`` preset it extends."""
+    path = Path(name_or_path)
+    if str(name_or_path) in preset_names():
+        cfg = load_preset(str(name_or_path))
+    elif path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        cfg = _read_yaml(path, str(path))
+        base = cfg.pop("base", None)
+        if base is not None:
+            merged = load_preset(str(base))
+            OmegaConf.set_struct(merged, True)
+            try:
+                cfg = OmegaConf.merge(merged, cfg)
+            except OmegaConfBaseException as e:
+                raise ConfigError(f"{path}: {e.msg if hasattr(e, 'msg') else e}") from None
+    else:
+        raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
+    return apply_overrides(cfg, overrides)
+
+
+def save_config(cfg: DictConfig | dict, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def to_dict(cfg: DictConfig | dict) -> dict:
+    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,93 @@
+"""Robust image reading shared by every entry point (segment, evaluation, training data, web page).
+
+One function turns a path or encoded bytes into an RGB ``PIL.Image`` with EXIF orientation applied,
+or raises :class:`~simseg.errors.InputError` naming the source and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from simseg.errors import InputError
+
+#: Default guard against decompression bombs: 100 megapixels (a 10000 x 10000 image).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # High bit depth grey: scale the actual range of the file's type to 0..255.
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16"):
+            arr = arr.astype(np.float32) / 257.0
+        elif img.mode == "I":
+            arr = arr.astype(np.float32) / (257.0 if arr.max(initial=0) > 255 else 1.0)
+        else:  # float images are assumed in [0, 1]
+            arr = arr.astype(np.float32) * (255.0 if arr.max(initial=0) <= 1.0 else 1.0)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparent pixels on white rather than on whatever colour they happen to store.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(
+    source: str | os.PathLike | bytes,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Read an image as 8-bit RGB with its EXIF orientation applied.
+
+    Args:
+        source: a file path or the encoded bytes of an image.
+        name: how to call the source in error messages (defaults to the path, or "<bytes>").
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard); None disables.
+
+    Raises:
+        InputError: the file is missing, empty, not an image, truncated, or too large.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<image bytes>"
+        data = bytes(source)
+        if not data:
+            raise InputError(f"{label}: empty image data (0 bytes)")
+        stream = io.BytesIO(data)
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.exists():
+            raise InputError(f"{label}: file not found")
+        if path.is_dir():
+            raise InputError(f"{label}: is a directory, not an image")
+        if path.stat().st_size == 0:
+            raise InputError(f"{label}: empty file (0 bytes)")
+        stream = io.BytesIO(path.read_bytes())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(stream)
+            w, h = img.size  # header only: checked before any pixel is decoded
+            if max_pixels is not None and w * h > max_pixels:
+                raise InputError(f"{label}: image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{label}: refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{label}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken chunks
+        raise InputError(f"{label}: corrupt or truncated image ({e})") from None

@@ -1,0 +1,249 @@
+"""The SimSeg dual encoder: a timm ViT image tower, a Hugging Face BERT text tower, bias-free projections to a shared
+space, LoDA pooling and a learnable temperature (method.md §1).
+
+The towers are the libraries' own modules (``timm.create_model`` / ``transformers.BertModel``); only the projection,
+pooling and temperature are ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from simseg.errors import CheckpointError, ConfigError
+from simseg.loda import l2_normalize, pool_tokens
+from simseg.tokenizer import Tokenizer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_vision_tower(name: str, pretrained: bool, img_size: int, kwargs: dict | None = None) -> nn.Module:
+    """A timm ViT returning tokens (no classifier head)."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **(kwargs or {}))
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ConfigError(f"model.vision.name: unknown timm model {name!r}") from None
+        raise
+    except Exception as e:
+        if pretrained:
+            raise CheckpointError(
+                f"could not load pretrained timm weights for {name!r} ({type(e).__name__}: {e}); "
+                "set model.vision.pretrained=false or make the weights available offline"
+            ) from None
+        raise
+
+
+def build_text_tower(name: str, pretrained: bool, config: dict | None, vocab_size: int | None) -> nn.Module:
+    """A ``transformers.BertModel`` without its pooler (the original uses no pooler layer)."""
+    from transformers import BertConfig, BertModel
+
+    if pretrained:
+        try:
+            return BertModel.from_pretrained(name, add_pooling_layer=False)
+        except Exception as e:
+            raise CheckpointError(
+                f"could not load pretrained BERT {name!r} ({type(e).__name__}); "
+                "set model.text.pretrained=false or pass a local folder"
+            ) from None
+    overrides = dict(config or {})
+    if vocab_size is not None and "vocab_size" not in overrides:
+        overrides["vocab_size"] = vocab_size
+    return BertModel(BertConfig(**overrides), add_pooling_layer=False)
+
+
+class SimSegModel(nn.Module):
+    """Image and text towers projected to ``embed_dim`` and pooled by LoDA (or avg / cls).
+
+    Args:
+        vision: a timm VisionTransformer.
+        text: a transformers BertModel (no pooler).
+        embed_dim: shared embedding width (512).
+        pooling: "loda", "avg" or "cls".
+        image_topk / text_topk: LoDA's k for each modality (5 and 1).
+        temperature_init / temperature_min / temperature_max: the learnable temperature and its clamp.
+        tokenizer: the tokenizer whose vocabulary matches ``text`` (may be None for image-only use).
+        max_length: caption length in tokens (25).
+        config: the model config this was built from (saved with checkpoints).
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(
+        self,
+        vision: nn.Module,
+        text: nn.Module,
+        embed_dim: int = 512,
+        pooling: str = "loda",
+        image_topk: int = 5,
+        text_topk: int = 1,
+        temperature_init: float = 0.02,
+        temperature_min: float = 0.001,
+        temperature_max: float = 0.5,
+        tokenizer: Tokenizer | None = None,
+        max_length: int = 25,
+        config: dict | None = None,
+    ):
+        super().__init__()
+        if pooling not in ("loda", "avg", "cls"):
+            raise ConfigError(f"model.pooling: unknown pooling {pooling!r}: choose loda, avg or cls")
+        self.image_encoder = vision
+        self.text_encoder = text
+        self.image_projection = nn.Linear(vision.num_features, embed_dim, bias=False)
+        self.text_projection = nn.Linear(text.config.hidden_size, embed_dim, bias=False)
+        self.temperature_param = nn.Parameter(torch.tensor(float(temperature_init)))
+        self.pooling = pooling
+        self.image_topk = image_topk
+        self.text_topk = text_topk
+        self.temperature_range = (temperature_min, temperature_max)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.config: dict[str, Any] = dict(config or {})
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.image_projection.weight.device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.image_encoder.patch_embed.img_size[0])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.image_encoder.patch_embed.patch_size[0])
+
+    @property
+    def weights_hash(self) -> str:
+        """sha256 of the current weights (recomputed on every access, so never stale)."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def temperature(self) -> torch.Tensor:
+        """The learnable temperature clamped to its range; logits = similarity / temperature."""
+        return self.temperature_param.clamp(*self.temperature_range)
+
+    def set_image_size(self, size: int) -> None:
+        """Rebuild the ViT for ``size`` x ``size`` inputs; the position embedding is resampled bicubically
+        (align_corners False, no antialias: method.md §3.1), prefix ([CLS]) positions kept as they are."""
+        from timm.layers import resample_abs_pos_embed
+
+        vit = self.image_encoder
+        old_grid = tuple(vit.patch_embed.grid_size)
+        if (size, size) == tuple(vit.patch_embed.img_size):
+            return
+        vit.patch_embed.set_input_size(img_size=(size, size))
+        new_grid = tuple(vit.patch_embed.grid_size)
+        if vit.pos_embed is not None and new_grid != old_grid:
+            prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
+            with torch.no_grad():
+                resized = resample_abs_pos_embed(vit.pos_embed.data, new_size=list(new_grid), old_size=list(old_grid),
+                                                 num_prefix_tokens=prefix, interpolation="bicubic", antialias=False)
+            vit.pos_embed = nn.Parameter(resized, requires_grad=vit.pos_embed.requires_grad)
+        self.config.setdefault("vision", {})
+        self.config["vision"] = {**self.config["vision"], "img_size": size}
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, texts: list[str] | str, padding: str = "max_length") -> dict[str, torch.Tensor]:
+        """Token ids and attention mask for ``texts`` (max_length 25), on the model's device."""
+        if self.tokenizer is None:
+            raise ConfigError("this model has no tokenizer: pass tokenizer=... to load_model")
+        batch = self.tokenizer(texts, max_length=self.max_length, padding=padding)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, embed_dim) projected text token features ([CLS], [SEP] included)."""
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_projection(hidden)
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool = True, normalize: bool = True
+    ) -> torch.Tensor:
+        """(B, embed_dim) pooled text embedding; ``masked`` excludes padding (evaluation), vanilla otherwise."""
+        tokens = self.text_tokens(input_ids, attention_mask)
+        if self.pooling == "avg":
+            pooled = pool_tokens(tokens, "avg", 0, attention_mask)
+        else:
+            pooled = pool_tokens(tokens, self.pooling, self.text_topk, attention_mask if masked else None,
+                                 cls_token=tokens[:, 0])
+        return l2_normalize(pooled) if normalize else pooled
+
+    # ---------------------------------------------------------------- image
+    def _image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.image_encoder.forward_features(images)  # final LayerNorm applied
+        n_prefix = getattr(self.image_encoder, "num_prefix_tokens", 1)
+        return feats[:, n_prefix:], feats[:, 0]
+
+    def encode_image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, N, embed_dim) projected patch tokens (not normalised) and the patch grid (gh, gw)."""
+        patches, _ = self._image_features(images)
+        gh, gw = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        return self.image_projection(patches), (gh, gw)
+
+    def encode_image(self, images: torch.Tensor, masked: bool = True, normalize: bool = True) -> torch.Tensor:
+        """(B, embed_dim) pooled image embedding. Patches have no padding, so ``masked`` changes nothing here."""
+        patches, cls = self._image_features(images)
+        tokens = self.image_projection(patches)
+        cls_proj = self.image_projection(cls) if self.pooling == "cls" else None
+        pooled = pool_tokens(tokens, self.pooling, self.image_topk, None, cls_token=cls_proj)
+        return l2_normalize(pooled) if normalize else pooled
+
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward: normalised image and text embeddings (vanilla LoDA by default, as the author trained)."""
+        return self.encode_image(images, masked=masked), self.encode_text(input_ids, attention_mask, masked=masked)
+
+
+def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained: bool | None = None) -> SimSegModel:
+    """Build a model from the ``model`` section of a config.
+
+    ``pretrained`` overrides both towers' ``pretrained`` flags (False when weights come from a checkpoint).
+    """
+    cfg = dict(model_cfg)
+    vision, text = dict(cfg["vision"]), dict(cfg["text"])
+    vp = vision.get("pretrained", False) if pretrained is None else pretrained
+    tp = text.get("pretrained", False) if pretrained is None else pretrained
+    vocab_size = text.get("config", {}).get("vocab_size") or (tokenizer.vocab_size if tokenizer is not None else None)
+    vit = build_vision_tower(vision["name"], vp, int(vision.get("img_size", 224)), vision.get("kwargs") or {})
+    bert = build_text_tower(text["name"], tp, text.get("config") or {}, vocab_size)
+    if tokenizer is not None and tokenizer.vocab_size > bert.config.vocab_size:
+        raise ConfigError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the text tower only {bert.config.vocab_size} embeddings"
+        )
+    cfg["text"] = {**text, "config": {**(text.get("config") or {}), "vocab_size": bert.config.vocab_size}}
+    return SimSegModel(
+        vit,
+        bert,
+        embed_dim=int(cfg.get("embed_dim", 512)),
+        pooling=cfg.get("pooling", "loda"),
+        image_topk=int(cfg.get("image_topk", 5)),
+        text_topk=int(cfg.get("text_topk", 1)),
+        temperature_init=float(cfg.get("temperature_init", 0.02)),
+        temperature_min=float(cfg.get("temperature_min", 0.001)),
+        temperature_max=float(cfg.get("temperature_max", 0.5)),
+        tokenizer=tokenizer,
+        max_length=int(cfg.get("max_length", 25)),
+        config=cfg,
+    )
+
+
+def parameter_counts(model: SimSegModel) -> dict[str, int]:
+    return {
+        "image_encoder": sum(p.numel() for p in model.image_encoder.parameters()),
+        "text_encoder": sum(p.numel() for p in model.text_encoder.parameters()),
+        "projections": model.image_projection.weight.numel() + model.text_projection.weight.numel(),
+        "temperature": 1,
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+

@@ -1,0 +1,775 @@
+"""Zero-shot image-text retrieval on Flickr30K / MSCOCO (``simseg eval-retrieval``, method.md §5).
+
+The data is ``<data-root>/<name>/valid.parquet``: one row per caption (columns ``imbytes``, ``caption``,
+``image_id``, ``id``), so an image repeats over its ~5 captions. A folder of images described by a CSV / JSON /
+JSON-lines file (``image`` path relative to that file, ``caption``, optional ``image_id`` and ``id``) works the same.
+
+The protocol of the paper: Resize(324) on the short side, CenterCrop(288), ImageNet normalisation, LoDA-pooled
+L2-normalised embeddings, images de-duplicated by ``image_id`` before encoding. I2T R@K counts an image when any of
+its captions is among its top K texts; T2I R@K counts a caption when its image is among its top K images; RSUM is
+the sum of the six recalls, all in percent. Examples::
+
+    simseg eval-retrieval --dataset f30k --data-root data --checkpoint simseg.vit-b.pth --out runs/f30k
+    torchrun --nproc_per_node 8 -m simseg eval-retrieval --dataset coco --data-root data --checkpoint ckpt/
+
+Under ``torchrun`` distinct image ``i`` and caption ``j`` are encoded by ranks ``i % world_size`` and
+``j % world_size``; the embeddings are gathered so every rank computes the same metrics and rank 0 reports them.
+
+Ties (equal similarities) are broken against the query: a true match ranks below every non-match with the same
+score, so a degenerate model whose embeddings are all equal scores 0, never a lucky recall from the data order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simseg.errors import InputError
+from simseg.images import load_image
+
+#: The paper's evaluation transform: short side resized to 324, centre crop 288 (= the ViT's input size).
+DEFAULT_RESIZE_SIZE = 324
+DEFAULT_CROP_SIZE = 288
+
+#: Columns of the original release's ``valid.parquet`` files.
+PARQUET_COLUMNS = ("imbytes", "caption", "image_id", "id")
+
+#: How the built-in dataset names are shown in the table (the seed README's names).
+DATASET_TITLES = {"f30k": "Flickr30K", "coco": "MSCOCO"}
+
+#: The tie rule, as stated in reports.
+TIE_RULE = "a true match ranks below every non-match with an equal score (ties count against the query)"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One caption row: an image (encoded bytes, a file path, or a PIL image) and one of its captions.
+
+    Attributes:
+        caption_id: unique id of the caption (the parquet ``id`` column; the row number for CSV/JSON without ``id``).
+        image_id: id shared by every caption of the same image.
+        caption: the caption text (validated when the pairs are indexed, so readers may yield bad values).
+        image: encoded image bytes, a path, or a PIL image; None when the row has no image data.
+        where: where the row comes from, for messages (``file, row N``).
+    """
+
+    caption_id: Hashable
+    image_id: Hashable
+    caption: Any
+    image: Any
+    where: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Readers
+
+
+def _open_parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is in the "data" extra
+        raise InputError(f"{path}: reading parquet files needs pyarrow (pip install 'simseg[data]')") from None
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet files
+        raise InputError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def parquet_num_rows(path: str | os.PathLike) -> int:
+    """Number of rows of a parquet file, read from its footer (no data is decoded)."""
+    return _open_parquet(Path(path)).metadata.num_rows
+
+
+def read_parquet_pairs(path: str | os.PathLike, batch_rows: int = 1024) -> Iterator[Pair]:
+    """Iterate the caption rows of a ``valid.parquet`` file, ``batch_rows`` rows decoded at a time.
+
+    The file is never read whole: pyarrow decodes one record batch at a time, so a 25,000-caption MSCOCO file
+    needs the memory of ``batch_rows`` rows.
+
+    Raises:
+        InputError: the file is missing, is not parquet, or lacks one of the columns ``imbytes``, ``caption``,
+            ``image_id``, ``id`` (all missing ones are named).
+    """
+    path = Path(path)
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    pf = _open_parquet(path)
+    names = list(pf.schema_arrow.names)
+    missing = [c for c in PARQUET_COLUMNS if c not in names]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(names) or 'none'})")
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=list(PARQUET_COLUMNS)):
+        cols = {name: batch.column(name).to_pylist() for name in PARQUET_COLUMNS}
+        for imbytes, caption, image_id, caption_id in zip(*(cols[c] for c in PARQUET_COLUMNS)):
+            yield Pair(caption_id, image_id, caption, imbytes, f"{path}, row {row}")
+            row += 1
+
+
+def _table_records(path: Path) -> tuple[list[str], Iterator[dict]]:
+    """(column names, records) of a CSV, JSON (a list of objects) or JSON-lines file."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        fh = open(path, newline="", encoding="utf-8")  # closed by the generator below
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+
+        def rows() -> Iterator[dict]:
+            with fh:
+                yield from reader
+
+        return fields, rows()
+    try:
+        if suffix == ".jsonl":
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix == ".json":
+            records = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            raise InputError(f"{path}: unknown caption file type {suffix!r} (expected .parquet, .csv, .json, .jsonl)")
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise InputError(f"{path}: expected a list of objects with keys image, caption[, image_id, id]")
+    fields = sorted({key for r in records for key in r})
+    return fields, iter(records)
+
+
+def read_table_pairs(path: str | os.PathLike) -> Iterator[Pair]:
+    """Iterate the caption rows of a CSV, JSON or JSON-lines file describing a folder of images.
+
+    Columns (keys): ``image`` (a path, relative to the file's folder unless absolute), ``caption``, and optionally
+    ``image_id`` (default: the image path as written) and ``id`` (caption id; default: the row number, from 0).
+
+    Raises:
+        InputError: the file is missing or unreadable, or lacks ``image`` / ``caption`` (in its header, or in a
+            JSON record, which is then named by its row number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        fields, records = _table_records(path)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a UTF-8 text file ({e})") from None
+    missing = [c for c in ("image", "caption") if c not in fields]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(fields) or 'none'})")
+    base = path.parent
+    for row, record in enumerate(records):
+        where = f"{path}, row {row}"
+        absent = [c for c in ("image", "caption") if c not in record]
+        if absent:
+            raise InputError(f"{where}: missing {', '.join(absent)}")
+        image = record["image"]
+        image_path = base / image if isinstance(image, str) and image else None
+        image_id = record.get("image_id")
+        if image_id is None or image_id == "":
+            image_id = image
+        caption_id = record.get("id")
+        if caption_id is None or caption_id == "":
+            caption_id = row
+        yield Pair(caption_id, image_id, record["caption"], image_path, where)
+
+
+def read_pairs(source: str | os.PathLike, batch_rows: int = 1024) -> Iterator[Pair]:
+    """Iterate the caption rows of a parquet, CSV, JSON or JSON-lines file, or of ``<folder>/valid.parquet``."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "valid.parquet"
+    if path.suffix.lower() == ".parquet":
+        return read_parquet_pairs(path, batch_rows=batch_rows)
+    return read_table_pairs(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation and de-duplication
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _image_digest(image: Any) -> bytes:
+    """Content hash of an image reference; unreadable files hash to a marker naming the path."""
+    if image is None:
+        return _digest(b"")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _digest(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return _digest(Path(image).read_bytes())
+        except OSError:
+            return _digest(f"unreadable:{Path(image).resolve()}".encode())
+    # a PIL image (held-out splits built in memory)
+    return _digest(f"{image.mode}{image.size}".encode() + image.tobytes())
+
+
+class PairIndex:
+    """Validates caption rows as they stream by and assigns each distinct ``image_id`` an index (first-seen order).
+
+    Only hashes of the images are kept, never their bytes, so indexing a whole file needs little memory.
+    """
+
+    def __init__(self, source: str = "<pairs>"):
+        self.source = source
+        self.image_ids: list[Hashable] = []
+        self.captions: list[str] = []
+        self.caption_ids: list[Hashable] = []
+        self.text_to_image: list[int] = []
+        self._image_index: dict[Hashable, int] = {}
+        self._image_ref: list[Any] = []  # first path of each image (paths are compared before hashing)
+        self._image_digest: list[bytes | None] = []
+        self._caption_where: dict[Hashable, str] = {}
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.captions)
+
+    def _same_image(self, index: int, image: Any) -> bool:
+        first = self._image_ref[index]
+        if isinstance(first, Path) and isinstance(image, Path) and first == image:
+            return True  # same file: no need to read it again for every caption
+        if self._image_digest[index] is None:
+            self._image_digest[index] = _image_digest(first)
+        return _image_digest(image) == self._image_digest[index]
+
+    def add(self, pair: Pair) -> int | None:
+        """Validate one row and record its caption; return the image's index when the image is new, else None.
+
+        Raises:
+            InputError: missing ids, an empty or non-string caption (named by its caption id), a caption id seen
+                before, or an ``image_id`` whose image differs from that of its earlier rows.
+        """
+        where = pair.where or self.source
+        if pair.caption_id is None:
+            raise InputError(f"{where}: missing caption id")
+        if pair.image_id is None:
+            raise InputError(f"{where}: caption id {pair.caption_id!r} has no image_id")
+        if not isinstance(pair.caption, str):
+            raise InputError(f"{where}: caption id {pair.caption_id!r}: caption is not a string "
+                             f"(got {type(pair.caption).__name__})")
+        if not pair.caption.strip():
+            raise InputError(f"{where}: caption id {pair.caption_id!r}: empty caption")
+        if pair.caption_id in self._caption_where:
+            raise InputError(f"{where}: duplicate caption id {pair.caption_id!r} "
+                             f"(first at {self._caption_where[pair.caption_id]})")
+        self._caption_where[pair.caption_id] = where
+        new = None
+        index = self._image_index.get(pair.image_id)
+        if index is None:
+            index = new = len(self.image_ids)
+            self._image_index[pair.image_id] = index
+            self.image_ids.append(pair.image_id)
+            if isinstance(pair.image, (str, os.PathLike)):
+                self._image_ref.append(Path(pair.image))
+                self._image_digest.append(None)  # hashed only if another row names a different file
+            else:
+                self._image_ref.append(None)
+                self._image_digest.append(_image_digest(pair.image))
+        elif not self._same_image(index, pair.image if not isinstance(pair.image, str) else Path(pair.image)):
+            raise InputError(f"{where}: image_id {pair.image_id!r} carries different image data than its earlier rows "
+                             f"(caption id {pair.caption_id!r})")
+        self.captions.append(pair.caption)
+        self.caption_ids.append(pair.caption_id)
+        self.text_to_image.append(index)
+        return new
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def retrieval_metrics(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    text_to_image: torch.Tensor | Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Image-to-text and text-to-image recall at K, in percent, computed chunk by chunk.
+
+    Similarity is the dot product (cosine for L2-normalised embeddings). At most ``chunk_size`` x max(I, T)
+    similarities exist at once, so a 5,000 x 25,000 evaluation never holds the full matrix.
+
+    Definitions (method.md §5):
+        - ``I2T_R@K``: percent of images for which at least one of their captions is among the K most similar texts.
+        - ``T2I_R@K``: percent of captions whose image is among the K most similar images.
+        - ``RSUM``: the sum of all the recalls.
+
+    Ties: a true match ranks below every non-match with an equal score (ties count against the query). The rank of
+    a query's best true match is the number of non-matches scoring at least as high; the query counts at K when
+    that rank is below K. This makes the result independent of the order of the data.
+
+    Args:
+        image_emb: (I, D) image embeddings.
+        text_emb: (T, D) text embeddings.
+        text_to_image: (T,) index of each caption's image in ``image_emb``.
+        ks: the K values.
+        chunk_size: queries scored at once.
+
+    Returns:
+        ``{"I2T_R@1", ..., "T2I_R@1", ..., "RSUM"}`` as plain floats.
+
+    Raises:
+        ValueError: shapes disagree, an index is out of range, an image has no caption, or an embedding is not
+            finite (NaN scores would never rank above the match and would inflate the recall).
+    """
+    if image_emb.dim() != 2 or text_emb.dim() != 2 or image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"expected (I, D) and (T, D) embeddings, got {tuple(image_emb.shape)} and "
+                         f"{tuple(text_emb.shape)}")
+    num_images, num_texts = image_emb.shape[0], text_emb.shape[0]
+    device = image_emb.device
+    targets = torch.as_tensor(text_to_image, dtype=torch.long).to(device)
+    if targets.shape != (num_texts,):
+        raise ValueError(f"text_to_image must have shape ({num_texts},), got {tuple(targets.shape)}")
+    if num_images == 0 or num_texts == 0:
+        raise ValueError("retrieval needs at least one image and one caption")
+    if int(targets.min()) < 0 or int(targets.max()) >= num_images:
+        raise ValueError(f"text_to_image holds indices outside [0, {num_images})")
+    if bool((torch.bincount(targets, minlength=num_images) == 0).any()):
+        raise ValueError("every image needs at least one caption")
+    if chunk_size < 1 or not ks or min(ks) < 1:
+        raise ValueError(f"chunk_size and every K must be >= 1, got chunk_size={chunk_size}, ks={tuple(ks)}")
+    image_emb = image_emb.float()
+    text_emb = text_emb.to(device=device, dtype=torch.float32)
+    if not (bool(torch.isfinite(image_emb).all()) and bool(torch.isfinite(text_emb).all())):
+        raise ValueError("embeddings contain NaN or infinite values")
+
+    # I2T: per image, the number of other images' captions scoring >= its best caption.
+    i2t_rank = torch.empty(num_images, dtype=torch.long, device=device)
+    for start in range(0, num_images, chunk_size):
+        stop = min(start + chunk_size, num_images)
+        scores = image_emb[start:stop] @ text_emb.T  # (c, T)
+        positive = targets.unsqueeze(0) == torch.arange(start, stop, device=device).unsqueeze(1)
+        best = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
+        i2t_rank[start:stop] = ((scores >= best) & ~positive).sum(dim=1)
+    # T2I: per caption, the number of other images scoring >= its own image.
+    t2i_rank = torch.empty(num_texts, dtype=torch.long, device=device)
+    for start in range(0, num_texts, chunk_size):
+        stop = min(start + chunk_size, num_texts)
+        scores = text_emb[start:stop] @ image_emb.T  # (c, I)
+        own = scores.gather(1, targets[start:stop].unsqueeze(1))
+        t2i_rank[start:stop] = (scores >= own).sum(dim=1) - 1  # the own image is >= itself
+
+    metrics: dict[str, float] = {}
+    for name, rank in (("I2T", i2t_rank), ("T2I", t2i_rank)):
+        for k in ks:
+            metrics[f"{name}_R@{k}"] = 100.0 * int((rank < k).sum()) / rank.numel()
+    metrics["RSUM"] = float(sum(metrics.values()))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def eval_transform(
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize_size: int = DEFAULT_RESIZE_SIZE,
+    crop_size: int = DEFAULT_CROP_SIZE,
+):
+    """The paper's retrieval transform: Resize(short side, bilinear), CenterCrop, ToTensor, Normalize."""
+    from torchvision import transforms as T
+
+    if crop_size > resize_size:
+        raise InputError(f"crop size {crop_size} is larger than the resize size {resize_size}")
+    return T.Compose([
+        T.Resize(resize_size, interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(crop_size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def _decode(image: Any, name: str):
+    """A PIL RGB image from a row's image reference; InputError naming the image when it cannot be read."""
+    if image is None:
+        raise InputError(f"{name}: no image data")
+    if isinstance(image, (bytes, bytearray, memoryview, str, os.PathLike)):
+        return load_image(image, name=name)
+    return image.convert("RGB")  # a PIL image
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _gather_rows(indices: list[int], rows: list[torch.Tensor], total: int, dim: int) -> torch.Tensor:
+    """Assemble per-rank (indices, embeddings) into one (total, dim) CPU tensor in global order."""
+    from simseg.distributed import all_gather_object
+
+    local = torch.cat(rows) if rows else torch.empty(0, dim)
+    out = torch.zeros(total, dim)
+    filled = torch.zeros(total, dtype=torch.bool)
+    for shard_indices, shard in all_gather_object((indices, local)):
+        if shard_indices:
+            idx = torch.as_tensor(shard_indices, dtype=torch.long)
+            out[idx] = shard.float()
+            filled[idx] = True
+    if not bool(filled.all()):  # a bug in the sharding, never the user's data
+        raise RuntimeError(f"{int((~filled).sum())} of {total} embeddings missing after the gather")
+    return out
+
+
+def evaluate_retrieval(
+    model: Any,
+    source: str | os.PathLike | Iterable[Pair],
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    skip_bad: bool = False,
+    resize_size: int | None = None,
+    crop_size: int | None = None,
+    chunk_size: int = 1024,
+    ks: Sequence[int] = (1, 5, 10),
+    num_workers: int = 2,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Zero-shot image-text retrieval of a model on a caption file or on in-memory pairs.
+
+    Rows stream through a :class:`PairIndex` (validation, de-duplication by ``image_id``); each distinct image is
+    decoded and encoded once, as soon as it is first seen, by the rank that owns it; then the captions are encoded
+    in batches, sharded the same way. The embeddings are gathered and every rank computes the same metrics.
+
+    Args:
+        model: a :class:`simseg.model.SimSegModel` (``tokenize``, ``encode_text``, ``encode_image``, ``mean``,
+            ``std``); it is put in eval mode for the call and restored afterwards.
+        source: a ``.parquet`` / ``.csv`` / ``.json`` / ``.jsonl`` file, a folder holding ``valid.parquet``, or an
+            iterable of :class:`Pair` (e.g. a held-out split during training).
+        batch_size: images and captions encoded at once.
+        device: where inputs are sent (default: the model's device).
+        skip_bad: an unreadable image is always reported and counted, and its captions left out; when False the
+            call raises :class:`InputError` after the whole source was read, listing the bad images.
+        resize_size, crop_size: the transform (short side resize, centre crop). The crop defaults to the model's
+            input size and must equal it: build the model for the paper's 288 with ``load_model(...,
+            image_size=288)``; this function never rebuilds a model (an optimizer may hold its parameters). The
+            resize defaults to the paper's ratio, ``round(crop * 324 / 288)``.
+        chunk_size: queries scored at once by :func:`retrieval_metrics`.
+        ks: recall cut-offs.
+        num_workers: threads decoding images.
+        rank, world_size: this process's shard (default: from torch.distributed, or 0 / 1).
+        progress: show tqdm progress bars (on rank 0).
+
+    Returns:
+        The metrics of :func:`retrieval_metrics` plus ``num_rows``, ``num_images``, ``num_captions`` (evaluated),
+        ``num_bad_images``, ``num_captions_dropped``, ``bad_images`` (``{"image_id", "error"}``), ``seconds``.
+
+    Raises:
+        InputError: malformed input (see :class:`PairIndex`), or unreadable images without ``skip_bad``.
+    """
+    from tqdm import tqdm
+
+    from simseg.distributed import all_gather_object, get_rank, get_world_size
+
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    model_size = getattr(model, "image_size", None)
+    crop_size = int(crop_size if crop_size is not None else model_size or DEFAULT_CROP_SIZE)
+    if model_size is not None and crop_size != model_size:
+        raise ValueError(f"crop size {crop_size} differs from the model's input size {model_size}: load the model "
+                         f"with image_size={crop_size}")
+    if resize_size is None:
+        resize_size = round(crop_size * DEFAULT_RESIZE_SIZE / DEFAULT_CROP_SIZE)
+    start_time = time.perf_counter()
+    transform = eval_transform(model.mean, model.std, resize_size, crop_size)
+
+    total_rows = None
+    if isinstance(source, (str, os.PathLike)):
+        name = str(source)
+        pairs: Iterable[Pair] = read_pairs(source)
+        path = Path(source) / "valid.parquet" if Path(source).is_dir() else Path(source)
+        if path.suffix.lower() == ".parquet":
+            total_rows = parquet_num_rows(path)
+    else:
+        name, pairs = "<pairs>", source
+    index = PairIndex(name)
+    show = progress and rank == 0
+
+    was_training = bool(getattr(model, "training", False))
+    if was_training:
+        model.eval()
+    try:
+        image_rows: list[int] = []
+        image_embs: list[torch.Tensor] = []
+        bad: list[dict] = []
+        pending: list[tuple[int, Hashable, Any]] = []
+
+        def load(item: tuple[int, Hashable, Any]) -> torch.Tensor | InputError:
+            _, image_id, image = item
+            try:
+                return transform(_decode(image, f"{name}: image_id {image_id!r}"))
+            except InputError as e:
+                return e
+
+        def flush(pool: ThreadPoolExecutor, bar: Any) -> None:
+            loaded = list(pool.map(load, pending))
+            keep = []
+            for (i, image_id, _), result in zip(pending, loaded):
+                if isinstance(result, InputError):
+                    bad.append({"index": i, "image_id": image_id, "error": str(result)})
+                    bar.write(f"bad image {image_id!r}: {result}", file=sys.stderr)
+                else:
+                    keep.append((i, result))
+            pending.clear()
+            if keep:
+                with torch.inference_mode():
+                    emb = model.encode_image(torch.stack([t for _, t in keep]).to(device))
+                image_rows.extend(i for i, _ in keep)
+                image_embs.append(emb.float().cpu())
+
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+            bar = tqdm(pairs, total=total_rows, desc=f"images {Path(name).parent.name or name}", unit="row",
+                       disable=not show, dynamic_ncols=True)
+            for pair in bar:
+                new = index.add(pair)
+                if new is not None and new % world_size == rank:
+                    pending.append((new, pair.image_id, pair.image))
+                    if len(pending) >= batch_size:
+                        flush(pool, bar)
+            flush(pool, bar)
+            bar.close()
+        if not index.image_ids:
+            raise InputError(f"{name}: no caption rows")
+
+        bad = sorted((b for shard in all_gather_object(bad) for b in shard), key=lambda b: b["index"])
+        bad_set = {b["index"] for b in bad}
+        if bad and not skip_bad:
+            listed = ", ".join(repr(b["image_id"]) for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise InputError(f"{name}: {len(bad)} unreadable image(s) (image_id {listed}); "
+                             f"first: {bad[0]['error']}; pass --skip-bad to evaluate without them")
+
+        # Images that could not be read leave the evaluation with their captions; the rest are renumbered densely.
+        kept_images = [i for i in range(len(index.image_ids)) if i not in bad_set]
+        if not kept_images:
+            raise InputError(f"{name}: no readable image")
+        new_index = {old: new for new, old in enumerate(kept_images)}
+        text_rows = [t for t, i in enumerate(index.text_to_image) if i not in bad_set]
+        text_to_image = torch.tensor([new_index[index.text_to_image[t]] for t in text_rows], dtype=torch.long)
+
+        # Captions: this rank's share, sorted by length so each batch pads little.
+        mine = sorted(range(rank, len(text_rows), world_size), key=lambda j: len(index.captions[text_rows[j]]))
+        text_embs: list[torch.Tensor] = []
+        bar = tqdm(total=len(text_rows), desc="captions", unit="cap", disable=not show, dynamic_ncols=True)
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start:start + batch_size]
+            tokens = model.tokenize([index.captions[text_rows[j]] for j in chunk], padding="longest")
+            with torch.inference_mode():
+                emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+            text_embs.append(emb.float().cpu())
+            bar.update(len(chunk) * world_size)
+        bar.close()
+
+        dim = image_embs[0].shape[1] if image_embs else (text_embs[0].shape[1] if text_embs else 0)
+        dim = max(all_gather_object(dim))
+        local_rows = [new_index[i] for i in image_rows]
+        images = _gather_rows(local_rows, image_embs, len(kept_images), dim)
+        texts = _gather_rows(mine, text_embs, len(text_rows), dim)
+    finally:
+        if was_training:
+            model.train()
+
+    metrics = retrieval_metrics(images.to(device), texts.to(device), text_to_image.to(device), ks=ks,
+                                chunk_size=chunk_size)
+    metrics.update(
+        num_rows=index.num_rows,
+        num_images=len(kept_images),
+        num_captions=len(text_rows),
+        num_bad_images=len(bad),
+        num_captions_dropped=index.num_rows - len(text_rows),
+        bad_images=[{"image_id": _jsonable(b["image_id"]), "error": b["error"]} for b in bad],
+        seconds=time.perf_counter() - start_time,
+    )
+    return metrics
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report and CLI
+
+
+def format_retrieval_table(rows: Sequence[dict], ks: Sequence[int] = (1, 5, 10)) -> str:
+    """A Markdown table in the layout of the seed README (Method | Backbone | Dataset | I2T R@K ... | RSUM).
+
+    Args:
+        rows: dicts with ``method``, ``backbone``, ``dataset`` and the metric keys.
+    """
+    headers = ["Method", "Backbone", "Dataset"] + [f"{d} R@{k}" for d in ("I2T", "T2I") for k in ks] + ["RSUM"]
+    body = [[str(r["method"]), str(r["backbone"]), str(r["dataset"])]
+            + [f"{r[f'{d}_R@{k}']:.1f}" for d in ("I2T", "T2I") for k in ks] + [f"{r['RSUM']:.1f}"] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.center(w) for c, w in zip(cells, widths)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else (":" + "-" * w + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), rule] + [line(b) for b in body])
+
+
+def _backbone_name(model: Any) -> str:
+    """A short backbone name (ViT-S / ViT-B / the timm name) for the table."""
+    config = getattr(model, "config", None)
+    vision = config.get("vision") if isinstance(config, dict) else None
+    name = vision.get("name") if isinstance(vision, dict) else None
+    if not isinstance(name, str):
+        return "?"
+    for key, short in (("vit_small", "ViT-S"), ("vit_base", "ViT-B"), ("vit_large", "ViT-L"), ("vit_tiny", "ViT-Ti")):
+        if key in name:
+            return short
+    return name
+
+
+def add_eval_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``simseg eval-retrieval``."""
+    parser.add_argument("--dataset", default=None,
+                        help="f30k, coco or another folder name: reads <data-root>/<dataset>/valid.parquet")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding <dataset>/valid.parquet (default: $SIMSEG_DATA)")
+    parser.add_argument("--csv", default=None, metavar="FILE",
+                        help="evaluate a CSV / JSON / JSONL file (image, caption[, image_id, id]) instead of a parquet")
+    parser.add_argument("--checkpoint", required=True, help="simseg checkpoint folder, original .pth, or preset")
+    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: the checkpoint's)")
+    parser.add_argument("--out", default=None, help="report folder (default: simseg-eval/retrieval-<dataset>)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images / captions encoded at once (default 64)")
+    parser.add_argument("--resize-size", type=int, default=DEFAULT_RESIZE_SIZE,
+                        help=f"short side after resizing (default {DEFAULT_RESIZE_SIZE})")
+    parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE,
+                        help=f"centre crop = model input size (default {DEFAULT_CROP_SIZE})")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once (default 1024)")
+    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    parser.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images instead of failing")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _resolve_source(args: argparse.Namespace) -> tuple[Path, str]:
+    """The caption file and the dataset name of the arguments."""
+    from simseg.segdata import DATA_ENV
+
+    if args.csv:
+        if args.dataset is None:
+            return Path(args.csv), Path(args.csv).stem
+        return Path(args.csv), args.dataset
+    if not args.dataset:
+        raise InputError("--dataset: required unless --csv is given (f30k, coco or a folder name under --data-root)")
+    root = args.data_root or os.environ.get(DATA_ENV, "")
+    if not root:
+        raise InputError(f"no data root: pass --data-root DIR or set {DATA_ENV}=DIR (the folder holding "
+                         f"{args.dataset}/valid.parquet)")
+    path = Path(root).expanduser() / args.dataset / "valid.parquet"
+    if not path.is_file():
+        raise InputError(f"{path}: not found (expected <data-root>/{args.dataset}/valid.parquet)")
+    return path, args.dataset
+
+
+def run_eval_retrieval(args: argparse.Namespace) -> int:
+    """Run ``simseg eval-retrieval``: evaluate, print the table, write ``metrics.json``; exit 1 on bad images."""
+    from simseg.checkpoint import load_model
+    from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
+    from simseg.evaluate import file_sha256, software_versions
+
+    for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
+                        ("--resize-size", args.resize_size), ("--crop-size", args.crop_size)):
+        if value < 1:
+            raise InputError(f"{flag}: must be at least 1, got {value}")
+    if args.crop_size > args.resize_size:
+        raise InputError(f"--crop-size {args.crop_size} is larger than --resize-size {args.resize_size}")
+    path, dataset = _resolve_source(args)
+    distributed = init_distributed()
+    rank, world_size = get_rank(), get_world_size()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and distributed:
+        device = f"cuda:{get_local_rank()}"
+    model = load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, image_size=args.crop_size)
+
+    # Unreadable images are always counted and reported; the exit status is decided below, after the report.
+    metrics = evaluate_retrieval(model, path, batch_size=args.batch_size, device=device, skip_bad=True,
+                                 resize_size=args.resize_size, crop_size=args.crop_size, chunk_size=args.chunk_size,
+                                 num_workers=args.workers, rank=rank, world_size=world_size)
+    if rank == 0:
+        keys = [k for k in metrics if k.startswith(("I2T_", "T2I_"))] + ["RSUM"]
+        checkpoint = {"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)}
+        backbone = _backbone_name(model)
+        report = {
+            "dataset": dataset,
+            "source": str(path),
+            **{k: metrics[k] for k in keys},
+            "num_rows": metrics["num_rows"],
+            "num_images": metrics["num_images"],
+            "num_captions": metrics["num_captions"],
+            "num_bad_images": metrics["num_bad_images"],
+            "num_captions_dropped": metrics["num_captions_dropped"],
+            "bad_images": metrics["bad_images"],
+            "protocol": {
+                "name": "retrieval",
+                "transforms": [
+                    {"name": "resize", "size": args.resize_size, "side": "short", "interpolation": "bilinear"},
+                    {"name": "center_crop", "size": args.crop_size},
+                    {"name": "to_tensor"},
+                    {"name": "normalize", "mean": list(model.mean), "std": list(model.std)},
+                ],
+                "input_size": args.crop_size,
+                "pooling": {"method": getattr(model, "pooling", None), "variant": "masked (evaluation)",
+                            "image_topk": getattr(model, "image_topk", None),
+                            "text_topk": getattr(model, "text_topk", None), "normalize": "L2"},
+                "text_padding": "longest",
+                "similarity": "cosine",
+                "dedup": "images de-duplicated by image_id before encoding",
+                "ties": TIE_RULE,
+            },
+            "checkpoint": checkpoint,
+            "backbone": backbone,
+            "weights_hash": getattr(model, "weights_hash", None),
+            "versions": software_versions(),
+            "device": str(device),
+            "world_size": world_size,
+            "batch_size": args.batch_size,
+            "seconds": round(metrics["seconds"], 3),
+        }
+        out = Path(args.out) if args.out else Path("simseg-eval") / f"retrieval-{dataset}"
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out / "metrics.json")
+        row = {"method": "SimSeg", "backbone": backbone, "dataset": DATASET_TITLES.get(dataset, dataset), **metrics}
+        print(f"Zero-shot image-text retrieval: {dataset}, {metrics['num_images']} images / "
+              f"{metrics['num_captions']} captions, resize {args.resize_size} + center crop {args.crop_size}, "
+              f"checkpoint {args.checkpoint}")
+        print(format_retrieval_table([row]))
+        sha = checkpoint["sha256"]
+        print(f"checkpoint sha256: {sha if sha else 'n/a (preset)'}")
+        print(f"report: {out / 'metrics.json'}")
+    if metrics["num_bad_images"]:
+        ids = ", ".join(repr(b["image_id"]) for b in metrics["bad_images"][:5])
+        more = ", ..." if metrics["num_bad_images"] > 5 else ""
+        message = (f"{metrics['num_bad_images']} unreadable image(s) (image_id {ids}{more}; "
+                   f"{metrics['num_captions_dropped']} captions left out), listed in the report")
+        if args.skip_bad:
+            print(f"warning: {message} (skipped with --skip-bad)", file=sys.stderr)
+        else:
+            print(f"error: {message}; pass --skip-bad to accept them", file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,151 @@
+"""Image transforms and caption augmentation (method.md §2 for training, §3 and §5 for evaluation).
+
+Training images: ``RandomResizedCrop(224, scale=(0.6, 1.0))`` -> ``AutoAugment`` (ImageNet policy) -> ``ToTensor`` ->
+``Normalize`` (ImageNet mean / std). Evaluation images: a square resize to 288 for segmentation, or a short-side resize
+plus centre crop for retrieval. Captions: each word piece is masked, replaced or dropped with probability 0.2.
+
+The torchvision transforms draw their randomness from torch's global generator; :mod:`simseg.data` seeds that
+generator per sample (inside ``torch.random.fork_rng``) so that a resumed run sees the same crops as an uninterrupted
+one. Caption augmentation takes an explicit ``random.Random`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from torchvision import transforms as T
+
+#: ImageNet normalisation constants (method.md §2), also used by the released checkpoints.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: Probability split of an augmented word piece: [MASK] half of the time, a random token a tenth, dropped otherwise.
+MASK_SHARE = 0.5
+RANDOM_SHARE = 0.1
+
+
+def train_transform(
+    size: int = 224,
+    scale: tuple[float, float] = (0.6, 1.0),
+    autoaugment: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[[Any], Any]:
+    """The training transform of the paper: random resized crop, AutoAugment, tensor, normalisation.
+
+    Args:
+        size: output side in pixels (square crop).
+        scale: range of the crop's area relative to the image, as torchvision's ``RandomResizedCrop``.
+        autoaugment: apply ``AutoAugment`` with the ImageNet policy after the crop (switch off for ablations).
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation.
+
+    Returns:
+        A callable mapping an RGB PIL image to a float tensor (3, size, size).
+    """
+    steps: list[Callable[[Any], Any]] = [T.RandomResizedCrop(size, scale=tuple(scale))]
+    if autoaugment:
+        steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
+    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    return T.Compose(steps)
+
+
+def eval_transform(
+    size: int = 288,
+    mode: Literal["square", "center_crop"] = "square",
+    resize: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[[Any], Any]:
+    """A deterministic evaluation transform.
+
+    Args:
+        size: output side in pixels.
+        mode: ``"square"``: ``Resize((size, size))``, the segmentation protocol (method.md §3, aspect ratio not
+            kept); ``"center_crop"``: ``Resize(resize or size)`` on the short side then ``CenterCrop(size)``, the
+            retrieval protocol (method.md §5 uses resize=324, size=288).
+        resize: short-side size before the centre crop (``"center_crop"`` only); defaults to ``size``.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation.
+
+    Returns:
+        A callable mapping an RGB PIL image to a float tensor (3, size, size).
+
+    Raises:
+        ValueError: ``mode`` is not one of the two above.
+    """
+    if mode == "square":
+        geometry: list[Callable[[Any], Any]] = [T.Resize((size, size))]
+    elif mode == "center_crop":
+        geometry = [T.Resize(resize or size), T.CenterCrop(size)]
+    else:
+        raise ValueError(f"eval_transform: mode must be 'square' or 'center_crop', got {mode!r}")
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(tuple(mean), tuple(std))])
+
+
+def _is_special(token: str) -> bool:
+    # BERT's specials ([PAD], [CLS], [SEP], [MASK], [UNK]) and its [unusedN] placeholders are all bracketed;
+    # none of them is a word a caption could contain.
+    return token.startswith("[") and token.endswith("]")
+
+
+def _random_token(vocab: Sequence[str], rng: random.Random) -> str | None:
+    """A uniformly random non-special vocabulary entry (rejection sampling: specials are a tiny share)."""
+    for _ in range(100):
+        token = vocab[rng.randrange(len(vocab))]
+        if not _is_special(token):
+            return token
+    return None  # a vocabulary of (almost) only specials: the caller drops the piece instead
+
+
+def augment_caption(text: str, tokenizer: Any, rng: random.Random, prob: float = 0.2) -> str:
+    """Mask, replace or drop word pieces of a caption, as the paper's training recipe (method.md §2).
+
+    Each word piece independently, with probability ``prob``: becomes the tokenizer's mask token (half of those
+    cases), becomes a random non-special vocabulary token (a tenth), or is dropped (the remaining 0.4). The pieces are
+    joined back into a string, which the model re-tokenises.
+
+    Args:
+        text: the caption.
+        tokenizer: an object with ``wordpieces(text) -> list[str]``, ``join_wordpieces(pieces) -> str``, ``vocab``
+            (list of tokens, index = id) and ``mask_token`` (see :mod:`simseg.tokenizer`).
+        rng: the random generator (seeded per sample by the data loader, so resumed runs repeat the same edits).
+        prob: probability that a piece is altered; 0 returns the caption unchanged.
+
+    Returns:
+        The augmented caption, or the original one when every piece was dropped.
+    """
+    if prob <= 0:
+        return text
+    out: list[str] = []
+    for piece in tokenizer.wordpieces(text):
+        if rng.random() >= prob:
+            out.append(piece)
+            continue
+        action = rng.random()
+        if action < MASK_SHARE:
+            out.append(tokenizer.mask_token)
+        elif action < MASK_SHARE + RANDOM_SHARE:
+            token = _random_token(tokenizer.vocab, rng)
+            if token is not None:
+                out.append(token)
+        # else: dropped
+    if not out:
+        return text
+    return tokenizer.join_wordpieces(out)
+
+
+class CaptionAugmenter:
+    """``augment_caption`` bound to a tokenizer and a probability, as a picklable ``caption_fn(text, rng)``.
+
+    A lambda would do in one process, but data-loader workers started with ``spawn`` need to pickle it.
+    """
+
+    def __init__(self, tokenizer: Any, prob: float = 0.2) -> None:
+        self.tokenizer = tokenizer
+        self.prob = prob
+
+    def __call__(self, text: str, rng: random.Random) -> str:
+        return augment_caption(text, self.tokenizer, rng, self.prob)

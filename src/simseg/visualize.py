@@ -1,0 +1,202 @@
+"""Pictures: a fixed palette, colour label maps, overlays with a legend, per-class IoU bar charts, image grids.
+
+Everything returns or writes ordinary PIL images / PNG files. matplotlib is imported only by the chart function.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def palette(num_colors: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: (num_colors, 3) uint8, index 0 black, 1 dark red, 2 dark green, ...
+
+    The same bit-interleaving rule as the VOC devkit's ``labelcolormap``, so label PNGs look like VOC ground truth.
+    """
+    idx = np.arange(num_colors)
+    cmap = np.zeros((num_colors, 3), dtype=np.int64)
+    c = idx.copy()
+    for shift in range(7, -1, -1):  # 8 bit planes, most significant colour bit first
+        for channel in range(3):
+            cmap[:, channel] |= ((c >> channel) & 1) << shift
+        c >>= 3
+    return cmap.astype(np.uint8)
+
+
+_PALETTE = palette(256)  # read-only constant, computed once
+
+
+def _colors_for(labels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 colours; indices >= 256 reuse the palette cyclically."""
+    return _PALETTE[np.asarray(labels, dtype=np.int64) % 256]
+
+
+def colorize(labels: np.ndarray) -> Image.Image:
+    """An RGB picture of a label map in the fixed palette."""
+    return Image.fromarray(_colors_for(labels), mode="RGB")
+
+
+def save_label_png(labels: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a label map as a palette ("P" mode) PNG whose pixel values are the class indices (as VOC's ground truth).
+
+    Raises:
+        ValueError: an index is negative or above 255 (a palette PNG holds 8-bit indices).
+    """
+    arr = np.asarray(labels)
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"save_label_png: class indices must be in 0..255, got {arr.min()}..{arr.max()}")
+    img = Image.fromarray(arr.astype(np.uint8), mode="P")
+    img.putpalette(_PALETTE.tobytes())
+    img.save(path)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def overlay(
+    image: Image.Image,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+    scores: Sequence[float] | np.ndarray | None = None,
+) -> Image.Image:
+    """Blend the coloured label map on the image and add a legend of the classes present.
+
+    Background (index 0) is left unpainted. The legend lists each non-background class present, with its colour and,
+    when ``scores`` (indexed like ``class_names``) is given, its score.
+
+    Args:
+        image: the image the labels were predicted for (same size as ``labels``).
+        labels: (H, W) class indices.
+        class_names: names indexed by label.
+        alpha: opacity of the colour mask.
+        scores: optional per-class scores to print in the legend.
+
+    Returns:
+        An RGB image: the blend, with the legend in a strip on the right when there is anything to list.
+    """
+    base = image.convert("RGB")
+    lab = np.asarray(labels)
+    if lab.shape != (base.height, base.width):
+        raise ValueError(f"overlay: labels {lab.shape} do not match the image size {base.height}x{base.width}")
+    rgb = np.asarray(base, dtype=np.float32)
+    colors = _colors_for(lab).astype(np.float32)
+    painted = (lab != 0)[..., None]
+    blended = np.where(painted, (1 - alpha) * rgb + alpha * colors, rgb)
+    out = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+    present = [int(c) for c in np.unique(lab) if c != 0]
+    if not present:
+        return out
+    font_size = max(10, min(24, base.height // 20))
+    font = _font(font_size)
+    entries = []
+    for c in present:
+        name = class_names[c] if c < len(class_names) else f"class {c}"
+        if scores is not None and c < len(scores):
+            name = f"{name} {float(scores[c]):.3f}"
+        entries.append((c, name))
+    measure = ImageDraw.Draw(out)
+    line = font_size + 6
+    text_w = max(int(measure.textlength(text, font=font)) for _, text in entries)
+    strip_w = line + text_w + 12
+    canvas = Image.new("RGB", (out.width + strip_w, max(out.height, line * len(entries) + 8)), (255, 255, 255))
+    canvas.paste(out, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (c, text) in enumerate(entries):
+        y = 4 + i * line
+        x = out.width + 4
+        draw.rectangle([x, y, x + font_size, y + font_size], fill=tuple(int(v) for v in _PALETTE[c % 256]),
+                       outline=(0, 0, 0))
+        draw.text((x + font_size + 6, y), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def iou_bar_chart(per_class: Mapping[str, float | None], path: str | os.PathLike, title: str) -> None:
+    """Write a horizontal bar chart of per-class IoU (percent); classes with no defined IoU are marked "n/a".
+
+    Args:
+        per_class: class name -> IoU in percent, or None where it is undefined (class absent from predictions and
+            ground truth).
+        path: output image path (PNG).
+        title: chart title (say which dataset, protocol and checkpoint).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(per_class)
+    values = [per_class[n] for n in names]
+    fig_h = max(2.5, 0.22 * len(names) + 1.2)
+    fig, ax = plt.subplots(figsize=(7, fig_h))
+    try:
+        ypos = np.arange(len(names))
+        ax.barh(ypos, [v if v is not None else 0.0 for v in values], color="#4878cf")
+        for y, v in zip(ypos, values):
+            ax.text((v or 0.0) + 0.5, y, "n/a" if v is None else f"{v:.1f}", va="center", fontsize=7)
+        ax.set_yticks(ypos)
+        ax.set_yticklabels(names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 105)
+        ax.set_xlabel("IoU (%)")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def image_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    path: str | os.PathLike | None = None,
+    titles: Sequence[str] | None = None,
+    cell_height: int = 160,
+    gap: int = 4,
+) -> Image.Image:
+    """Tile images in rows (each scaled to ``cell_height``), with optional column titles; save when ``path`` is given.
+
+    Args:
+        rows: the images, row by row (rows may differ in length).
+        path: where to write the grid (PNG); None only returns it.
+        titles: one title per column, written above the first row.
+        cell_height: height every image is scaled to, keeping its aspect ratio.
+        gap: pixels between cells.
+
+    Returns:
+        The grid as an RGB image.
+    """
+    scaled = [[im.convert("RGB").resize((max(1, round(im.width * cell_height / im.height)), cell_height),
+                                        Image.BILINEAR) for im in row] for row in rows]
+    ncols = max((len(r) for r in scaled), default=0)
+    if ncols == 0:
+        raise ValueError("image_grid: no images")
+    col_w = [max((r[j].width for r in scaled if j < len(r)), default=0) for j in range(ncols)]
+    font = _font(12)
+    title_h = 18 if titles else 0
+    width = sum(col_w) + gap * (ncols + 1)
+    height = title_h + len(scaled) * (cell_height + gap) + gap
+    grid = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    xs = [gap + sum(col_w[:j]) + gap * j for j in range(ncols)]
+    if titles:
+        for j, t in enumerate(titles[:ncols]):
+            draw.text((xs[j], 2), str(t), fill=(0, 0, 0), font=font)
+    for i, row in enumerate(scaled):
+        y = title_h + gap + i * (cell_height + gap)
+        for j, im in enumerate(row):
+            grid.paste(im, (xs[j], y))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+    return grid

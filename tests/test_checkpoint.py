@@ -1,0 +1,160 @@
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import simseg
+from simseg.checkpoint import import_original, infer_original_config, load_model, save_model
+from simseg.cli import main
+from simseg.config import load_preset, to_dict
+from simseg.errors import CheckpointError, InputError
+from simseg.model import build_model
+from simseg.tokenizer import load_tokenizer
+
+
+def _small_cfg():
+    # head counts equal width // 64, as for every standard ViT / BERT, so the importer can infer the architecture
+    cfg = to_dict(load_preset("tiny").model)
+    cfg["vision"]["kwargs"] = {"embed_dim": 128, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
+    cfg["text"]["config"] = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                             "intermediate_size": 256, "max_position_embeddings": 64}
+    return cfg
+
+
+def _to_original_layout(model, ddp=False):
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("image_encoder."):
+            sd["image_encoder.model.model." + k[len("image_encoder."):]] = v.clone()
+        elif k.startswith("text_encoder."):
+            sd["text_encoder.model.model." + k[len("text_encoder."):]] = v.clone()
+        elif k == "image_projection.weight":
+            sd["image_projection.linear.weight"] = v.clone()
+        elif k == "text_projection.weight":
+            sd["text_projection.linear.weight"] = v.clone()
+        elif k == "temperature_param":
+            sd["loss.temperature"] = v.clone()
+        else:
+            raise AssertionError(k)
+    sd["text_encoder.model.model.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    if ddp:
+        sd = {"module." + k: v for k, v in sd.items()}
+    from torch.torch_version import TorchVersion
+
+    return {"state_dict": sd, "meta": {"torch": TorchVersion("1.10.0")}}
+
+
+@pytest.fixture(scope="module")
+def small_model(vocab_dir):
+    torch.manual_seed(1)
+    tok = load_tokenizer(vocab_dir)
+    return build_model(_small_cfg(), tok).eval()
+
+
+def _outputs(model, size=224):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, size, size)
+    batch = model.tokenize(["a photo of a cat.", "a red circle"], padding="longest")
+    with torch.no_grad():
+        return model.encode_image(x), model.encode_text(**batch), model.encode_image_tokens(x)[0]
+
+
+def test_own_format_round_trip(tmp_path, tiny_model):
+    out = save_model(tiny_model, tmp_path / "ck", meta={"note": "test"})
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer" / "vocab.txt").is_file()
+    loaded = simseg.load_model(out)
+    for a, b in zip(_outputs(tiny_model), _outputs(loaded)):
+        assert torch.equal(a, b)
+    assert loaded.weights_hash == tiny_model.weights_hash
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("ddp", [False, True])
+def test_original_import_maps_every_key_and_matches_outputs(tmp_path, small_model, vocab_dir, ddp):
+    path = tmp_path / "simseg.small.pth"
+    torch.save(_to_original_layout(small_model, ddp=ddp), path)
+    loaded = load_model(path, tokenizer=vocab_dir)
+    for a, b in zip(_outputs(small_model), _outputs(loaded)):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert loaded.temperature().item() == pytest.approx(small_model.temperature().item())
+
+
+def test_inferred_config_reads_shapes(small_model):
+    cfg = infer_original_config(_to_original_layout(small_model)["state_dict"])
+    assert cfg["vision"]["img_size"] == 224
+    assert cfg["vision"]["kwargs"]["embed_dim"] == 128 and cfg["vision"]["kwargs"]["depth"] == 2
+    assert cfg["text"]["config"]["num_hidden_layers"] == 2 and cfg["text"]["config"]["hidden_size"] == 128
+
+
+def test_position_embedding_resized_bicubic_without_antialias(tmp_path, small_model, vocab_dir):
+    path = tmp_path / "s.pth"
+    torch.save(_to_original_layout(small_model), path)
+    m = load_model(path, tokenizer=vocab_dir, image_size=288)
+    assert m.image_size == 288
+    old = small_model.image_encoder.pos_embed.detach()
+    grid = old[:, 1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(18, 18), mode="bicubic", align_corners=False, antialias=False)
+    want = want.permute(0, 2, 3, 1).reshape(1, 324, -1)
+    got = m.image_encoder.pos_embed.detach()
+    assert torch.allclose(got[:, :1], old[:, :1])
+    assert torch.allclose(got[:, 1:], want, atol=1e-6)
+    tokens, grid_shape = m.encode_image_tokens(torch.randn(1, 3, 288, 288))
+    assert tokens.shape == (1, 324, 512) and grid_shape == (18, 18)
+
+
+def test_tampered_key_fails_listing_it(tmp_path, small_model, vocab_dir):
+    ck = _to_original_layout(small_model)
+    sd = ck["state_dict"]
+    sd["image_encoder.model.model.blocks.0.attn.qkv.weightX"] = sd.pop("image_encoder.model.model.blocks.0.attn.qkv.weight")
+    torch.save(ck, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="blocks.0.attn.qkv.weight"):
+        import_original(tmp_path / "bad.pth", load_tokenizer(vocab_dir), model_config=_small_cfg())
+    ck2 = _to_original_layout(small_model)
+    ck2["state_dict"]["text_projection.linear.weight"] = torch.zeros(512, 100)
+    torch.save(ck2, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match="wrong shape: text_projection.weight"):
+        import_original(tmp_path / "shape.pth", load_tokenizer(vocab_dir), model_config=_small_cfg())
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_bad_files_give_one_line_errors(tmp_path, small_model, vocab_dir, capsys):
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "x": Evil()}, evil)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    good = tmp_path / "good.pth"
+    torch.save(_to_original_layout(small_model), good)
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    other = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(3)}}, other)
+    cases = {evil: "arbitrary code", text: "not", trunc: "truncated", other: "not a SimSeg checkpoint",
+             tmp_path / "missing.pth": "not found"}
+    for path, words in cases.items():
+        with pytest.raises((CheckpointError, InputError), match=words):
+            load_model(path, tokenizer=vocab_dir)
+        assert main(["info", str(path), "--tokenizer", str(vocab_dir)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and "Traceback" not in err[0]
+    out = pickle.dumps(1)  # keep pickle imported for clarity of the evil case
+    assert out
+
+
+def test_cli_convert_and_info(tmp_path, small_model, vocab_dir, capsys):
+    src = tmp_path / "simseg.vit-x.pth"
+    torch.save(_to_original_layout(small_model), src)
+    out = tmp_path / "converted"
+    assert main(["convert-checkpoint", str(src), str(out), "--tokenizer", str(vocab_dir)]) == 0
+    assert main(["convert-checkpoint", str(src), str(out), "--tokenizer", str(vocab_dir)]) == 2  # exists
+    converted = load_model(out)
+    for a, b in zip(_outputs(small_model), _outputs(converted)):
+        assert torch.allclose(a, b, atol=1e-6)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "parameters" in text and "sha256" in text and "embed_dim: 128" in text

@@ -1,0 +1,208 @@
+"""`simseg eval-seg`: the rank-sharded dataset loop, bad samples, the report, and the CLI end to end."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simseg.evaluate import evaluate_segmentation, evaluation_classes, file_sha256, format_table
+from simseg.segdata import SegmentationBenchmark
+
+VOC_PALETTE = [c for i in range(256) for c in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]
+
+
+def write_voc(root, labels: dict[str, np.ndarray]) -> None:
+    """A PASCAL VOC 2012 tree in the exact layout: JPEGs, palette PNG labels, the val list."""
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for stem, lab in labels.items():
+        pixels = rng.integers(0, 255, (*lab.shape, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(base / "JPEGImages" / f"{stem}.jpg", quality=95)
+        png = Image.fromarray(lab.astype(np.uint8), mode="P")
+        png.putpalette(VOC_PALETTE)
+        png.save(base / "SegmentationClass" / f"{stem}.png")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{s}\n" for s in labels))
+
+
+class OracleSegmenter:
+    """Predicts a fixed function of the ground truth it is given by file, to make metrics predictable."""
+
+    def __init__(self, dataset, class_names, wrong=()):
+        self.labels = {dataset.image_path(i).stem: dataset[i][1] for i in range(len(dataset))}
+        self.class_names = class_names
+        self.wrong = set(wrong)
+        self.calls = []
+
+    def __call__(self, image):
+        # identify the image by its size (each test image has a distinct one)
+        stem = next(s for s, lab in self.labels.items() if lab.shape == (image.height, image.width))
+        self.calls.append(stem)
+        lab = self.labels[stem].astype(np.int32)
+        pred = np.where(lab == 255, 0, lab)
+        if stem in self.wrong:
+            pred = np.zeros_like(pred)
+        return SimpleNamespace(labels=pred)
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    labels = {}
+    for i in range(5):
+        lab = np.zeros((6 + i, 8), np.uint8)
+        lab[2:5, 2:6] = i + 1
+        lab[0, 0] = 255
+        labels[f"2007_00000{i}"] = lab
+    write_voc(tmp_path, labels)
+    return tmp_path
+
+
+def test_perfect_and_imperfect_predictions(voc_root):
+    ds = SegmentationBenchmark("pascal_voc", voc_root)
+    classes, offset = evaluation_classes(ds.class_names)
+    assert classes == ds.class_names and offset == 0
+    perfect = evaluate_segmentation(OracleSegmenter(ds, classes), ds)
+    assert perfect["mIoU"] == pytest.approx(100.0) and perfect["aAcc"] == pytest.approx(100.0)
+    assert perfect["num_images"] == 5 and perfect["num_evaluated"] == 5 and perfect["num_bad"] == 0
+    assert perfect["per_class"]["aeroplane"]["IoU"] == pytest.approx(100.0)
+    assert perfect["per_class"]["monitor"]["IoU"] is None  # never present, never predicted
+    seg = OracleSegmenter(ds, classes, wrong={"2007_000004"})
+    r = evaluate_segmentation(seg, ds, limit=5)
+    assert r["per_class"]["bottle"]["IoU"] == 0.0  # image 4 holds class 5 (bottle), predicted as background
+    bg_tp = sum(6 + i for i in range(5)) * 8 - 5 * 12 - 5  # all pixels - objects - ignored
+    assert r["per_class"]["background"]["IoU"] == pytest.approx(100 * bg_tp / (bg_tp + 12))
+    assert r["mIoU"] == pytest.approx((4 * 100 + 0 + r["per_class"]["background"]["IoU"]) / 6)
+
+
+def test_sharding_counts_every_image_once(voc_root):
+    ds = SegmentationBenchmark("pascal_voc", voc_root)
+    classes, _ = evaluation_classes(ds.class_names)
+    seen = []
+    shards = []
+    for rank in range(3):
+        seg = OracleSegmenter(ds, classes, wrong={"2007_000001"})
+        r = evaluate_segmentation(seg, ds, limit=4, rank=rank, world_size=3,
+                                  on_prediction=lambda i, sid, img, gt, res: seen.append(i))
+        shards.append(r)
+    assert sorted(seen) == [0, 1, 2, 3]  # limit 4: image 4 never touched, none twice
+    assert sum(r["num_evaluated"] for r in shards) == 4  # without a process group each rank reports its shard
+
+
+def test_bad_samples_are_counted_and_named(voc_root):
+    base = voc_root / "VOCdevkit" / "VOC2012"
+    (base / "JPEGImages" / "2007_000002.jpg").write_bytes(b"")  # 0-byte image
+    Image.new("RGB", (3, 3)).save(base / "JPEGImages" / "2007_000003.jpg")  # size differs from its label
+    ds = SegmentationBenchmark("pascal_voc", voc_root)
+    classes, _ = evaluation_classes(ds.class_names)
+    labels = {"2007_000000": ds[0][1], "2007_000001": ds[1][1], "2007_000004": ds[4][1]}
+    seg = OracleSegmenter.__new__(OracleSegmenter)
+    seg.labels, seg.class_names, seg.wrong, seg.calls = labels, classes, set(), []
+    r = evaluate_segmentation(seg, ds)
+    assert r["num_evaluated"] == 3 and r["num_bad"] == 2 and r["num_images"] == 5
+    assert [b["sample_id"] for b in r["bad_samples"]] == ["2007_000002", "2007_000003"]
+    assert "2007_000002.jpg" in r["bad_samples"][0]["error"] and "empty" in r["bad_samples"][0]["error"]
+    assert "2007_000003.png" in r["bad_samples"][1]["error"]
+    assert r["mIoU"] == pytest.approx(100.0)
+
+
+def test_background_free_variant_counts_background_as_miss(voc_root):
+    ds = SegmentationBenchmark("pascal_voc20", voc_root)
+    classes, offset = evaluation_classes(ds.class_names)
+    assert offset == 1 and classes[0] == "background" and classes[1:] == ds.class_names
+    seg = OracleSegmenter(SegmentationBenchmark("pascal_voc", voc_root), classes, wrong={"2007_000000"})
+    r = evaluate_segmentation(seg, ds)
+    assert "background" not in r["per_class"] and len(r["per_class"]) == 20
+    assert r["per_class"]["aeroplane"]["IoU"] == 0.0  # predicted background everywhere on image 0
+    assert r["per_class"]["bicycle"]["IoU"] == pytest.approx(100.0)
+    assert r["aAcc"] == pytest.approx(100 * 4 / 5)  # only object pixels are labelled, 12 each
+    assert r["mIoU"] == pytest.approx(400 / 5)
+
+
+def test_segmenter_with_other_classes_is_refused(voc_root):
+    ds = SegmentationBenchmark("pascal_voc", voc_root)
+    with pytest.raises(ValueError, match="classes"):
+        evaluate_segmentation(SimpleNamespace(class_names=["background", "cat"]), ds)
+
+
+def test_report_helpers(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc")
+    assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"abc")
+    h = file_sha256(d)
+    (d / "model.safetensors").write_bytes(b"abd")
+    assert file_sha256(d) != h and len(h) == 64
+    assert file_sha256("tiny") is None
+    table = format_table({"mIoU": 50.0, "aAcc": 90.0, "mAcc": None,
+                          "per_class": {"background": {"IoU": 100.0, "Acc": 100.0}, "cat": {"IoU": 0.0, "Acc": None}}},
+                         "title")
+    assert "cat" in table and "50.00" in table and "n/a" in table
+
+
+def _three_image_voc(root) -> None:
+    labels = {}
+    for i, (h, w) in enumerate([(40, 48), (36, 36), (48, 40)]):
+        lab = np.zeros((h, w), np.uint8)
+        lab[8:24, 10:30] = (7, 12, 15)[i]  # car, dog, person
+        lab[8:24, 9] = 255  # an object border, ignored
+        labels[f"2008_00000{i}"] = lab
+    write_voc(root, labels)
+
+
+def test_eval_seg_cli_end_to_end(tmp_path, vocab_dir, capsys):
+    from simseg.cli import main
+
+    _three_image_voc(tmp_path / "data")
+    out = tmp_path / "report"
+    common = ["eval-seg", "--dataset", "pascal_voc", "--data-root", str(tmp_path / "data"), "--checkpoint", "tiny",
+              "--tokenizer", str(vocab_dir), "--cache-dir", str(tmp_path / "cache"), "--num-overlays", "2"]
+    assert main(common + ["--no-crf", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "aeroplane" in printed and "sha256" in printed
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["dataset"] == "pascal_voc" and report["num_images"] == 3 and report["num_evaluated"] == 3
+    assert report["num_bad"] == 0 and report["bad_samples"] == []
+    assert 0.0 <= report["mIoU"] <= 100.0 and 0.0 <= report["aAcc"] <= 100.0
+    assert len(report["per_class_IoU"]) == 21
+    assert isinstance(report["protocol"], dict) and report["protocol"]
+    assert report["checkpoint"]["path"] == "tiny"
+    assert report["versions"]["torch"] and report["versions"]["timm"] and report["versions"]["transformers"]
+    assert (out / "per_class_iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == ["2008_000000_gt.png", "2008_000000_pred.png", "2008_000001_gt.png", "2008_000001_pred.png"]
+    assert Image.open(out / "overlays" / "2008_000000_pred.png").size == (48, 40)
+
+    # With CRF, and a corrupt image: reported, counted, listed; exit 1 unless --skip-bad.
+    (tmp_path / "data" / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2008_000001.jpg").write_bytes(b"\xff\xd8\xff junk")
+    out_crf = tmp_path / "report_crf"
+    assert main(common + ["--out", str(out_crf), "--skip-bad"]) == 0
+    report = json.loads((out_crf / "metrics.json").read_text())
+    assert report["num_bad"] == 1 and report["num_evaluated"] == 2
+    assert report["bad_samples"][0]["sample_id"] == "2008_000001"
+    assert "2008_000001.jpg" in report["bad_samples"][0]["error"]
+    assert json.dumps(report["protocol"]) != json.dumps(json.loads((out / "metrics.json").read_text())["protocol"])
+    capsys.readouterr()
+    assert main(common + ["--no-crf", "--out", str(out_crf), "--limit", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "2008_000001.jpg" in err and "--skip-bad" in err
+
+
+def test_eval_seg_cli_bad_arguments(tmp_path, vocab_dir, capsys, monkeypatch):
+    from simseg.cli import main
+
+    monkeypatch.delenv("SIMSEG_DATA", raising=False)
+    assert main(["eval-seg", "--dataset", "pascal_voc", "--checkpoint", "tiny"]) == 2
+    assert "SIMSEG_DATA" in capsys.readouterr().err
+    assert main(["eval-seg", "--dataset", "pascal_voc", "--data-root", str(tmp_path), "--checkpoint", "tiny"]) == 2
+    assert "VOCdevkit" in capsys.readouterr().err
+    _three_image_voc(tmp_path)
+    args = ["eval-seg", "--dataset", "pascal_voc", "--data-root", str(tmp_path), "--checkpoint", "tiny",
+            "--tokenizer", str(vocab_dir), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o")]
+    assert main(args + ["--set", "no_such_parameter=3"]) == 2
+    assert "no_such_parameter" in capsys.readouterr().err
+    assert main(args + ["--set", "oops"]) == 2

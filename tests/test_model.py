@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+import simseg
+from simseg.config import load_config
+from simseg.errors import ConfigError, InputError
+from simseg.loda import loda_pool
+from simseg.tokenizer import Tokenizer, load_tokenizer, train_wordpiece_vocab
+
+
+def test_api_shapes_and_normalisation(tiny_model):
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        emb = tiny_model.encode_image(x)
+        tokens, grid = tiny_model.encode_image_tokens(x)
+        batch = tiny_model.tokenize(["a photo of a cat.", "dog"])
+        txt = tiny_model.encode_text(batch["input_ids"], batch["attention_mask"])
+    assert emb.shape == (2, 512) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert tokens.shape == (2, 196, 512) and grid == (14, 14)
+    assert batch["input_ids"].shape == (2, 25)
+    assert txt.shape == (2, 512) and torch.allclose(txt.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # the pooled image embedding is LoDA (k=5) over the projected patch tokens
+    assert torch.allclose(emb, torch.nn.functional.normalize(loda_pool(tokens, 5), dim=-1), atol=1e-5)
+    assert not tiny_model.training
+
+
+def test_longest_padding_gives_the_same_text_features(tiny_model):
+    texts = ["a photo of a cat.", "a bad photo of the dog on the grass."]
+    with torch.no_grad():
+        a = tiny_model.encode_text(**tiny_model.tokenize(texts, padding="max_length"))
+        b = tiny_model.encode_text(**tiny_model.tokenize(texts, padding="longest"))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_temperature_clamped(tiny_model):
+    assert tiny_model.temperature().item() == pytest.approx(0.02)
+    with torch.no_grad():
+        tiny_model.temperature_param.fill_(5.0)
+        assert tiny_model.temperature().item() == pytest.approx(0.5)
+        tiny_model.temperature_param.fill_(0.02)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "cls"])
+def test_other_poolings(vocab_dir, pooling):
+    m = simseg.load_model("tiny", tokenizer=vocab_dir)
+    m.pooling = pooling
+    with torch.no_grad():
+        e = m.encode_image(torch.randn(1, 3, 224, 224))
+        t = m.encode_text(**m.tokenize(["a cat"]))
+    assert e.shape == t.shape == (1, 512)
+
+
+def test_tokenizer_reads_vocab_and_truncates(vocab_dir, tmp_path):
+    tok = load_tokenizer(vocab_dir)
+    ids = tok(["word " * 60], max_length=25)["input_ids"][0]
+    assert ids.shape == (25,) and ids[0] == tok.cls_id and ids[-1] == tok.sep_id
+    pieces = tok.wordpieces("a photo of a cat.")
+    assert tok.join_wordpieces(pieces) == "a photo of a cat ."
+    with pytest.raises(InputError, match="vocab.txt"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "vocab.txt").write_text("a\nb\n")
+    with pytest.raises(InputError, match="special tokens"):
+        Tokenizer(tmp_path / "vocab.txt")
+
+
+def test_real_bert_vocab_ids(tmp_path):
+    # method.md §7: "a photo of a dog." -> 101, 1037, 6302, 1997, 1037, 3899, 1012, 102 with bert-base-uncased.
+    # Build a vocab file with those words at those ids (the real file is not downloadable here).
+    vocab = [f"[unused{i}]" for i in range(7000)]
+    for tok, i in {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, "a": 1037, "photo": 6302,
+                   "of": 1997, "dog": 3899, ".": 1012}.items():
+        vocab[i] = tok
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    ids = load_tokenizer(tmp_path)(["A photo of a dog."], padding="longest")["input_ids"][0].tolist()
+    assert ids == [101, 1037, 6302, 1997, 1037, 3899, 1012, 102]
+
+
+def test_config_overrides_are_strict():
+    cfg = load_config("tiny", ["train.lr=0.5", "model.pooling=cls"])
+    assert cfg.train.lr == 0.5 and cfg.model.pooling == "cls"
+    with pytest.raises(ConfigError, match="train.lrr"):
+        load_config("tiny", ["train.lrr=1"])
+    with pytest.raises(ConfigError):
+        load_config("tiny", ["novalue"])
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config("nonexistent-preset")
+
+
+def test_experiment_yaml_extends_a_preset(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text("base: tiny\ntrain:\n  lr: 0.25\n")
+    assert load_config(p).train.lr == 0.25
+    p.write_text("base: tiny\ntrain:\n  nope: 1\n")
+    with pytest.raises(ConfigError):
+        load_config(p)
+
+
+def test_vocab_training(tmp_path):
+    d = train_wordpiece_vocab(["a red circle", "a blue star"] * 5, tmp_path / "v", vocab_size=100)
+    tok = load_tokenizer(d)
+    assert tok.wordpieces("red star") == ["red", "star"]

@@ -1,0 +1,123 @@
+"""Training/evaluation transforms and caption augmentation (method.md §2)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from simseg.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CaptionAugmenter,
+    augment_caption,
+    eval_transform,
+    train_transform,
+)
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]"]
+
+
+class FakeTokenizer:
+    """The four members augment_caption relies on: whitespace 'word pieces', a small vocabulary."""
+
+    mask_token = "[MASK]"
+
+    def __init__(self) -> None:
+        self.vocab = SPECIALS + [f"v{i}" for i in range(200)]
+
+    def wordpieces(self, text: str) -> list[str]:
+        return text.split()
+
+    def join_wordpieces(self, pieces: list[str]) -> str:
+        return " ".join(pieces)
+
+
+def _image(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_train_transform_shape_and_seeded_randomness():
+    tf = train_transform(size=32)
+    img = _image()
+    torch.manual_seed(0)
+    a = tf(img)
+    torch.manual_seed(0)
+    b = tf(img)
+    torch.manual_seed(1)
+    c = tf(img)
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b)  # all randomness comes from torch's generator (the loader seeds it per sample)
+    assert not torch.equal(a, c)
+
+
+def test_train_transform_switches():
+    names = [type(t).__name__ for t in train_transform(autoaugment=False).transforms]
+    assert names == ["RandomResizedCrop", "ToTensor", "Normalize"]
+    steps = train_transform().transforms
+    assert [type(t).__name__ for t in steps] == ["RandomResizedCrop", "AutoAugment", "ToTensor", "Normalize"]
+    assert steps[0].size == (224, 224) and steps[0].scale == (0.6, 1.0)
+    assert steps[1].policy == T.AutoAugmentPolicy.IMAGENET
+
+
+def test_normalisation_uses_imagenet_constants():
+    colour = tuple(round(m * 255) for m in IMAGENET_MEAN)
+    img = Image.new("RGB", (40, 30), colour)
+    out = eval_transform(16)(img)
+    assert out.abs().max() < 0.5 / 255 / min(IMAGENET_STD)
+
+
+def test_eval_transform_modes():
+    img = _image(64, 40)
+    square = eval_transform(32, mode="square")(img)
+    assert square.shape == (3, 32, 32)
+    # "square" ignores the aspect ratio, exactly as torchvision Resize((s, s)) (the segmentation protocol).
+    expected = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.Resize((32, 32))(img)))
+    assert torch.equal(square, expected)
+    crop = eval_transform(32, mode="center_crop", resize=36)(img)
+    expected = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.CenterCrop(32)(T.Resize(36)(img))))
+    assert torch.equal(crop, expected)
+    with pytest.raises(ValueError, match="mode"):
+        eval_transform(32, mode="letterbox")
+
+
+def test_augment_caption_proportions():
+    tok = FakeTokenizer()
+    n = 20000
+    words = [f"w{i}" for i in range(n)]  # none of them is in the vocabulary, so every edit is visible
+    out = augment_caption(" ".join(words), tok, random.Random(0), prob=0.2).split()
+    kept = sum(1 for t in out if t.startswith("w"))
+    masked = out.count("[MASK]")
+    replaced = sum(1 for t in out if t.startswith("v"))
+    dropped = n - len(out)
+    # Expected shares 0.8 / 0.1 / 0.02 / 0.08; tolerances are ~5 binomial standard deviations.
+    assert abs(kept / n - 0.8) < 0.015
+    assert abs(masked / n - 0.1) < 0.011
+    assert abs(replaced / n - 0.02) < 0.005
+    assert abs(dropped / n - 0.08) < 0.01
+    assert kept + masked + replaced == len(out)  # random replacements are never special tokens
+    assert [t for t in out if t.startswith("w")] == [w for w in words if w in set(out)]  # order kept
+
+
+def test_augment_caption_deterministic_and_edge_cases():
+    tok = FakeTokenizer()
+    text = "a photo of a small dog on the grass"
+    a = augment_caption(text, tok, random.Random(5), prob=0.5)
+    assert a == augment_caption(text, tok, random.Random(5), prob=0.5)
+    assert augment_caption(text, tok, random.Random(5), prob=0.0) == text
+    # A one-piece caption whose piece is dropped keeps the original caption rather than becoming empty.
+    results = {augment_caption("dog", tok, random.Random(s), prob=1.0) for s in range(50)}
+    assert "dog" in results and "" not in results
+    assert results <= {"dog", "[MASK]"} | set(tok.vocab[len(SPECIALS):])
+
+
+def test_caption_augmenter_is_picklable():
+    aug = pickle.loads(pickle.dumps(CaptionAugmenter(FakeTokenizer(), prob=0.3)))
+    text = "one two three four five six"
+    assert aug(text, random.Random(1)) == augment_caption(text, FakeTokenizer(), random.Random(1), 0.3)
