@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simseg.evaluate import evaluate_segmentation, evaluation_classes, file_sha256, format_table
+from simseg.evaluate import evaluate_segmentation, evaluation_classes, format_table, protocol_parameters
+from simseg.errors import InputError
 from simseg.segdata import SegmentationBenchmark
 
 VOC_PALETTE = [c for i in range(256) for c in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]
@@ -32,7 +33,12 @@ class OracleSegmenter:
     """Predicts a fixed function of the ground truth it is given by file, to make metrics predictable."""
 
     def __init__(self, dataset, class_names, wrong=()):
-        self.labels = {dataset.image_path(i).stem: dataset[i][1] for i in range(len(dataset))}
+        self.labels = {}
+        for i in range(len(dataset)):
+            try:
+                self.labels[dataset.sample_ids[i]] = dataset[i][1]
+            except InputError:  # a bad sample: the evaluation must report it, the oracle cannot know it
+                pass
         self.class_names = class_names
         self.wrong = set(wrong)
         self.calls = []
@@ -91,16 +97,45 @@ def test_sharding_counts_every_image_once(voc_root):
     assert sum(r["num_evaluated"] for r in shards) == 4  # without a process group each rank reports its shard
 
 
+def _distributed_worker(rank: int, world_size: int, root: str, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        ds = SegmentationBenchmark("pascal_voc", root)
+        seg = OracleSegmenter(ds, evaluation_classes(ds.class_names)[0], wrong={"2007_000001", "2007_000004"})
+        r = evaluate_segmentation(seg, ds, rank=rank, world_size=world_size)
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump(r, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torchrun_style_sharding_equals_single_process(voc_root, tmp_path):
+    import torch.multiprocessing as mp
+
+    (voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2007_000002.jpg").write_bytes(b"")  # one bad sample
+    out = tmp_path / "r.json"
+    mp.spawn(_distributed_worker, args=(2, str(voc_root), str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    sharded = json.loads(out.read_text())
+    ds = SegmentationBenchmark("pascal_voc", voc_root)
+    seg = OracleSegmenter(ds, evaluation_classes(ds.class_names)[0], wrong={"2007_000001", "2007_000004"})
+    single = evaluate_segmentation(seg, ds)
+    assert sharded["num_evaluated"] == single["num_evaluated"] == 4  # every image exactly once
+    assert sharded["num_bad"] == 1 and sharded["bad_samples"][0]["sample_id"] == "2007_000002"
+    assert 0 < sharded["mIoU"] < 100
+    for key in ("mIoU", "aAcc", "mAcc", "per_class"):
+        assert sharded[key] == single[key]  # integer counts summed: bit-identical
+
+
 def test_bad_samples_are_counted_and_named(voc_root):
     base = voc_root / "VOCdevkit" / "VOC2012"
     (base / "JPEGImages" / "2007_000002.jpg").write_bytes(b"")  # 0-byte image
     Image.new("RGB", (3, 3)).save(base / "JPEGImages" / "2007_000003.jpg")  # size differs from its label
     ds = SegmentationBenchmark("pascal_voc", voc_root)
     classes, _ = evaluation_classes(ds.class_names)
-    labels = {"2007_000000": ds[0][1], "2007_000001": ds[1][1], "2007_000004": ds[4][1]}
-    seg = OracleSegmenter.__new__(OracleSegmenter)
-    seg.labels, seg.class_names, seg.wrong, seg.calls = labels, classes, set(), []
-    r = evaluate_segmentation(seg, ds)
+    r = evaluate_segmentation(OracleSegmenter(ds, classes), ds)
     assert r["num_evaluated"] == 3 and r["num_bad"] == 2 and r["num_images"] == 5
     assert [b["sample_id"] for b in r["bad_samples"]] == ["2007_000002", "2007_000003"]
     assert "2007_000002.jpg" in r["bad_samples"][0]["error"] and "empty" in r["bad_samples"][0]["error"]
@@ -127,17 +162,14 @@ def test_segmenter_with_other_classes_is_refused(voc_root):
         evaluate_segmentation(SimpleNamespace(class_names=["background", "cat"]), ds)
 
 
-def test_report_helpers(tmp_path):
-    f = tmp_path / "w.bin"
-    f.write_bytes(b"abc")
-    assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    d = tmp_path / "ckpt"
-    d.mkdir()
-    (d / "model.safetensors").write_bytes(b"abc")
-    h = file_sha256(d)
-    (d / "model.safetensors").write_bytes(b"abd")
-    assert file_sha256(d) != h and len(h) == 64
-    assert file_sha256("tiny") is None
+def test_paper_top_n_per_benchmark():
+    assert protocol_parameters("pascal_context", "simseg", {}) == {"top_n": 30}
+    assert protocol_parameters("pascal_context59", "simseg", {"top_n": 12}) == {"top_n": 12}
+    assert protocol_parameters("pascal_voc", "simseg", {"threshold_std": 1.5}) == {"threshold_std": 1.5}
+    assert protocol_parameters("pascal_context", "dense", {}) == {}
+
+
+def test_format_table():
     table = format_table({"mIoU": 50.0, "aAcc": 90.0, "mAcc": None,
                           "per_class": {"background": {"IoU": 100.0, "Acc": 100.0}, "cat": {"IoU": 0.0, "Acc": None}}},
                          "title")
@@ -154,13 +186,16 @@ def _three_image_voc(root) -> None:
     write_voc(root, labels)
 
 
-def test_eval_seg_cli_end_to_end(tmp_path, vocab_dir, capsys):
+def test_eval_seg_cli_end_to_end(tmp_path, tiny_model, capsys):
+    from simseg.checkpoint import checkpoint_fingerprint, save_model
     from simseg.cli import main
 
+    ckpt = save_model(tiny_model, tmp_path / "ckpt")  # a real checkpoint folder (weights + tokenizer)
     _three_image_voc(tmp_path / "data")
     out = tmp_path / "report"
-    common = ["eval-seg", "--dataset", "pascal_voc", "--data-root", str(tmp_path / "data"), "--checkpoint", "tiny",
-              "--tokenizer", str(vocab_dir), "--cache-dir", str(tmp_path / "cache"), "--num-overlays", "2"]
+    common = ["eval-seg", "--dataset", "pascal_voc", "--data-root", str(tmp_path / "data"), "--checkpoint", str(ckpt),
+              "--cache-dir", str(tmp_path / "cache"), "--num-overlays", "2", "--device", "cpu",
+              "--set", "input_size=64", "--templates", "single"]  # small input, one prompt: fast, same pipeline
     assert main(common + ["--no-crf", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "aeroplane" in printed and "sha256" in printed
@@ -170,12 +205,16 @@ def test_eval_seg_cli_end_to_end(tmp_path, vocab_dir, capsys):
     assert 0.0 <= report["mIoU"] <= 100.0 and 0.0 <= report["aAcc"] <= 100.0
     assert len(report["per_class_IoU"]) == 21
     assert isinstance(report["protocol"], dict) and report["protocol"]
-    assert report["checkpoint"]["path"] == "tiny"
+    assert report["checkpoint"] == checkpoint_fingerprint(ckpt) and len(report["checkpoint"]["sha256"]) == 64
+    assert report["protocol"]["name"] == "simseg" and report["protocol"]["crf"] is False
+    assert report["protocol"]["input_size"] == 64 and report["protocol"]["top_n"] == 10
+    assert report["protocol"]["num_templates"] == 1
     assert report["versions"]["torch"] and report["versions"]["timm"] and report["versions"]["transformers"]
     assert (out / "per_class_iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert overlays == ["2008_000000_gt.png", "2008_000000_pred.png", "2008_000001_gt.png", "2008_000001_pred.png"]
-    assert Image.open(out / "overlays" / "2008_000000_pred.png").size == (48, 40)
+    width, height = Image.open(out / "overlays" / "2008_000000_gt.png").size
+    assert width > 48 and height >= 40  # the image, plus a legend strip naming "car"
 
     # With CRF, and a corrupt image: reported, counted, listed; exit 1 unless --skip-bad.
     (tmp_path / "data" / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2008_000001.jpg").write_bytes(b"\xff\xd8\xff junk")
@@ -185,7 +224,7 @@ def test_eval_seg_cli_end_to_end(tmp_path, vocab_dir, capsys):
     assert report["num_bad"] == 1 and report["num_evaluated"] == 2
     assert report["bad_samples"][0]["sample_id"] == "2008_000001"
     assert "2008_000001.jpg" in report["bad_samples"][0]["error"]
-    assert json.dumps(report["protocol"]) != json.dumps(json.loads((out / "metrics.json").read_text())["protocol"])
+    assert report["protocol"]["crf"] is True
     capsys.readouterr()
     assert main(common + ["--no-crf", "--out", str(out_crf), "--limit", "2"]) == 1
     err = capsys.readouterr().err

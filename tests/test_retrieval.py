@@ -95,8 +95,8 @@ def toy_rows(num_images: int = 6, captions_per_image: int = 2) -> list[dict]:
     for i in range(num_images):
         data = png_bytes(i, size=(40, 48))
         for c in range(captions_per_image):
-            words = " ".join(WORDS[(i + j + c) % len(WORDS)] for j in range(3))
-            rows.append({"imbytes": data, "caption": f"a photo of a {words}.", "image_id": f"img{i}",
+            words = f"{WORDS[i % len(WORDS)]} {WORDS[(i + c + 1) % len(WORDS)]}"  # unique while i < 12
+            rows.append({"imbytes": data, "caption": f"a photo of a {words} {i}.", "image_id": f"img{i}",
                          "id": i * 10 + c})
     return rows
 
@@ -210,6 +210,17 @@ def test_ties_count_against_the_query():
     # Order of the data does not matter: swapping the tied images gives the same numbers.
     swapped = retrieval_metrics(images[[1, 0, 2]], texts[[1, 0, 2]], torch.tensor([0, 1, 2]), ks=(1, 2))
     assert swapped == m
+
+
+def test_near_ties_within_the_tolerance_count_against_the_query():
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    targets = torch.tensor([0, 1])
+    close = torch.tensor([[1.0, 0.0], [1.0 - 5e-7, 0.0]])  # image 1 scores 5e-7 below image 0 for every text
+    assert retrieval_metrics(close, texts, targets, ks=(1,))["T2I_R@1"] == 0.0  # a tie, against the query
+    # Exact comparison: caption 0 finds image 0 strictly first.
+    assert retrieval_metrics(close, texts, targets, ks=(1,), tie_tolerance=0.0)["T2I_R@1"] == 50.0
+    apart = torch.tensor([[1.0, 0.0], [1.0 - 1e-3, 0.0]])  # real gaps are not ties
+    assert retrieval_metrics(apart, texts, targets, ks=(1,))["T2I_R@1"] == 50.0
 
 
 def test_constant_embeddings_score_zero():
@@ -439,6 +450,19 @@ def test_evaluation_accepts_pairs_and_csv(tmp_path):
     assert metric_values(got) == pytest.approx(want)
 
 
+def test_missing_image_file_is_a_bad_image_and_empty_sources_fail(tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes(0))
+    (tmp_path / "b.png").write_bytes(png_bytes(1))
+    (tmp_path / "pairs.csv").write_text("image,caption\na.png,one\nb.png,two\ngone.png,three\n")
+    with pytest.raises(InputError, match=r"image_id 'gone\.png'.*file not found"):
+        evaluate_retrieval(FakeModel(), tmp_path / "pairs.csv", progress=False)
+    m = evaluate_retrieval(FakeModel(), tmp_path / "pairs.csv", skip_bad=True, progress=False)
+    assert (m["num_images"], m["num_captions"], m["num_bad_images"]) == (2, 2, 1)
+    (tmp_path / "empty.csv").write_text("image,caption\n")
+    with pytest.raises(InputError, match="no caption rows"):
+        evaluate_retrieval(FakeModel(), tmp_path / "empty.csv", progress=False)
+
+
 def test_crop_size_must_match_the_model(tmp_path):
     path = write_parquet(tmp_path / "valid.parquet", toy_rows(2, 1))
     with pytest.raises(ValueError, match="image_size=16"):
@@ -537,7 +561,7 @@ def test_cli_end_to_end(toy_root, vocab_dir, tmp_path, capsys):
     assert protocol["transforms"][0] == {"name": "resize", "size": 36, "side": "short", "interpolation": "bilinear"}
     assert protocol["transforms"][1] == {"name": "center_crop", "size": 32}
     assert protocol["pooling"]["method"] == "loda" and protocol["pooling"]["image_topk"] == 5
-    assert report["checkpoint"] == {"path": "tiny", "sha256": None}
+    assert report["checkpoint"]["path"] == "tiny" and report["checkpoint"]["sha256"] is None
     assert report["versions"]["torch"] and report["versions"]["python"]
 
 

@@ -35,7 +35,7 @@ class FakeTokenizer:
         return text.split()
 
     def join_wordpieces(self, pieces: list[str]) -> str:
-        return " ".join(pieces)
+        return " ".join(pieces).replace(" ##", "")
 
 
 def _image(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:
@@ -102,7 +102,8 @@ def test_augment_caption_proportions():
     assert abs(replaced / n - 0.02) < 0.005
     assert abs(dropped / n - 0.08) < 0.01
     assert kept + masked + replaced == len(out)  # random replacements are never special tokens
-    assert [t for t in out if t.startswith("w")] == [w for w in words if w in set(out)]  # order kept
+    present = set(out)
+    assert [t for t in out if t.startswith("w")] == [w for w in words if w in present]  # order kept
 
 
 def test_augment_caption_deterministic_and_edge_cases():
@@ -117,7 +118,33 @@ def test_augment_caption_deterministic_and_edge_cases():
     assert results <= {"dog", "[MASK]"} | set(tok.vocab[len(SPECIALS):])
 
 
+def test_orphaned_continuation_pieces_are_dropped():
+    class Pieces(FakeTokenizer):
+        def wordpieces(self, text: str) -> list[str]:
+            return ["dog", "##gy", "##s", "run"]
+
+    tok = Pieces()
+    outs = {augment_caption("doggys run", tok, random.Random(s), prob=0.5) for s in range(300)}
+    assert "doggys run" in outs and "[MASK] run" in outs  # "##gy ##s" after a mask are dropped with it
+    assert "dogs run" in outs  # a middle piece dropped: the next one still joins its word
+    assert not any("##" in o for o in outs)
+
+
 def test_caption_augmenter_is_picklable():
     aug = pickle.loads(pickle.dumps(CaptionAugmenter(FakeTokenizer(), prob=0.3)))
     text = "one two three four five six"
     assert aug(text, random.Random(1)) == augment_caption(text, FakeTokenizer(), random.Random(1), 0.3)
+
+
+def test_augmented_caption_retokenises_with_the_real_tokenizer(vocab_dir):
+    from simseg.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(vocab_dir)
+    text = "a photo of a dog on the grass."
+    outs = [augment_caption(text, tok, random.Random(s), prob=0.5) for s in range(20)]
+    assert any("[MASK]" in o for o in outs)
+    for out in outs:
+        ids = tok([out], padding="longest")["input_ids"][0].tolist()
+        # [MASK] comes back as the mask id (not split into "[", "mask", "]"), and no other special appears inside.
+        assert ids.count(tok.mask_id) == out.count("[MASK]")
+        assert tok.unk_id not in ids and tok.pad_id not in ids and tok.cls_id not in ids[1:]

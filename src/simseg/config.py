@@ -16,6 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 from simseg.errors import ConfigError, InputError
 
 PRESETS = ("tiny", "simseg-vit-s16", "simseg-vit-b16")
+#: Mappings whose keys are passed on to a library (timm / transformers): overrides may add new keys there.
+FREEFORM = ("model.vision.kwargs", "model.text.config")
 
 
 def preset_names() -> list[str]:
@@ -60,10 +62,11 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
     OmegaConf.set_struct(cfg, True)
     for text in overrides or []:
         key, value = parse_override(text)
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        freeform = key.rsplit(".", 1)[0] in FREEFORM
+        if not freeform and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"unknown config key {key!r} in override {text!r}")
         try:
-            OmegaConf.update(cfg, key, value, merge=False)
+            OmegaConf.update(cfg, key, value, merge=False, force_add=freeform)
         except OmegaConfBaseException as e:
             raise ConfigError(f"override {text!r}: {e}") from None
     return cfg

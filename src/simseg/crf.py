@@ -92,14 +92,44 @@ def dense_crf_binary(
         ConfigError: pydensecrf2 is not installed.
         ValueError: shapes or dtypes do not fit.
     """
+    if prob.ndim != 2:
+        raise ValueError(f"dense_crf_binary: probability map must be (H, W), got {prob.shape}")
+    return crf_from_unary(image, binary_unary(prob), iterations, gauss_sxy, gauss_compat, bilateral_sxy,
+                          bilateral_srgb, bilateral_compat)
+
+
+def crf_from_unary(
+    image: np.ndarray,
+    unary: np.ndarray,
+    iterations: int = 3,
+    gauss_sxy: float = 3,
+    gauss_compat: float = 3,
+    bilateral_sxy: float = 40,
+    bilateral_srgb: float = 13,
+    bilateral_compat: float = 10,
+) -> np.ndarray:
+    """The dense-CRF library's part of :func:`dense_crf_binary`: build, add the kernels, run mean-field, argmax.
+
+    Kept apart so a benchmark can time the library's calls separately from our own work (conventions.md).
+
+    Args:
+        image: (H, W, 3) uint8 RGB image.
+        unary: (2, H*W) float32 unary energies (:func:`binary_unary`).
+        iterations, gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat: as
+            :func:`dense_crf_binary`.
+
+    Returns:
+        (H, W) bool foreground mask.
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"dense_crf_binary: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    h, w = prob.shape
-    if image.shape[:2] != (h, w):
-        raise ValueError(f"dense_crf_binary: image {image.shape[:2]} and probability map {prob.shape} differ in size")
+    h, w = image.shape[:2]
+    if unary.shape != (2, h * w):
+        raise ValueError(f"dense_crf_binary: image {image.shape[:2]} and probability map "
+                         f"({unary.shape[1]} pixels) differ in size")
     dcrf = require_densecrf()
     crf = dcrf.DenseCRF2D(w, h, 2)
-    crf.setUnaryEnergy(binary_unary(prob))
+    crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
     crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
                              compat=bilateral_compat)

@@ -219,7 +219,7 @@ class ParquetSource:
 
     Args:
         paths: parquet files, glob patterns or folders of ``*.parquet``.
-        image_column: column of encoded image bytes.
+        image_column: column of encoded image bytes (or a Hugging Face ``{"bytes", "path"}`` image struct).
         caption_column: column of captions (string, or binary holding UTF-8).
         cache_row_groups: how many decoded row groups to keep.
 
@@ -301,6 +301,8 @@ class ParquetSource:
         where = f"{self.files[fi]} row group {g} row {j}"
         caption = _check_caption(table.column(self.caption_column)[j].as_py(), where)
         data = table.column(self.image_column)[j].as_py()
+        if isinstance(data, dict):  # Hugging Face datasets store images as a {"bytes", "path"} struct
+            data = data.get("bytes")
         if data is None:
             raise InputError(f"{where}: no image")
         if not isinstance(data, (bytes, bytearray)):
@@ -352,7 +354,8 @@ class WebDatasetSource:
             # img2dataset leaves gaps where a whole shard failed: go on with the others, but say so.
             logger.warning("webdataset: %d of %d shards not found (first: %s); using the others",
                            len(missing), len(shards), missing[0])
-        self.shards = [s for s in shards if s not in set(missing)]
+        absent = set(missing)
+        self.shards = [s for s in shards if s not in absent]
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
         self.seed = seed
@@ -439,6 +442,17 @@ def _decode_tar_sample(sample: Mapping[str, Any]) -> Sample | Skipped:
         return Skipped(str(e))
 
 
+def _plain_spec(spec: Any) -> dict[str, Any]:
+    """A config entry (dict or OmegaConf node) as a plain dict with plain lists inside."""
+    if type(spec).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"data source: expected a mapping with a 'type', got {type(spec).__name__}")
+    return dict(spec)
+
+
 def source_from_spec(spec: Mapping[str, Any]) -> Any:
     """Build a source from a config entry.
 
@@ -449,13 +463,7 @@ def source_from_spec(spec: Mapping[str, Any]) -> Any:
     Raises:
         ConfigError: the type or a key is unknown, or a required key is missing.
     """
-    if type(spec).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        spec = OmegaConf.to_container(spec, resolve=True)  # plain lists and dicts all the way down
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"data source: expected a mapping with a 'type', got {type(spec).__name__}")
-    spec = dict(spec)
+    spec = _plain_spec(spec)
     kind = spec.get("type")
     if kind is None:
         raise ConfigError(f"data source {spec}: missing 'type' (one of {sorted(_SPEC_KEYS)})")
@@ -491,6 +499,7 @@ def build_sources(specs: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[f
     """
     if not specs:
         raise ConfigError("data.sources: no data source given")
+    specs = [_plain_spec(s) for s in specs]
     sources = [source_from_spec(s) for s in specs]
     if all(s.get("weight") is None for s in specs):
         return sources, None
@@ -505,7 +514,9 @@ def build_sources(specs: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[f
 
 def _derive_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys (numpy's SeedSequence hashing: nearby keys give unrelated streams)."""
-    state = np.random.SeedSequence([int(k) % (1 << 63) for k in keys]).generate_state(2, dtype=np.uint32)
+    # Each key as exactly two 32-bit words, after the key count, so different key tuples never share an entropy list.
+    words = [len(keys)] + [w for k in keys for w in (int(k) % (1 << 63) & 0xFFFFFFFF, int(k) % (1 << 63) >> 32)]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 ^ int(state[1])
 
 

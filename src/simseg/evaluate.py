@@ -16,7 +16,6 @@ A sample that cannot be read is reported, counted and listed; the command then e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -29,14 +28,27 @@ import numpy as np
 import torch
 
 from simseg.classnames import parse_class_list
-from simseg.distributed import all_gather_object, all_reduce_sum
-from simseg.errors import ConfigError, InputError
+from simseg.distributed import all_gather_object
+from simseg.errors import InputError
 from simseg.metrics import ConfusionMatrix
 from simseg.segdata import BENCHMARKS, IGNORE_INDEX, SegmentationBenchmark, resolve_data_root
 
 #: Called on each evaluated sample: (dataset index, sample id, image, ground truth in the segmenter's class
 #: indices (255 = ignored), segmentation result).
 PredictionCallback = Callable[[int, str, Any, np.ndarray, Any], None]
+
+
+#: The paper's per-benchmark protocol settings (method.md §3 point 3: the threshold uses the top 30 image-level
+#: scores on PASCAL Context, 10 elsewhere). Applied unless the user sets the parameter with --set.
+BENCHMARK_PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "pascal_context": {"simseg": {"top_n": 30}},
+    "pascal_context59": {"simseg": {"top_n": 30}},
+}
+
+
+def protocol_parameters(dataset: str, protocol: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The protocol parameters for a benchmark: the paper's per-benchmark defaults, then the user's overrides."""
+    return {**BENCHMARK_PROTOCOL_DEFAULTS.get(dataset, {}).get(protocol, {}), **overrides}
 
 
 def evaluation_classes(dataset_classes: list[str]) -> tuple[list[str], int]:
@@ -111,13 +123,14 @@ def evaluate_segmentation(
     bar.close()
     seconds = time.perf_counter() - start
     matrix.all_reduce()
-    counts = all_reduce_sum(torch.tensor([evaluated, len(bad)], dtype=torch.int64))
-    bad = sorted((b for shard in all_gather_object(bad) for b in shard), key=lambda b: b["index"])
+    # Small per-rank facts travel as objects: all_gather_object works with every backend (gloo and NCCL).
+    shards = all_gather_object({"evaluated": evaluated, "bad": bad})
+    bad = sorted((b for shard in shards for b in shard["bad"]), key=lambda b: b["index"])
     metrics = matrix.compute(classes, exclude=range(offset))
     metrics.update(
         num_images=total,
-        num_evaluated=int(counts[0]),
-        num_bad=int(counts[1]),
+        num_evaluated=sum(shard["evaluated"] for shard in shards),
+        num_bad=len(bad),
         bad_samples=bad,
         seconds=seconds,
     )
@@ -126,25 +139,6 @@ def evaluate_segmentation(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Report
-
-
-def file_sha256(path: str | os.PathLike) -> str | None:
-    """sha256 of a checkpoint: of the file, or over a folder's files (names and contents); None for a preset."""
-    p = Path(path)
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-    else:
-        return None
-    digest = hashlib.sha256()
-    for f in files:
-        if p.is_dir():
-            digest.update(f.relative_to(p).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def software_versions() -> dict[str, str | None]:
@@ -162,61 +156,21 @@ def software_versions() -> dict[str, str | None]:
     return versions
 
 
+def _cell(v: float | None) -> str:
+    return f"{v:6.2f}" if v is not None else "   n/a"
+
+
 def format_table(metrics: dict, title: str) -> str:
     """A plain-text table: one row per class (IoU, Acc), then mIoU / aAcc / mAcc."""
-
-    def cell(v: float | None) -> str:
-        return f"{v:6.2f}" if v is not None else "   n/a"
 
     width = max([len("class")] + [len(n) for n in metrics["per_class"]])
     lines = [title, f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
     for name, row in metrics["per_class"].items():
-        lines.append(f"{name:<{width}}  {cell(row['IoU'])}  {cell(row['Acc'])}")
+        lines.append(f"{name:<{width}}  {_cell(row['IoU'])}  {_cell(row['Acc'])}")
     lines.append("-" * (width + 16))
     for key in ("mIoU", "aAcc", "mAcc"):
-        lines.append(f"{key:<{width}}  {cell(metrics[key])}")
+        lines.append(f"{key:<{width}}  {_cell(metrics[key])}")
     return "\n".join(lines)
-
-
-def plot_per_class_iou(per_class: dict[str, dict], miou: float | None, title: str, path: str | os.PathLike) -> None:
-    """Bar chart of per-class IoU (undefined classes left empty) with the mIoU as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never open a window
-    import matplotlib.pyplot as plt
-
-    names = list(per_class)
-    values = [per_class[n]["IoU"] if per_class[n]["IoU"] is not None else 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(names) + 2), 4.0), dpi=100)
-    try:
-        ax.bar(range(len(names)), values, color="#4c72b0")
-        if miou is not None:
-            ax.axhline(miou, color="#c44e52", linestyle="--", label=f"mIoU {miou:.1f}")
-            ax.legend(loc="upper right")
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-        ax.set_ylim(0, 100)
-        ax.set_ylabel("IoU (%)")
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    """``--set key=value`` protocol parameters; values are parsed as YAML scalars (``10``, ``1.5``, ``true``)."""
-    import yaml
-
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        try:
-            params[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: cannot parse the value ({e})") from None
-    return params
 
 
 def add_eval_seg_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,6 +183,8 @@ def add_eval_seg_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="simseg", choices=["simseg", "dense"],
                         help="simseg: the paper's protocol (default); dense: sliding-window per-pixel protocol")
     parser.add_argument("--no-crf", action="store_true", help="the paper's no-CRF variant of the simseg protocol")
+    parser.add_argument("--templates", default="imagenet", choices=["imagenet", "single"],
+                        help="prompt templates: the 80 ImageNet ones (default) or a single 'a photo of a {}.'")
     parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
                         help="protocol parameter, e.g. --set threshold_std=1.5 (repeatable)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -249,7 +205,8 @@ def _overlay_writer(out_dir: Path, class_names: list[str], count: int) -> Predic
         from simseg.visualize import overlay
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        overlay(image, np.asarray(result.labels), class_names).save(out_dir / f"{sample_id}_pred.png")
+        scores = getattr(result, "scores", None)
+        overlay(image, np.asarray(result.labels), class_names, scores=scores).save(out_dir / f"{sample_id}_pred.png")
         # ignored pixels (255) are drawn as background: the overlay only knows class indices
         shown = np.where(gt == IGNORE_INDEX, 0, gt).astype(np.int32)
         overlay(image, shown, class_names).save(out_dir / f"{sample_id}_gt.png")
@@ -261,14 +218,16 @@ def _overlay_writer(out_dir: Path, class_names: list[str], count: int) -> Predic
 def run_eval_seg(args: argparse.Namespace) -> int:
     """Run ``simseg eval-seg``: evaluate, print the table, write the report; exit 1 on bad samples."""
     import simseg
+    from simseg.checkpoint import checkpoint_fingerprint
     from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
-    from simseg.segment import Segmenter
+    from simseg.segment import Segmenter, _parse_set
+    from simseg.visualize import iou_bar_chart
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit: must be at least 1, got {args.limit}")
     if args.num_overlays < 0:
         raise InputError(f"--num-overlays: must be at least 0, got {args.num_overlays}")
-    params = _parse_set(args.params)
+    params = protocol_parameters(args.dataset, args.protocol, _parse_set(args.params))
     root = resolve_data_root(args.data_root)
     dataset = SegmentationBenchmark(args.dataset, root)
     distributed = init_distributed()
@@ -278,13 +237,8 @@ def run_eval_seg(args: argparse.Namespace) -> int:
         device = f"cuda:{get_local_rank()}"
     model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
     classes, offset = evaluation_classes(dataset.class_names)
-    try:
-        segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, cache_dir=args.cache_dir,
-                              **params)
-    except TypeError as e:
-        if params and "argument" in str(e):
-            raise ConfigError(f"--set: {e}") from None
-        raise
+    segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,
+                          cache_dir=args.cache_dir, **params)
     out = Path(args.out) if args.out else Path("simseg-eval") / args.dataset
     overlays = _overlay_writer(out / "overlays", classes, args.num_overlays) if rank == 0 else None
 
@@ -292,7 +246,7 @@ def run_eval_seg(args: argparse.Namespace) -> int:
                                     on_prediction=overlays if args.num_overlays else None)
     if rank == 0:
         protocol = segmenter.protocol_info()
-        checkpoint = {"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)}
+        checkpoint = checkpoint_fingerprint(args.checkpoint)
         report = {
             "dataset": args.dataset,
             "split": "val",
@@ -323,8 +277,8 @@ def run_eval_seg(args: argparse.Namespace) -> int:
         params_text = ", ".join(f"{k}={v}" for k, v in protocol.items() if k != "name")
         title = (f"{args.dataset}: {metrics['num_evaluated']}/{metrics['num_images']} images, protocol "
                  f"{protocol.get('name', args.protocol)} ({params_text}), checkpoint {args.checkpoint}")
-        plot_per_class_iou(metrics["per_class"], metrics["mIoU"], f"{args.dataset} ({protocol.get('name')})",
-                           out / "per_class_iou.png")
+        iou_bar_chart(report["per_class_IoU"], out / "per_class_iou.png",
+                      f"{args.dataset}: mIoU {_cell(metrics['mIoU'])} ({protocol.get('name')}), {args.checkpoint}")
         print(format_table(metrics, title))
         sha = checkpoint["sha256"]
         print(f"checkpoint sha256: {sha if sha else 'n/a (preset)'}")

@@ -15,8 +15,9 @@ the sum of the six recalls, all in percent. Examples::
 Under ``torchrun`` distinct image ``i`` and caption ``j`` are encoded by ranks ``i % world_size`` and
 ``j % world_size``; the embeddings are gathered so every rank computes the same metrics and rank 0 reports them.
 
-Ties (equal similarities) are broken against the query: a true match ranks below every non-match with the same
-score, so a degenerate model whose embeddings are all equal scores 0, never a lucky recall from the data order.
+Ties (similarities within 1e-6) are broken against the query: a true match ranks below every non-match with the
+same score, so a degenerate model whose embeddings are all equal scores 0, never a lucky recall from the data order,
+and the numbers do not depend on batch size or world size through float rounding.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import os
 import sys
@@ -49,8 +51,12 @@ PARQUET_COLUMNS = ("imbytes", "caption", "image_id", "id")
 #: How the built-in dataset names are shown in the table (the seed README's names).
 DATASET_TITLES = {"f30k": "Flickr30K", "coco": "MSCOCO"}
 
+#: Similarities closer than this are ties (float rounding noise from batching must not decide a rank).
+DEFAULT_TIE_TOLERANCE = 1e-6
+
 #: The tie rule, as stated in reports.
-TIE_RULE = "a true match ranks below every non-match with an equal score (ties count against the query)"
+TIE_RULE = (f"a true match ranks below every non-match whose score is within {DEFAULT_TIE_TOLERANCE:g} of it "
+            "(ties count against the query)")
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ def read_parquet_pairs(path: str | os.PathLike, batch_rows: int = 1024) -> Itera
     row = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=list(PARQUET_COLUMNS)):
         cols = {name: batch.column(name).to_pylist() for name in PARQUET_COLUMNS}
-        for imbytes, caption, image_id, caption_id in zip(*(cols[c] for c in PARQUET_COLUMNS)):
+        for imbytes, caption, image_id, caption_id in zip(*(cols[c] for c in PARQUET_COLUMNS), strict=True):
             yield Pair(caption_id, image_id, caption, imbytes, f"{path}, row {row}")
             row += 1
 
@@ -124,15 +130,9 @@ def _table_records(path: Path) -> tuple[list[str], Iterator[dict]]:
     """(column names, records) of a CSV, JSON (a list of objects) or JSON-lines file."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        fh = open(path, newline="", encoding="utf-8")  # closed by the generator below
-        reader = csv.DictReader(fh)
-        fields = list(reader.fieldnames or [])
-
-        def rows() -> Iterator[dict]:
-            with fh:
-                yield from reader
-
-        return fields, rows()
+        # Caption files are small next to their images: read whole, so no file handle outlives an error.
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+        return list(reader.fieldnames or []), iter(reader)
     try:
         if suffix == ".jsonl":
             records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -299,6 +299,7 @@ def retrieval_metrics(
     text_to_image: torch.Tensor | Sequence[int],
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
 ) -> dict[str, float]:
     """Image-to-text and text-to-image recall at K, in percent, computed chunk by chunk.
 
@@ -312,7 +313,10 @@ def retrieval_metrics(
 
     Ties: a true match ranks below every non-match with an equal score (ties count against the query). The rank of
     a query's best true match is the number of non-matches scoring at least as high; the query counts at K when
-    that rank is below K. This makes the result independent of the order of the data.
+    that rank is below K. This makes the result independent of the order of the data. Scores closer than
+    ``tie_tolerance`` count as equal: float rounding differs with batch composition (padding, number of ranks),
+    and identical captions or images of different ids would otherwise rank by rounding noise; a tolerance of
+    1e-6 on cosine similarities makes the numbers the same for any batch size and world size.
 
     Args:
         image_emb: (I, D) image embeddings.
@@ -320,6 +324,7 @@ def retrieval_metrics(
         text_to_image: (T,) index of each caption's image in ``image_emb``.
         ks: the K values.
         chunk_size: queries scored at once.
+        tie_tolerance: score differences up to this count as ties (0: exact comparison).
 
     Returns:
         ``{"I2T_R@1", ..., "T2I_R@1", ..., "RSUM"}`` as plain floats.
@@ -342,6 +347,8 @@ def retrieval_metrics(
         raise ValueError(f"text_to_image holds indices outside [0, {num_images})")
     if bool((torch.bincount(targets, minlength=num_images) == 0).any()):
         raise ValueError("every image needs at least one caption")
+    if tie_tolerance < 0:
+        raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
     if chunk_size < 1 or not ks or min(ks) < 1:
         raise ValueError(f"chunk_size and every K must be >= 1, got chunk_size={chunk_size}, ks={tuple(ks)}")
     image_emb = image_emb.float()
@@ -356,14 +363,14 @@ def retrieval_metrics(
         scores = image_emb[start:stop] @ text_emb.T  # (c, T)
         positive = targets.unsqueeze(0) == torch.arange(start, stop, device=device).unsqueeze(1)
         best = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
-        i2t_rank[start:stop] = ((scores >= best) & ~positive).sum(dim=1)
+        i2t_rank[start:stop] = ((scores >= best - tie_tolerance) & ~positive).sum(dim=1)
     # T2I: per caption, the number of other images scoring >= its own image.
     t2i_rank = torch.empty(num_texts, dtype=torch.long, device=device)
     for start in range(0, num_texts, chunk_size):
         stop = min(start + chunk_size, num_texts)
         scores = text_emb[start:stop] @ image_emb.T  # (c, I)
         own = scores.gather(1, targets[start:stop].unsqueeze(1))
-        t2i_rank[start:stop] = (scores >= own).sum(dim=1) - 1  # the own image is >= itself
+        t2i_rank[start:stop] = (scores >= own - tie_tolerance).sum(dim=1) - 1  # minus the own image itself
 
     metrics: dict[str, float] = {}
     for name, rank in (("I2T", i2t_rank), ("T2I", t2i_rank)):
@@ -439,6 +446,7 @@ def evaluate_retrieval(
     crop_size: int | None = None,
     chunk_size: int = 1024,
     ks: Sequence[int] = (1, 5, 10),
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
     num_workers: int = 2,
     rank: int | None = None,
     world_size: int | None = None,
@@ -465,6 +473,7 @@ def evaluate_retrieval(
             resize defaults to the paper's ratio, ``round(crop * 324 / 288)``.
         chunk_size: queries scored at once by :func:`retrieval_metrics`.
         ks: recall cut-offs.
+        tie_tolerance: see :func:`retrieval_metrics`.
         num_workers: threads decoding images.
         rank, world_size: this process's shard (default: from torch.distributed, or 0 / 1).
         progress: show tqdm progress bars (on rank 0).
@@ -526,7 +535,7 @@ def evaluate_retrieval(
         def flush(pool: ThreadPoolExecutor, bar: Any) -> None:
             loaded = list(pool.map(load, pending))
             keep = []
-            for (i, image_id, _), result in zip(pending, loaded):
+            for (i, image_id, _), result in zip(pending, loaded, strict=True):
                 if isinstance(result, InputError):
                     bad.append({"index": i, "image_id": image_id, "error": str(result)})
                     bar.write(f"bad image {image_id!r}: {result}", file=sys.stderr)
@@ -571,14 +580,15 @@ def evaluate_retrieval(
         # Captions: this rank's share, sorted by length so each batch pads little.
         mine = sorted(range(rank, len(text_rows), world_size), key=lambda j: len(index.captions[text_rows[j]]))
         text_embs: list[torch.Tensor] = []
-        bar = tqdm(total=len(text_rows), desc="captions", unit="cap", disable=not show, dynamic_ncols=True)
+        bar = tqdm(total=len(mine), desc="captions" + (" (rank 0's share)" if world_size > 1 else ""), unit="cap",
+                   disable=not show, dynamic_ncols=True)
         for start in range(0, len(mine), batch_size):
             chunk = mine[start:start + batch_size]
             tokens = model.tokenize([index.captions[text_rows[j]] for j in chunk], padding="longest")
             with torch.inference_mode():
                 emb = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
             text_embs.append(emb.float().cpu())
-            bar.update(len(chunk) * world_size)
+            bar.update(len(chunk))
         bar.close()
 
         dim = image_embs[0].shape[1] if image_embs else (text_embs[0].shape[1] if text_embs else 0)
@@ -591,7 +601,7 @@ def evaluate_retrieval(
             model.train()
 
     metrics = retrieval_metrics(images.to(device), texts.to(device), text_to_image.to(device), ks=ks,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, tie_tolerance=tie_tolerance)
     metrics.update(
         num_rows=index.num_rows,
         num_images=len(kept_images),
@@ -624,7 +634,7 @@ def format_retrieval_table(rows: Sequence[dict], ks: Sequence[int] = (1, 5, 10))
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.center(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(c.center(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else (":" + "-" * w + ":") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(headers), rule] + [line(b) for b in body])
@@ -687,9 +697,9 @@ def _resolve_source(args: argparse.Namespace) -> tuple[Path, str]:
 
 def run_eval_retrieval(args: argparse.Namespace) -> int:
     """Run ``simseg eval-retrieval``: evaluate, print the table, write ``metrics.json``; exit 1 on bad images."""
-    from simseg.checkpoint import load_model
+    from simseg.checkpoint import checkpoint_fingerprint, load_model
     from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
-    from simseg.evaluate import file_sha256, software_versions
+    from simseg.evaluate import software_versions
 
     for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
                         ("--resize-size", args.resize_size), ("--crop-size", args.crop_size)):
@@ -711,7 +721,7 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
                                  num_workers=args.workers, rank=rank, world_size=world_size)
     if rank == 0:
         keys = [k for k in metrics if k.startswith(("I2T_", "T2I_"))] + ["RSUM"]
-        checkpoint = {"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)}
+        checkpoint = checkpoint_fingerprint(args.checkpoint)
         backbone = _backbone_name(model)
         report = {
             "dataset": dataset,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from simseg.classnames import BACKGROUND, IMAGENET_TEMPLATES, parse_class_list, read_class_file
+from simseg.classnames import IMAGENET_TEMPLATES, parse_class_list, read_class_file
 from simseg.errors import ConfigError, InputError, SimSegError
 
 #: A single prompt for quick use (``--templates single``).
@@ -363,8 +363,10 @@ def select_classes(
 def rebuild_uint8(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """The uint8 RGB image the CRF sees, rebuilt from the normalised tensor as the original does (method.md §7).
 
-    ``((x * std + mean) * 255)`` in float32 torch, cast to uint8 by truncation (not rounding): some channel values end
-    one level below the source image, and the CRF output depends on it.
+    ``((x * std + mean) * 255)`` in float32, cast to uint8 by truncation (not rounding): some channel values end
+    one level below the source image, and the CRF output depends on it. The arithmetic is numpy float32, one
+    correctly rounded operation at a time exactly as torch's float32 kernels do, so the bytes equal the original's
+    torch expression (tested); numpy avoids torch's per-operation thread-pool overhead on this small array.
 
     Args:
         image: (3, H, W) normalised float32 tensor.
@@ -374,10 +376,10 @@ def rebuild_uint8(image: torch.Tensor, mean: Sequence[float], std: Sequence[floa
     Returns:
         (H, W, 3) uint8 array.
     """
-    x = image.detach().to("cpu", torch.float32)
-    m = torch.tensor(tuple(mean), dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(tuple(std), dtype=torch.float32).view(3, 1, 1)
-    return (((x * s) + m) * 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    x = image.detach().to("cpu", torch.float32).numpy()
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((((x * s) + m) * np.float32(255)).astype(np.uint8).transpose(1, 2, 0))
 
 
 def minmax(values: np.ndarray) -> np.ndarray | None:
@@ -556,6 +558,7 @@ class Segmenter:
         self._ensure_image_size()
         self.class_emb = class_embeddings(model, self.class_names, self.templates, cache_dir=cache_dir)
         self._dtype = label_dtype(len(self.class_names))
+        self._transform: Callable[[Image.Image], torch.Tensor] | None = None
 
     def protocol_info(self) -> dict:
         """The protocol's name, every parameter value, whether the CRF ran, and the prompt templates used."""
@@ -574,10 +577,12 @@ class Segmenter:
     # ------------------------------------------------------------------ simseg protocol, in two timed halves
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """``Resize((S, S))`` (PIL bilinear), ``ToTensor``, ``Normalize``: a (1, 3, S, S) float32 batch (CPU)."""
-        from simseg.transforms import eval_transform
+        if self._transform is None:
+            from simseg.transforms import eval_transform
 
-        transform = eval_transform(self.params.input_size, mode="square", mean=self.model.mean, std=self.model.std)
-        return transform(image.convert("RGB")).unsqueeze(0)
+            self._transform = eval_transform(self.params.input_size, mode="square", mean=self.model.mean,
+                                             std=self.model.std)
+        return self._transform(image.convert("RGB")).unsqueeze(0)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
@@ -780,7 +785,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for <stem>_labels.png and <stem>_overlay.png")
     parser.add_argument("--cache-dir", default=None, help="class-embedding cache folder (default: $SIMSEG_CACHE/text "
                                                           "or ~/.cache/simseg/text)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -815,10 +820,16 @@ def _output_stems(paths: Sequence[str]) -> list[str]:
 def run_segment(args: argparse.Namespace) -> int:
     """Run ``simseg segment``: write a label PNG and an overlay per image, print the classes found.
 
+    Also writes ``segment.json`` in the output folder: per image the classes found with their scores and the
+    image-level scores of every class, plus the protocol and its parameters, the checkpoint (path and sha256) and the
+    software versions.
+
     Returns:
         0 when every image was segmented, 1 when any could not be read or segmented (each is reported by name).
     """
     import simseg
+    from simseg.checkpoint import checkpoint_fingerprint
+    from simseg.evaluate import software_versions
     from simseg.images import load_image
     from simseg.visualize import overlay, save_label_png
 
@@ -830,15 +841,19 @@ def run_segment(args: argparse.Namespace) -> int:
 
         require_densecrf()  # before loading a model: fail fast
     params = _parse_set(args.params)
-    model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
     segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,
                           cache_dir=args.cache_dir, **params)
     info = segmenter.protocol_info()
+    checkpoint = checkpoint_fingerprint(args.checkpoint)
     params_text = ", ".join(f"{k}={v}" for k, v in info.items() if k != "name")
-    print(f"protocol {info['name']} ({params_text}); checkpoint {args.checkpoint}")
+    sha = checkpoint["sha256"][:12] if checkpoint.get("sha256") else "n/a (preset, random weights)"
+    print(f"protocol {info['name']} ({params_text}); checkpoint {args.checkpoint} (sha256 {sha})")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
     failed = 0
     for path, stem in zip(args.images, _output_stems(args.images)):
         try:
@@ -849,9 +864,31 @@ def run_segment(args: argparse.Namespace) -> int:
         except SimSegError as e:
             failed += 1
             print(f"{path}: error: {e}", file=sys.stderr)
+            records.append({"image": str(path), "error": str(e)})
             continue
         found = ", ".join(f"{name} {score:.3f}" for name, score in result.found) or "nothing (all background)"
         print(f"{path}: {found}")
+        records.append({
+            "image": str(path),
+            "labels": f"{stem}_labels.png",
+            "overlay": f"{stem}_overlay.png",
+            "size": [image.width, image.height],
+            "found": [{"class": name, "score": score} for name, score in result.found],
+            "scores": {name: float(v) for name, v in zip(result.class_names, result.scores)},
+            "details": result.details,
+        })
+    report = {
+        "classes": segmenter.class_names,
+        "protocol": info,
+        "checkpoint": checkpoint,
+        "device": device,
+        "versions": software_versions(),
+        "images": records,
+        "num_failed": failed,
+    }
+    tmp = out / "segment.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "segment.json")
     if failed:
         print(f"{failed} of {len(args.images)} image(s) failed", file=sys.stderr)
     return 1 if failed else 0

@@ -7,7 +7,6 @@ Built on the ``tokenizers`` library's ``BertWordPieceTokenizer``, which reads th
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -88,8 +87,9 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / "vocab.txt"
-        if target.resolve() != self.vocab_file.resolve():
-            shutil.copyfile(self.vocab_file, target)
+        tmp = directory / ".vocab.txt.tmp"
+        tmp.write_text("".join(tok + "\n" for tok in self.vocab), encoding="utf-8")  # from memory: the source
+        os.replace(tmp, target)  # file may be gone (e.g. a pruned training checkpoint)
         return directory
 
 

@@ -105,7 +105,11 @@ def augment_caption(text: str, tokenizer: Any, rng: random.Random, prob: float =
 
     Each word piece independently, with probability ``prob``: becomes the tokenizer's mask token (half of those
     cases), becomes a random non-special vocabulary token (a tenth), or is dropped (the remaining 0.4). The pieces are
-    joined back into a string, which the model re-tokenises.
+    joined back into a string, which the model re-tokenises. As in the original (``process_caption`` of SimSeg's
+    ``datasets/clip/utils.py``), a continuation piece (``##...``) left with no word before it, at the start or right
+    after a mask, is dropped rather than glued to the mask; other continuation pieces join the word before them.
+    Two deliberate differences: random replacements never draw special tokens (the original could insert ``[PAD]``
+    or ``[CLS]``), and a word is never cut after its third piece (the original glues at most two continuations).
 
     Args:
         text: the caption.
@@ -119,19 +123,25 @@ def augment_caption(text: str, tokenizer: Any, rng: random.Random, prob: float =
     """
     if prob <= 0:
         return text
-    out: list[str] = []
+    mask = tokenizer.mask_token
+    edited: list[str] = []
     for piece in tokenizer.wordpieces(text):
         if rng.random() >= prob:
-            out.append(piece)
+            edited.append(piece)
             continue
         action = rng.random()
         if action < MASK_SHARE:
-            out.append(tokenizer.mask_token)
+            edited.append(mask)
         elif action < MASK_SHARE + RANDOM_SHARE:
             token = _random_token(tokenizer.vocab, rng)
             if token is not None:
-                out.append(token)
+                edited.append(token)
         # else: dropped
+    out: list[str] = []
+    for piece in edited:
+        if piece.startswith("##") and (not out or out[-1] == mask):
+            continue  # an orphaned continuation would re-tokenise as "#", "#", ... or glue onto [MASK]
+        out.append(piece)
     if not out:
         return text
     return tokenizer.join_wordpieces(out)

@@ -1,0 +1,595 @@
+"""``simseg serve``: a local web page and JSON API to segment your own image with your own class names.
+
+Run it with ``simseg serve --checkpoint PATH`` (or ``simseg serve --demo`` after ``simseg demo``) and open
+http://127.0.0.1:8000/. The page (``static/``) uploads an image or picks a built-in synthetic example, sends the class
+names, protocol and CRF choice to ``POST /segment``, and shows the overlay, a legend and the per-class scores.
+
+The app is FastAPI (Starlette) served by uvicorn: a plain ASGI app that FastAPI's ``TestClient`` drives in-process,
+with multipart parsing (python-multipart) and static files built in, and no front-end framework to ship.
+
+Design:
+
+* One model shared by all requests. Model calls run in a one-thread executor, so requests are processed one at a
+  time (the model's input size is switched per protocol, which is not safe to overlap), off the event loop, so the
+  page, ``/health`` and refusals stay responsive while a segmentation runs.
+* At most ``queue`` requests are admitted (running or waiting); one more gets 503 "busy" with ``Retry-After``.
+* Each request waits at most ``timeout`` seconds, then gets 504; a job that has not started yet is cancelled.
+* Class embeddings live in the :class:`~simseg.segment.Segmenter` objects, kept in a small LRU cache keyed by
+  (class list, protocol, CRF, templates) inside the :class:`SegmentService` (and on disk by ``segment.py``).
+* Limits: request body size (413, checked from ``Content-Length`` before anything is read, and while streaming),
+  image pixel count (413, from the image header before decoding), number of classes and class-name length (400).
+  Every error is JSON ``{"error": "..."}``; the page shows it.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations (``Request``, imported lazily
+# inside create_app) at runtime.
+import argparse
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import io
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from simseg.errors import InputError, SimSegError
+
+#: ``simseg demo``'s default output folder and where it puts the LoDA model's checkpoint.
+DEMO_CHECKPOINT = Path("simseg-demo") / "loda" / "checkpoint"
+
+PROTOCOLS = ("simseg", "dense")
+TEMPLATE_CHOICES = ("imagenet", "single")
+
+#: Multipart framing and the small text fields ride on top of the image's bytes.
+_FORM_SLACK_BYTES = 256 * 1024
+
+#: A (model, class names, protocol, crf, templates) -> segmenter factory; ``Segmenter`` by default.
+SegmenterFactory = Callable[[Any, list[str], str, bool, str], Callable[[Image.Image], Any]]
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for.
+
+    Attributes:
+        max_upload_bytes: largest image upload.
+        max_pixels: largest image (width x height), checked from the header before decoding.
+        max_classes: most class names in one request (background not counted).
+        max_class_chars: longest class name (the text encoder truncates prompts at 25 tokens anyway).
+        timeout_s: longest a request waits for its result, queueing included.
+        queue: most requests admitted at once (one running, the rest waiting); more get "busy".
+        cache_size: segmenters (class embeddings) kept in memory.
+    """
+
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 16_000_000
+    max_classes: int = 100
+    max_class_chars: int = 100
+    timeout_s: float = 60.0
+    queue: int = 4
+    cache_size: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "max_classes", "max_class_chars", "queue", "cache_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"serve limit {name}: must be at least 1, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise InputError(f"serve limit timeout: must be positive, got {self.timeout_s}")
+
+
+class RequestError(SimSegError):
+    """A request refused with an HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _default_factory(model: Any, class_names: list[str], protocol: str, crf: bool, templates: str,
+                     cache_dir: str | None = None) -> Callable[[Image.Image], Any]:
+    from simseg.segment import Segmenter
+
+    return Segmenter(model, class_names, protocol=protocol, crf=crf, templates=templates, cache_dir=cache_dir)
+
+
+def _png_base64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def label_png(labels: np.ndarray) -> Image.Image:
+    """The label map as a PNG-ready image whose pixel values are the class indices.
+
+    A palette PNG (the VOC look, as :func:`simseg.visualize.save_label_png`) for up to 256 classes, 16-bit grey above.
+    """
+    from simseg.visualize import palette
+
+    if labels.size and labels.max() > 255:
+        return Image.fromarray(labels.astype(np.uint16))
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(palette(256).tobytes())
+    return img
+
+
+def parse_bool(value: str | None, name: str, default: bool) -> bool:
+    """A form checkbox or API flag: true/false, on/off, 1/0, yes/no (case-insensitive); absent -> ``default``."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip().lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise RequestError(400, f"{name}: expected true or false, got {value!r}")
+
+
+class SegmentService:
+    """The state behind the app: one model, the limits, the segmenter cache and the one-at-a-time executor.
+
+    Args:
+        model: a loaded model in eval mode, shared by all requests.
+        limits: request limits.
+        default_classes: class names the page starts with (comma-separated).
+        examples: built-in example images (name, PIL image) the page can pick instead of an upload.
+        cache_dir: on-disk class-embedding cache (``Segmenter``'s; None: its default).
+        segmenter_factory: builds a segmenter for (model, class names, protocol, crf, templates); tests pass a
+            stand-in. Default: :class:`simseg.segment.Segmenter`.
+        title: what the page calls the model (e.g. the checkpoint path).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        limits: ServeLimits,
+        default_classes: str = "",
+        examples: Sequence[tuple[str, Image.Image]] = (),
+        cache_dir: str | None = None,
+        segmenter_factory: SegmenterFactory | None = None,
+        title: str = "",
+    ):
+        self.model = model
+        self.limits = limits
+        self.default_classes = default_classes
+        self.examples = [(name, img.convert("RGB")) for name, img in examples]
+        self.example_png = [self._encode_png(img) for _, img in self.examples]
+        self.cache_dir = cache_dir
+        self.factory = segmenter_factory
+        self.title = title
+        self._segmenters: OrderedDict[tuple, Any] = OrderedDict()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simseg-serve")
+        self._admitted = 0
+        self._admit_lock = threading.Lock()  # loop-agnostic: TestClient threads each run their own event loop
+        self.served = 0
+
+    @staticmethod
+    def _encode_png(image: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    # ---------------------------------------------------------------- validation (cheap, on the event loop)
+    def parse_classes(self, text: str | None) -> list[str]:
+        """The class list of a request (background first), within the limits.
+
+        Raises:
+            RequestError: 400 for an empty, malformed or too long list.
+        """
+        from simseg.classnames import parse_class_list
+
+        if text is None or not text.strip():
+            raise RequestError(400, "classes: empty; type at least one class name, e.g. 'cat, dog, grass'")
+        count = text.count(",") + 1  # before parsing: thousands of names are refused without touching them
+        if count > self.limits.max_classes + 1:
+            raise RequestError(400, f"classes: {count} names given; the limit is {self.limits.max_classes}")
+        try:
+            names = parse_class_list(text)
+        except InputError as e:
+            raise RequestError(400, str(e)) from None
+        if len(names) - 1 > self.limits.max_classes:
+            raise RequestError(400, f"classes: {len(names) - 1} names given; the limit is {self.limits.max_classes}")
+        for name in names:
+            if len(name) > self.limits.max_class_chars:
+                raise RequestError(400, f"classes: name {name[:30]!r}... is {len(name)} characters long; the limit "
+                                        f"is {self.limits.max_class_chars}")
+        return names
+
+    def check_image_header(self, data: bytes, name: str) -> None:
+        """Refuse an empty upload (400) or one whose header says it is over the pixel limit (413), before decoding.
+
+        Anything PIL cannot identify is left to :func:`simseg.images.load_image`, which names the problem.
+        """
+        if not data:
+            raise RequestError(400, f"image {name!r}: empty upload (0 bytes)")
+        if len(data) > self.limits.max_upload_bytes:
+            raise RequestError(413, f"image {name!r}: {len(data) / 2**20:.1f} MB exceeds the upload limit of "
+                                    f"{self.limits.max_upload_bytes / 2**20:g} MB")
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except Exception:  # not an image, or a broken header: load_image gives the precise message
+            return
+        if width * height > self.limits.max_pixels:
+            raise RequestError(413, f"image {name!r}: {width}x{height} = {width * height} pixels exceeds the limit "
+                                    f"of {self.limits.max_pixels}")
+
+    # ---------------------------------------------------------------- the job (in the worker thread)
+    def _segmenter(self, names: list[str], protocol: str, crf: bool, templates: str) -> Any:
+        key = (tuple(names), protocol, crf, templates)
+        seg = self._segmenters.get(key)
+        if seg is not None:
+            self._segmenters.move_to_end(key)
+            return seg
+        if self.factory is not None:
+            seg = self.factory(self.model, names, protocol, crf, templates)
+        else:
+            seg = _default_factory(self.model, names, protocol, crf, templates, cache_dir=self.cache_dir)
+        self._segmenters[key] = seg
+        while len(self._segmenters) > self.limits.cache_size:
+            self._segmenters.popitem(last=False)
+        return seg
+
+    def run_job(self, image: bytes | int, image_name: str, names: list[str], protocol: str, crf: bool,
+                templates: str) -> dict:
+        """Decode, segment and encode one request; runs in the single worker thread.
+
+        Args:
+            image: the uploaded bytes, or the index of a built-in example.
+
+        Raises:
+            RequestError: 400 for an unreadable image or a refused option (e.g. the CRF library missing).
+        """
+        from simseg.images import load_image
+        from simseg.visualize import overlay, palette
+
+        start = time.perf_counter()
+        try:
+            if isinstance(image, int):
+                pil = self.examples[image][1]
+            else:
+                pil = load_image(image, name=f"image {image_name!r}", max_pixels=self.limits.max_pixels)
+            seg = self._segmenter(names, protocol, crf, templates)
+            result = seg(pil)
+        except SimSegError as e:
+            raise RequestError(400, str(e)) from None
+        labels = np.asarray(result.labels)
+        scores = np.asarray(result.scores, dtype=np.float64)
+        # the legend goes into the page (and the JSON) instead: the overlay keeps the image's size
+        blend = overlay(pil, labels, result.class_names, scores=scores).crop((0, 0, pil.width, pil.height))
+        colors = palette(256)[np.arange(len(result.class_names)) % 256]
+        self.served += 1
+        return {
+            "width": pil.width,
+            "height": pil.height,
+            "class_names": list(result.class_names),
+            "scores": [float(s) for s in scores],
+            "colors": colors.tolist(),
+            "found": [{"name": name, "score": float(score)} for name, score in result.found],
+            "protocol": result.protocol,
+            "details": getattr(result, "details", {}),
+            "labels_png_base64": _png_base64(label_png(labels)),
+            "overlay_png_base64": _png_base64(blend),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+
+    # ---------------------------------------------------------------- admission and timeout (on the event loop)
+    def _release(self, _future: Future) -> None:
+        with self._admit_lock:
+            self._admitted -= 1
+
+    def submit(self, *args: Any) -> Future:
+        """Queue a job, or refuse with 503 when ``queue`` jobs are already admitted."""
+        with self._admit_lock:
+            if self._admitted >= self.limits.queue:
+                raise RequestError(503, f"busy: {self._admitted} requests are being processed or waiting (limit "
+                                        f"{self.limits.queue}); try again in a moment", headers={"Retry-After": "2"})
+            self._admitted += 1
+        try:
+            future = self._executor.submit(self.run_job, *args)
+        except BaseException:
+            self._release(None)  # type: ignore[arg-type]
+            raise
+        # released when the job really ends, not when its request gives up: a timed-out job still occupies the worker
+        future.add_done_callback(self._release)
+        return future
+
+    async def segment(self, *args: Any) -> dict:
+        """Run a job within the time limit; 504 when it takes longer (a job that has not started is cancelled)."""
+        future = self.submit(*args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"timeout: the segmentation took longer than the limit of "
+                                    f"{self.limits.timeout_s:g} s (fewer classes, a smaller image or the dense "
+                                    f"protocol without CRF are faster)") from None
+
+    @property
+    def busy(self) -> int:
+        """Requests admitted now (running or waiting)."""
+        return self._admitted
+
+    def close(self) -> None:
+        """Stop the worker: waiting jobs are cancelled, a running one finishes in the background."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------------------- the app
+class _BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, from ``Content-Length`` before reading anything,
+    and while streaming for bodies sent without it."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app: Any, limit: int, upload_limit: int):
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+
+    async def _refuse(self, send: Any, size: int | None) -> None:
+        import json
+
+        got = f"{size / 2**20:.1f} MB" if size is not None else "more"
+        body = json.dumps({"error": f"upload too large: {got} exceeds the limit of "
+                                    f"{self.upload_limit / 2**20:g} MB"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(send, int(length))
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise self.TooLarge()
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except self.TooLarge:
+            if not started:
+                await self._refuse(send, None)
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("simseg") / "static"))
+
+
+def create_app(
+    model: Any,
+    limits: ServeLimits | None = None,
+    default_classes: str = "",
+    examples: Sequence[tuple[str, Image.Image]] = (),
+    cache_dir: str | None = None,
+    segmenter_factory: SegmenterFactory | None = None,
+    title: str = "",
+) -> Any:
+    """The FastAPI app: the page at ``/``, ``POST /segment``, ``GET /health``, ``GET /config``, ``GET /examples/N``.
+
+    Args:
+        model: a loaded model (eval mode), shared by all requests.
+        limits: request limits (default :class:`ServeLimits`).
+        default_classes: the class names the page starts with.
+        examples: built-in example images (name, PIL image) selectable instead of an upload.
+        cache_dir: class-embedding cache folder (None: ``Segmenter``'s default).
+        segmenter_factory: see :class:`SegmentService`.
+        title: what the page calls the model.
+
+    Returns:
+        A FastAPI app; its :class:`SegmentService` is ``app.state.service``.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    limits = limits or ServeLimits()
+    service = SegmentService(model, limits, default_classes=default_classes, examples=examples, cache_dir=cache_dir,
+                             segmenter_factory=segmenter_factory, title=title)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        yield
+        service.close()
+
+    app = FastAPI(title="simseg serve", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(_BodyLimit, limit=limits.max_upload_bytes + _FORM_SLACK_BYTES,
+                       upload_limit=limits.max_upload_bytes)
+    static = _static_dir()
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        # a bug in one request must not take the server down; the message still reaches the page
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(static / "index.html", media_type="text/html")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "busy": service.busy, "queue": limits.queue, "served": service.served}
+
+    @app.get("/config")
+    async def config() -> dict:
+        return {
+            "title": title,
+            "default_classes": default_classes,
+            "protocols": list(PROTOCOLS),
+            "templates": list(TEMPLATE_CHOICES),
+            "examples": [name for name, _ in service.examples],
+            "crf_available": importlib.util.find_spec("pydensecrf") is not None,
+            "limits": asdict(limits),
+        }
+
+    @app.get("/examples/{index}.png")
+    async def example(index: int) -> Response:
+        if not 0 <= index < len(service.example_png):
+            raise RequestError(404, f"example {index}: no such example (there are {len(service.example_png)})")
+        return Response(service.example_png[index], media_type="image/png")
+
+    @app.post("/segment")
+    async def segment(request: Request) -> dict:
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except (StarletteHTTPException, _BodyLimit.TooLarge):
+            raise
+        except Exception as e:  # malformed multipart body, wrong content type
+            raise RequestError(400, f"cannot read the form: {e}") from None
+        try:
+            return await _handle(form)
+        finally:
+            await form.close()
+
+    async def _handle(form: Any) -> dict:
+        names = service.parse_classes(_text(form, "classes"))
+        protocol = (_text(form, "protocol") or "simseg").strip()
+        if protocol not in PROTOCOLS:
+            raise RequestError(400, f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        templates = (_text(form, "templates") or "imagenet").strip()
+        if templates not in TEMPLATE_CHOICES:
+            raise RequestError(400, f"templates: {templates!r} is not one of {', '.join(TEMPLATE_CHOICES)}")
+        crf = parse_bool(_text(form, "crf"), "crf", default=True) and protocol == "simseg"
+        upload = form.get("image")
+        example_text = _text(form, "example")
+        image: bytes | int
+        if upload is not None and not isinstance(upload, str):
+            name = upload.filename or "upload"
+            data = await upload.read(limits.max_upload_bytes + 1)
+            service.check_image_header(data, name)
+            image = data
+        elif example_text:
+            try:
+                image = int(example_text)
+            except ValueError:
+                raise RequestError(400, f"example: expected an example number, got {example_text!r}") from None
+            if not 0 <= image < len(service.examples):
+                raise RequestError(400, f"example: {image} is not a built-in example (0..{len(service.examples) - 1})")
+            name = service.examples[image][0]
+        else:
+            raise RequestError(400, "image: no image; upload one (form field 'image') or pick a built-in example")
+        return await service.segment(image, name, names, protocol, crf, templates)
+
+    return app
+
+
+def _text(form: Any, key: str) -> str | None:
+    value = form.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(400, f"{key}: expected a text field, got a file")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def demo_examples(n: int = 6, seed: int = 0, size: int = 128) -> list[tuple[str, Image.Image]]:
+    """Built-in examples: ``n`` scenes of the synthetic world (the one ``simseg demo`` trains on)."""
+    from simseg.synthetic import generate_scenes
+
+    return [(f"synthetic {i}: {scene.caption}", Image.fromarray(np.asarray(scene.image)))
+            for i, scene in enumerate(generate_scenes(n, seed, size=size))]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``simseg serve``."""
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"simseg checkpoint folder, original .pth, or preset (with --demo, default "
+                             f"{DEMO_CHECKPOINT})")
+    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: the checkpoint's)")
+    parser.add_argument("--demo", action="store_true",
+                        help="serve the model 'simseg demo' trained, with its colour classes and synthetic examples")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                            "only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--classes", default=None, help="class names the page starts with (comma-separated)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default 10)")
+    parser.add_argument("--max-pixels", type=int, default=ServeLimits.max_pixels,
+                        help=f"largest image in pixels (default {ServeLimits.max_pixels})")
+    parser.add_argument("--max-classes", type=int, default=ServeLimits.max_classes,
+                        help=f"most class names per request (default {ServeLimits.max_classes})")
+    parser.add_argument("--timeout", type=float, default=ServeLimits.timeout_s,
+                        help=f"seconds a request may take, waiting included (default {ServeLimits.timeout_s:g})")
+    parser.add_argument("--queue", type=int, default=ServeLimits.queue,
+                        help=f"requests admitted at once, one running (default {ServeLimits.queue}); more get 'busy'")
+    parser.add_argument("--cache-dir", default=None, help="class-embedding cache folder (default: $SIMSEG_CACHE/text "
+                                                          "or ~/.cache/simseg/text)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run ``simseg serve`` until interrupted."""
+    import simseg
+
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise InputError(f"simseg serve needs the 'serve' extra ({e.name} is missing): pip install 'simseg[serve]'"
+                         ) from None
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        if not args.demo:
+            raise InputError("give --checkpoint PATH, or --demo to serve the model 'simseg demo' trained")
+        checkpoint = str(DEMO_CHECKPOINT)
+        if not DEMO_CHECKPOINT.exists():
+            raise InputError(f"--demo: {DEMO_CHECKPOINT} not found; run 'simseg demo' first (in this folder), or "
+                             "give --checkpoint")
+    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                         max_classes=args.max_classes, timeout_s=args.timeout, queue=args.queue)
+    default_classes = args.classes or ""
+    examples: list[tuple[str, Image.Image]] = []
+    if args.demo:
+        from simseg.synthetic import colour_class_names
+
+        default_classes = default_classes or ", ".join(colour_class_names()[1:])
+        examples = demo_examples()
+    if default_classes:
+        from simseg.classnames import parse_class_list
+
+        parse_class_list(default_classes)  # a typo in --classes fails here, not on the page
+    model = simseg.load_model(checkpoint, tokenizer=args.tokenizer, device=args.device)
+    app = create_app(model, limits, default_classes=default_classes, examples=examples, cache_dir=args.cache_dir,
+                     title=checkpoint)
+    print(f"simseg serve: {checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

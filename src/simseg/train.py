@@ -1,0 +1,515 @@
+"""Training a caption-supervised dual encoder, from one CPU process to many GPUs on many nodes.
+
+One CPU or GPU, no torch.distributed::
+
+    simseg train tiny model.tokenizer=path/to/vocab data.train='[{type: csv, path: data/train_anno.csv}]'
+
+One node with 8 GPUs (the global batch ``train.batch_size`` is split over the ranks)::
+
+    torchrun --standalone --nproc_per_node=8 -m simseg train simseg-vit-s16 train.output_dir=runs/s16
+
+Two nodes with 8 GPUs each (run on both nodes, NODE_RANK 0 and 1)::
+
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=$NODE_RANK --rdzv_backend=c10d \
+        --rdzv_endpoint=$MASTER_HOST:29500 -m simseg train simseg-vit-s16 train.output_dir=runs/s16
+
+SLURM (one task per node; torchrun starts the per-GPU processes)::
+
+    srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 bash -c 'torchrun --nnodes=$SLURM_NNODES \
+        --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST \
+        | head -n1):29500 -m simseg train simseg-vit-s16'
+
+Add ``--resume auto`` to continue a killed run from its last complete checkpoint (model, optimizer, scaler,
+schedule, step, data position and RNG states: the loss curve continues exactly).
+
+The loop is one function, :func:`train`. Data parallelism: each rank embeds its share of the global batch, the
+contrastive loss gathers embeddings with gradients (:mod:`simseg.loss`), and gradients are averaged over ranks with an
+explicit all-reduce after the backward passes (what DDP does; done by hand because the decoupled accumulation's
+backward runs outside a single forward). Decoupled accumulation (GradCache, the original's "BSGS"): a rank's batch is
+embedded in chunks without a graph, one loss is computed over the whole global batch, then each chunk is re-embedded
+with a graph and back-propagated with the cached embedding gradients. Its gradients equal a full-batch step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from simseg import distributed as du
+from simseg.errors import CheckpointError, ConfigError, InputError
+from simseg.loss import contrastive_loss
+from simseg.model import SimSegModel
+from simseg.optim import lr_scale, param_groups, set_lr
+
+STATE_NAME = "train_state.pt"
+LATEST_NAME = "latest"
+
+
+# ------------------------------------------------------------------------------------------------ one step
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    size = n if size <= 0 else size
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def contrastive_step(
+    model: SimSegModel,
+    images: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+    chunk_size: int = 0,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    loss_scale: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+) -> torch.Tensor:
+    """Forward and backward of one contrastive step on this rank's share of the global batch.
+
+    With ``chunk_size`` of 0 (or >= the local batch) this is a plain forward/backward. Otherwise the decoupled
+    accumulation: (1) embed every chunk without a graph, remembering the RNG state (dropout) of each; (2) one loss on
+    all embeddings (gathered over ranks), backward to the embeddings and the temperature; (3) per chunk, restore its
+    RNG state, embed again with a graph, and back-propagate the cached embedding gradients. Gradients accumulate in
+    ``.grad`` (not averaged over ranks: see :func:`average_gradients`). Returns the loss (detached).
+    """
+    n = images.shape[0]
+    temperature = model.temperature()
+    if chunk_size <= 0 or chunk_size >= n:
+        with autocast():
+            img, txt = model(images, input_ids, attention_mask)
+        loss = contrastive_loss(img.float(), txt.float(), temperature, rank, world_size)
+        loss_scale(loss).backward()
+        return loss.detach()
+
+    device = images.device
+    parts = _chunks(n, chunk_size)
+    states, img_parts, txt_parts = [], [], []
+    with torch.no_grad():
+        for s in parts:
+            states.append(_rng_state(device))
+            with autocast():
+                i, t = model(images[s], input_ids[s], attention_mask[s])
+            img_parts.append(i.float())
+            txt_parts.append(t.float())
+    after = _rng_state(device)
+    img = torch.cat(img_parts).requires_grad_(True)
+    txt = torch.cat(txt_parts).requires_grad_(True)
+    loss = contrastive_loss(img, txt, temperature, rank, world_size)
+    loss_scale(loss).backward()
+    for s, state in zip(parts, states):
+        _set_rng_state(state, device)
+        with autocast():
+            i, t = model(images[s], input_ids[s], attention_mask[s])
+        surrogate = (i.float() * img.grad[s]).sum() + (t.float() * txt.grad[s]).sum()
+        surrogate.backward()
+    _set_rng_state(after, device)
+    return loss.detach()
+
+
+def average_gradients(model: torch.nn.Module, world_size: int) -> None:
+    """All-reduce gradients and divide by ``world_size`` (one flat buffer; no-op in a single process)."""
+    if world_size <= 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    du.all_reduce_sum(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's weights (as DDP does at construction); no-op in a single process."""
+    if du.get_world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_state(s: dict) -> None:
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+
+
+def save_training_checkpoint(
+    run_dir: Path, step: int, model: SimSegModel, optimizer: torch.optim.Optimizer, scaler: Any,
+    extra: dict, keep: int = 3,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-XXXXXXXX/`` atomically (a temp folder renamed into place), then the
+    ``latest`` pointer, then prune old checkpoints. The folder is also a model checkpoint for ``load_model``."""
+    from simseg.checkpoint import atomic_write_bytes, save_model
+
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tmp, meta={"step": step})
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "python_pos": random.getstate()[2], "numpy": _numpy_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "extra": extra,
+    }
+    torch.save(state, tmp / STATE_NAME)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_bytes(root / LATEST_NAME, final.name.encode())
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _read_state(ckpt: Path) -> dict:
+    try:
+        return torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}: no {STATE_NAME}") from None
+    except Exception as e:
+        raise CheckpointError(f"{ckpt / STATE_NAME}: unreadable ({type(e).__name__})") from None
+
+
+def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict, SimSegModel] | None:
+    """The newest complete checkpoint of a run: its folder, training state and model. Damaged ones are skipped
+    (reported), so a run killed while writing resumes from the previous complete checkpoint."""
+    from simseg.checkpoint import load_model
+
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    candidates = sorted(root.glob("step-*"), reverse=True)
+    latest = root / LATEST_NAME
+    if latest.is_file():
+        named = root / latest.read_text().strip()
+        if named in candidates:
+            candidates.remove(named)
+            candidates.insert(0, named)
+    for ckpt in candidates:
+        try:
+            state = _read_state(ckpt)
+            model = load_model(ckpt)
+            return ckpt, state, model
+        except (CheckpointError, InputError) as e:
+            print(f"warning: skipping damaged checkpoint {ckpt}: {e}")
+    return None
+
+
+def _restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
+    _set_numpy_state(rng["numpy"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------ logging
+class _Logger:
+    """metrics.jsonl on rank 0, TensorBoard when installed, wandb when installed and asked for."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int, use_wandb: bool, cfg: dict):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop what a killed run logged after its last checkpoint
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+        if use_wandb:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project="simseg", config=cfg, dir=str(run_dir))
+            except ImportError:
+                print("warning: train.wandb=true but wandb is not installed")
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k != "step":
+                if self.tb is not None:
+                    self.tb.add_scalar(k, v, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ------------------------------------------------------------------------------------------------ evaluation hooks
+def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) -> dict:
+    """The periodic evaluations of the config's ``eval`` section, as plain calls. Returns flat metrics."""
+    out: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        if eval_cfg.get("retrieval"):
+            from simseg.retrieval import evaluate_retrieval
+
+            r = dict(eval_cfg["retrieval"])
+            metrics = evaluate_retrieval(model, r["path"], device=device, batch_size=int(r.get("batch_size", 64)),
+                                         skip_bad=True, crop_size=model.image_size, progress=False)
+            out.update({f"retrieval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        if eval_cfg.get("segmentation"):
+            from simseg.evaluate import evaluate_segmentation
+            from simseg.segdata import SegmentationBenchmark
+            from simseg.segment import Segmenter
+
+            s = dict(eval_cfg["segmentation"])
+            bench = SegmentationBenchmark(s["dataset"], s["data_root"])
+            classes = list(s.get("classes") or bench.class_names)
+            seg = Segmenter(model, classes, protocol=s.get("protocol", "simseg"), crf=bool(s.get("crf", False)))
+            metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), skip_bad=True)
+            out.update({f"seg/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    finally:
+        model.train(was_training)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", du.get_local_rank())
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    return torch.device(name if name != "cuda" else f"cuda:{du.get_local_rank()}")
+
+
+def _precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"  # bf16 matmul is ~100x slower than fp32 on plain CPUs (method.md §7)
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision: {name!r} is not one of auto, fp32, bf16, fp16")
+    return name
+
+
+def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = None, progress: bool = True) -> dict:
+    """Train with a resolved config (a plain dict). Returns a summary (final loss, steps, bad samples, paths).
+
+    Args:
+        cfg: the merged config (``model``, ``data``, ``train``, ``eval`` sections).
+        resume: "none", "auto" (newest complete checkpoint in the output folder, if any), or a checkpoint folder.
+        batch_iter: batches to use instead of the configured data sources (tests, the demo): an iterator of
+            ``{"images", "captions", "skipped"}`` for THIS rank, starting at the resume step.
+        progress: show a tqdm bar on rank 0.
+    """
+    from tqdm.auto import tqdm
+
+    from simseg.checkpoint import save_model
+    from simseg.config import save_config
+    from simseg.model import build_model
+    from simseg.tokenizer import load_tokenizer
+
+    tc, dc, mc = cfg["train"], cfg["data"], cfg["model"]
+    du.init_distributed()
+    rank, world = du.get_rank(), du.get_world_size()
+    device = _device(tc.get("device", "auto"))
+    precision = _precision(tc.get("precision", "auto"), device)
+    run_dir = Path(tc["output_dir"])
+    total_steps, global_batch = int(tc["steps"]), int(tc["batch_size"])
+    if total_steps < 1:
+        raise ConfigError(f"train.steps must be >= 1, got {total_steps}")
+    if global_batch < 1 or global_batch % world:
+        raise ConfigError(f"train.batch_size ({global_batch}) must be a positive multiple of the world size ({world})")
+    local_batch = global_batch // world
+
+    seed = int(tc.get("seed", 0))
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % (1 << 32))
+
+    # ---- model, optimizer, resume
+    start_step, extra = 0, {"bad_samples": 0}
+    found = None
+    if resume == "auto":
+        found = find_resume_checkpoint(run_dir)
+    elif resume not in ("none", "", None):
+        from simseg.checkpoint import load_model
+
+        ckpt = Path(resume)
+        found = (ckpt, _read_state(ckpt), load_model(ckpt))
+    if found is not None:
+        ckpt, state, model = found
+        start_step, extra = int(state["step"]), dict(state["extra"])
+        if du.is_main_process():
+            print(f"resuming from {ckpt} (step {start_step})")
+    else:
+        if not mc.get("tokenizer"):
+            raise ConfigError("model.tokenizer: give a Hugging Face name or a folder with vocab.txt")
+        model = build_model(mc, load_tokenizer(mc["tokenizer"]))
+    model.to(device).train()
+    broadcast_parameters(model)
+    opt = torch.optim.AdamW(param_groups(model, float(tc["weight_decay"])), lr=float(tc["lr"]),
+                            betas=tuple(tc["betas"]), eps=float(tc["eps"]))
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    if found is not None:
+        opt.load_state_dict(found[1]["optimizer"])
+        if scaler is not None and found[1].get("scaler"):
+            scaler.load_state_dict(found[1]["scaler"])
+    if du.is_main_process():
+        save_config(cfg, run_dir / "config.yaml")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+    # ---- data
+    if batch_iter is None:
+        batch_iter = iter(_build_loader(cfg, model, rank, world, local_batch, start_step))
+    logger = _Logger(run_dir, du.is_main_process(), start_step, bool(tc.get("wandb", False)), cfg)
+    if found is not None:  # last: building the loader iterator above draws from the global RNG
+        _restore_rng(found[1]["rng"])
+
+    # ---- loop
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
+               desc="train", dynamic_ncols=True)
+    loss_value, t_last, n_last = float("nan"), time.perf_counter(), 0
+    ckpt_every, log_every = int(tc.get("checkpoint_every", 0)), max(1, int(tc.get("log_every", 10)))
+    eval_every = int(tc.get("eval_every", 0))
+    for step in range(start_step, total_steps):
+        batch = next(batch_iter)
+        extra["bad_samples"] = extra.get("bad_samples", 0) + int(batch.get("skipped", 0))
+        lr = float(tc["lr"]) * lr_scale(step, total_steps, float(tc["warmup"]), float(tc["lr_floor"]))
+        set_lr(opt, lr)
+        tokens = model.tokenize(list(batch["captions"]), padding="max_length")
+        images = batch["images"].to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        loss = contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"], rank, world,
+                                int(tc.get("chunk_size", 0)), autocast,
+                                scaler.scale if scaler is not None else (lambda x: x))
+        average_gradients(model, world)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        if float(tc.get("grad_clip", 0)) > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc["grad_clip"]))
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        loss_value = float(loss) if world == 1 else float(du.all_reduce_sum(loss.clone())) / world
+        n_last += global_batch
+        bar.update(1)
+        done = step + 1
+        if done % log_every == 0 or done == total_steps:
+            now = time.perf_counter()
+            ips = n_last / max(now - t_last, 1e-9)
+            t_last, n_last = now, 0
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+            logger.log({"step": done, "loss": loss_value, "lr": lr, "temperature": model.temperature().item(),
+                        "images_per_s": ips, "bad_samples": extra["bad_samples"]})
+        if eval_every and done % eval_every == 0 and done != total_steps and du.is_main_process():
+            logger.log({"step": done, **run_evaluations(model, cfg.get("eval") or {}, device)})
+        if ckpt_every and done % ckpt_every == 0 and done != total_steps and du.is_main_process():
+            save_training_checkpoint(run_dir, done, model, opt, scaler, extra, int(tc.get("keep_checkpoints", 3)))
+    bar.close()
+
+    summary = {"steps": total_steps, "final_loss": loss_value, "bad_samples": extra.get("bad_samples", 0),
+               "output_dir": str(run_dir), "precision": precision, "world_size": world}
+    if du.is_main_process():
+        if start_step < total_steps:
+            save_training_checkpoint(run_dir, total_steps, model, opt, scaler, extra,
+                                     int(tc.get("keep_checkpoints", 3)))
+        final_metrics = run_evaluations(model, cfg.get("eval") or {}, device)
+        if final_metrics:
+            logger.log({"step": total_steps, **final_metrics})
+            summary["eval"] = final_metrics
+        save_model(model.eval(), run_dir / "checkpoint", meta={"step": total_steps, "summary": summary})
+        summary["checkpoint"] = str(run_dir / "checkpoint")
+    logger.close()
+    du.barrier()
+    if summary["bad_samples"] and du.is_main_process():
+        print(f"skipped {summary['bad_samples']} bad samples (see warnings above)")
+    return summary
+
+
+def _build_loader(cfg: dict, model: SimSegModel, rank: int, world: int, local_batch: int, start_step: int):
+    from simseg.data import build_sources, build_train_loader
+    from simseg.transforms import CaptionAugmenter, train_transform
+
+    dc, tc = cfg["data"], cfg["train"]
+    sources, weights = build_sources(list(dc.get("train") or []))
+    transform = train_transform(size=int(dc.get("image_size", 224)), scale=tuple(dc.get("crop_scale", (0.6, 1.0))),
+                                autoaugment=bool(dc.get("autoaugment", True)), mean=model.mean, std=model.std)
+    prob = float(dc.get("caption_augment_prob", 0.0))
+    caption_fn = CaptionAugmenter(model.tokenizer, prob) if prob > 0 else None
+    return build_train_loader(sources, weights, local_batch, transform, rank=rank, world_size=world,
+                              seed=int(tc.get("seed", 0)), num_workers=int(dc.get("num_workers", 0)),
+                              start_batch=start_step, caption_fn=caption_fn,
+                              pin_memory=torch.cuda.is_available())
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a preset (tiny, simseg-vit-s16, simseg-vit-b16) or a YAML file")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (unknown keys are an error)")
+    parser.add_argument("--resume", default="none",
+                        help="'auto' (the output folder's newest complete checkpoint), a checkpoint folder, or none")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from simseg.config import load_config, to_dict
+
+    cfg = to_dict(load_config(args.config, args.overrides))
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if du.is_main_process():
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``simseg train`` as a function of its argument list (for tests and ``python -m``)."""
+    from simseg.cli import main as cli_main
+
+    return cli_main(["train", *(argv or [])])

@@ -1,0 +1,405 @@
+"""The zero-shot segmentation protocols (method.md §3, §7), class embeddings and ``simseg segment``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from simseg.cli import main
+from simseg.errors import ConfigError
+from simseg.segment import (
+    IMAGENET_TEMPLATES,
+    SegmentationResult,
+    Segmenter,
+    _dense_labels,
+    _window_starts,
+    class_embeddings,
+    composite_labels,
+    make_params,
+    minmax,
+    rebuild_uint8,
+    select_classes,
+)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    """A private copy: segmenters resize the ViT's input, which must not leak into other test modules."""
+    return copy.deepcopy(tiny_model)
+
+
+# ------------------------------------------------------------------ decisions of the simseg protocol (pure)
+def test_threshold_is_mean_plus_unbiased_std_of_the_top_n():
+    scores = torch.tensor([0.10, 0.30, 0.25, 0.05, 0.20, 0.00, 0.12], dtype=torch.float32)
+    accepted, threshold = select_classes(scores, top_n=4, threshold_std=1.0, candidates=5)
+    top = np.array([0.30, 0.25, 0.20, 0.12])
+    assert threshold == pytest.approx(top.mean() + top.std(ddof=1), abs=1e-6)  # 0.2175 + 0.0759
+    assert accepted == [1]  # 0.30 clears 0.2934; 0.25 does not, and the walk stops there
+    _, loose = select_classes(scores, top_n=4, threshold_std=0.5, candidates=5)
+    assert loose == pytest.approx(top.mean() + 0.5 * top.std(ddof=1), abs=1e-6)
+
+
+def test_background_is_skipped_without_ending_the_walk():
+    scores = torch.tensor([0.9, 0.8, 0.79, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    accepted, threshold = select_classes(scores, top_n=10)
+    assert threshold < 0.79
+    assert accepted == [1, 2]  # background (index 0) had the top score and is never segmented
+    # with no background class, index 0 is an ordinary class
+    assert select_classes(scores, top_n=10, background=None)[0] == [0, 1, 2]
+
+
+def test_walk_stops_at_the_first_class_below_threshold_and_at_candidates():
+    scores = torch.tensor([0.0, 0.9, 0.5, 0.85, 0.84, 0.83, 0.82, 0.81])
+    accepted, threshold = select_classes(scores, top_n=8, threshold_std=0.0)  # threshold = mean
+    assert accepted == [1, 3, 4, 5, 6]  # 5 candidates, all above the mean
+    accepted, _ = select_classes(scores, top_n=8, threshold_std=0.0, candidates=3)
+    assert accepted == [1, 3, 4]
+    accepted, _ = select_classes(scores, top_n=8, threshold_std=-100.0, candidates=8)
+    assert accepted == [1, 3, 4, 5, 6, 7, 2]  # score order, background skipped
+    # top_n larger than the number of classes uses them all (the original would crash)
+    acc, thr = select_classes(torch.tensor([0.2, 0.4, 0.1]), top_n=10)
+    assert thr == pytest.approx(np.mean([0.2, 0.4, 0.1]) + np.std([0.2, 0.4, 0.1], ddof=1), abs=1e-6)
+    assert acc == [1]
+
+
+def _argmax_reference(masks, shape, num_classes):
+    """The original's composition: a (C, H, W) float64 array of mask(0/255) x score, argmax over classes."""
+    pred = np.zeros((num_classes, *shape))
+    for cls, score, mask in masks:
+        pred[cls] = (mask.astype(np.uint8) * 255) * score
+    return pred.argmax(0)
+
+
+def test_overlaps_go_to_the_higher_score_and_uncovered_pixels_to_background():
+    a = np.zeros((4, 6), bool)
+    a[:, :4] = True
+    b = np.zeros((4, 6), bool)
+    b[:, 2:5] = True
+    labels = composite_labels([(1, 0.2, a), (2, 0.3, b)], (4, 6))
+    assert labels[0].tolist() == [1, 1, 2, 2, 2, 0]
+    labels = composite_labels([(1, 0.4, a), (2, 0.3, b)], (4, 6))
+    assert labels[0].tolist() == [1, 1, 1, 1, 2, 0]
+    assert not composite_labels([], (4, 6)).any()  # nothing fires: all background
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_composition_equals_the_originals_argmax(seed):
+    rng = np.random.default_rng(seed)
+    masks = []
+    for cls in rng.choice(np.arange(1, 12), size=5, replace=False):
+        score = float(rng.choice([0.31, 0.31, 0.2, -0.05, 0.0, 0.44]))  # ties, negative and zero scores
+        masks.append((int(cls), score, rng.random((9, 13)) > 0.5))
+    np.testing.assert_array_equal(composite_labels(masks, (9, 13)), _argmax_reference(masks, (9, 13), 12))
+
+
+def test_crf_image_is_rebuilt_by_truncation():
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, size=(3, 24, 24)).astype(np.float32) / 255
+    x = (torch.from_numpy(source) - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    rebuilt = rebuild_uint8(x, MEAN, STD)
+    assert rebuilt.dtype == np.uint8 and rebuilt.shape == (24, 24, 3)
+    original = np.rint(source * 255).astype(np.int64).transpose(1, 2, 0)
+    diff = rebuilt.astype(np.int64) - original
+    assert set(np.unique(diff)) <= {-1, 0}  # never rounded up
+    assert 0.01 < (diff == -1).mean() < 0.6  # some values land one level low, as in the original
+    # exactly the original's float32 torch expression
+    expected = ((x * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)) * 255).to(torch.uint8)
+    np.testing.assert_array_equal(rebuilt, expected.permute(1, 2, 0).numpy())
+    # every level of every channel, against the torch expression
+    levels = torch.arange(256, dtype=torch.float32).div(255).view(1, 1, 256).expand(3, 4, 256)
+    xl = (levels - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    torch_levels = ((xl * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)) * 255).to(torch.uint8)
+    np.testing.assert_array_equal(rebuild_uint8(xl, MEAN, STD), torch_levels.permute(1, 2, 0).numpy())
+    # truncation, not rounding: 12.99 -> 12
+    almost_13 = ((torch.full((3, 1, 1), 12.99 / 255) - torch.tensor(MEAN).view(3, 1, 1))
+                 / torch.tensor(STD).view(3, 1, 1))
+    assert rebuild_uint8(almost_13, MEAN, STD).reshape(-1).tolist() == [12, 12, 12]
+
+
+def test_minmax_and_constant_maps():
+    np.testing.assert_allclose(minmax(np.array([[1.0, 3.0], [2.0, 5.0]])), [[0, 0.5], [0.25, 1]])
+    assert minmax(np.full((3, 3), 0.7)) is None
+
+
+def test_protocol_parameters_are_checked():
+    p = make_params("simseg", top_n=30, threshold_std=1.5, crf_iterations=5.0)
+    assert (p.top_n, p.threshold_std, p.crf_iterations, p.input_size) == (30, 1.5, 5, 288)
+    assert isinstance(p.crf_iterations, int)
+    with pytest.raises(ConfigError, match="unknown parameter.*top_k"):
+        make_params("simseg", top_k=3)
+    with pytest.raises(ConfigError, match="integer"):
+        make_params("simseg", top_n=2.5)
+    with pytest.raises(ConfigError, match="number"):
+        make_params("dense", stride="fast")
+    with pytest.raises(ConfigError, match="at least 1"):
+        make_params("dense", stride=0)
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        make_params("mmseg")
+    assert make_params("dense", bg_threshold=None).bg_threshold is None
+
+
+# ------------------------------------------------------------------ class embeddings and their cache
+def test_class_embeddings_match_the_per_class_max_length_recipe(model, tmp_path):
+    names = ["background", "cat", "dog"]
+    templates = IMAGENET_TEMPLATES[:6]
+    emb = class_embeddings(model, names, templates, cache_dir=tmp_path, batch_size=5)
+    assert emb.shape == (3, 512) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    with torch.no_grad():  # the original: one class at a time, padded to 25, mean, divided by the norm
+        rows = []
+        for name in names:
+            batch = model.tokenize([t.format(name) for t in templates], padding="max_length")
+            e = model.encode_text(batch["input_ids"], batch["attention_mask"]).mean(dim=0)
+            rows.append(e / e.norm())
+    torch.testing.assert_close(emb, torch.stack(rows), atol=2e-5, rtol=0)
+
+
+def test_class_embedding_cache_hit_key_and_corruption(model, tmp_path, monkeypatch):
+    templates = IMAGENET_TEMPLATES[:3]
+    first = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.npy"))
+    assert len(files) == 1
+
+    calls = []
+    real = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path)
+    assert calls == [] and torch.equal(again, first)  # hit: no text encoding at all
+
+    class_embeddings(model, ["background", "dog"], templates, cache_dir=tmp_path)
+    class_embeddings(model, ["background", "cat"], IMAGENET_TEMPLATES[:4], cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 3  # other classes / templates: other keys
+    assert calls  # and those were computed
+
+    files[0].write_bytes(b"not a numpy file")
+    calls.clear()
+    healed = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path)
+    assert calls and torch.allclose(healed, first)
+    assert torch.equal(torch.from_numpy(np.load(files[0])), healed)  # rewritten
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cache_dir_defaults_to_simseg_cache(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIMSEG_CACHE", str(tmp_path))
+    class_embeddings(model, ["background", "cat"], ("a photo of a {}.",))
+    assert len(list((tmp_path / "text").glob("*.npy"))) == 1
+
+
+# ------------------------------------------------------------------ the simseg protocol through the Segmenter
+@pytest.fixture(scope="module")
+def segmenter_nocrf(model, tmp_path_factory):
+    return Segmenter(model, "cat,dog,sky,tree,road,car,bus,boat,bird,horse", crf=False, templates="single",
+                     cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_segmenter_setup_and_protocol_info(segmenter_nocrf, model):
+    seg = segmenter_nocrf
+    assert seg.class_names[:4] == ["background", "cat", "dog", "sky"] and len(seg.class_names) == 11
+    assert model.image_size == 288
+    info = seg.protocol_info()
+    for key, value in {"name": "simseg", "input_size": 288, "top_n": 10, "threshold_std": 1.0, "candidates": 5,
+                       "crf": False, "crf_iterations": 3, "crf_gauss_sxy": 3, "crf_gauss_compat": 3,
+                       "crf_bilateral_sxy": 40, "crf_bilateral_srgb": 13, "crf_bilateral_compat": 10,
+                       "closing_kernel": 7, "templates": "single"}.items():
+        assert info[key] == value, key
+
+
+def _region_tokens(emb: torch.Tensor, layout: np.ndarray) -> torch.Tensor:
+    """Patch tokens: per grid cell, a unit vector orthogonal to all classes plus 4 x (or ``weight`` x) the embedding
+    of each class in the cell (layout entries: tuples of class indices or of (class, weight) pairs)."""
+    rng = torch.Generator().manual_seed(0)
+    noise = torch.randn(emb.shape[1], generator=rng)
+    noise = noise - (emb.T @ torch.linalg.lstsq(emb.T, noise).solution)  # orthogonal to every class
+    rows = []
+    for cell in layout.reshape(-1):
+        t = noise / noise.norm()
+        for c in cell:
+            cls, weight = c if isinstance(c, tuple) else (c, 4.0)
+            t = t + weight * emb[cls]
+        rows.append(t)
+    return torch.stack(rows)
+
+
+def _with_orthonormal_classes(seg: Segmenter) -> Segmenter:
+    """A copy whose class embeddings are orthonormal (a random tiny model's are nearly parallel)."""
+    seg = copy.copy(seg)
+    q, _ = torch.linalg.qr(torch.randn(512, len(seg.class_names), generator=torch.Generator().manual_seed(1)))
+    seg.class_emb = q.T.contiguous()
+    return seg
+
+
+def test_postprocess_decisions_on_crafted_patch_tokens(segmenter_nocrf):
+    seg = _with_orthonormal_classes(segmenter_nocrf)
+    # 18 x 18 grid: cat on the left third, dog on the right third, both in the middle, nothing at the bottom
+    layout = np.empty((18, 18), dtype=object)
+    for i in range(18):
+        for j in range(18):
+            layout[i, j] = () if i >= 12 else (1,) if j < 6 else (2,) if j >= 12 else (1, 2)
+    tokens = _region_tokens(seg.class_emb, layout)
+    x = torch.zeros(1, 3, 288, 288)
+    # background tops the scores and is skipped; cat and dog pass the threshold (0.3175); sky stops the walk
+    others = [0.02] * 7
+    scores = torch.tensor([0.50, 0.33, 0.35, *others])
+    result = seg.postprocess(x, tokens, (18, 18), scores, size=(144, 90))
+    assert isinstance(result, SegmentationResult)
+    assert result.labels.shape == (90, 144) and result.labels.dtype == np.int32
+    assert result.details["accepted"] == ["dog", "cat"]  # walk (score) order
+    h, w = result.labels.shape
+    top, bottom = result.labels[: h * 12 // 18 - 4], result.labels[h * 12 // 18 + 4:]
+    assert (top[:, 4: w // 3 - 4] == 1).all()  # cat only
+    assert (top[:, w * 2 // 3 + 4: -4] == 2).all()  # dog only
+    assert (top[:, w // 3 + 4: w * 2 // 3 - 4] == 2).all()  # both: the higher score (dog) wins
+    assert (bottom == 0).all()  # no class fires: background
+    assert [name for name, _ in result.found] == ["dog", "cat"]
+    np.testing.assert_allclose(result.scores, scores.numpy())
+
+    flipped = seg.postprocess(x, tokens, (18, 18), torch.tensor([0.50, 0.36, 0.35, *others]), size=(144, 90))
+    assert (flipped.labels[: h * 12 // 18 - 4, w // 3 + 4: w * 2 // 3 - 4] == 1).all()  # now cat wins the overlap
+
+    nothing = seg.postprocess(x, tokens, (18, 18), torch.tensor([0.5, 0.2, 0.2, *others]), size=(144, 90))
+    assert nothing.details["accepted"] == [] and not nothing.labels.any() and nothing.found == []
+
+
+def test_postprocess_with_crf_uses_the_rebuilt_image(model, tmp_path):
+    seg = _with_orthonormal_classes(Segmenter(model, "cat,dog", crf=True, templates="single",
+                                              cache_dir=tmp_path))
+    layout = np.empty((18, 18), dtype=object)
+    for i in range(18):
+        for j in range(18):
+            layout[i, j] = (1,) if j < 8 else ((1, 0.75),) if j == 8 else ()
+    tokens = _region_tokens(seg.class_emb, layout)
+    # image: left 8 patch columns red, the rest blue; the 9th column (blue) is weakly cat (p = 0.6 after min-max):
+    # the CRF pulls it out of the cat mask, the no-CRF threshold keeps it
+    img = np.zeros((288, 288, 3), np.uint8)
+    img[:, :128] = (220, 30, 30)
+    img[:, 128:] = (20, 30, 220)
+    x = seg.preprocess(Image.fromarray(img))
+    calls = []
+
+    def counting_crf(image, prob, **kw):
+        from simseg.crf import dense_crf_binary
+
+        calls.append(image.copy())
+        return dense_crf_binary(image, prob, **kw)
+
+    result = seg.postprocess(x, tokens, (18, 18), torch.tensor([0.1, 0.5, 0.0]), size=(288, 288),
+                             crf_fn=counting_crf)
+    assert len(calls) == 1  # one CRF call: cat; dog was not accepted
+    np.testing.assert_array_equal(calls[0], rebuild_uint8(x[0], MEAN, STD))
+    assert (result.labels[:, 4:124] == 1).all() and (result.labels[:, 132:] == 0).all()
+    no_crf = copy.copy(seg)
+    no_crf.crf = False
+    plain = no_crf.postprocess(x, tokens, (18, 18), torch.tensor([0.1, 0.5, 0.0]), size=(288, 288))
+    assert (plain.labels[:, 4:140] == 1).all() and (plain.labels[:, 148:] == 0).all()
+
+
+def test_segmenter_on_a_real_image(segmenter_nocrf):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    result = segmenter_nocrf(image)
+    assert result.labels.shape == (37, 53)
+    assert result.scores.shape == (11,)
+    assert result.protocol["name"] == "simseg"
+
+
+# ------------------------------------------------------------------ the dense protocol
+def test_window_starts_cover_the_image():
+    assert _window_starts(448, 448, 224) == [0]
+    assert _window_starts(600, 448, 224) == [0, 152]
+    assert _window_starts(1000, 448, 224) == [0, 224, 448, 552]
+
+
+def test_dense_labels_equal_interpolate_then_argmax():
+    logits = torch.randn(5, 7, 9)
+    up = F.interpolate(logits[None], size=(20, 31), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_array_equal(_dense_labels(logits, 20, 31, None, max_elements=200), up.argmax(0))
+    prob = up[1:].softmax(0)
+    best, idx = prob.max(0)
+    expected = torch.where(best < 0.4, 0, idx + 1)
+    np.testing.assert_array_equal(_dense_labels(logits, 20, 31, 0.4, max_elements=200), expected)
+
+
+def test_dense_protocol_on_a_non_square_image(model, tmp_path):
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 70, 3), dtype=np.uint8))
+    seg = Segmenter(model, ["cat", "dog"], protocol="dense", templates="single", cache_dir=tmp_path,
+                    short_side=48, crop_size=32, stride=16)
+    result = seg(image)
+    assert result.labels.shape == (30, 70) and result.labels.dtype == np.int32
+    assert result.details["windows"] == 12  # 48 x 112 after resizing: 2 rows x 6 columns of 32-pixel windows
+    assert result.protocol["name"] == "dense" and result.protocol["crf"] is False
+    assert model.image_size == 32
+    assert set(np.unique(result.labels)) <= {0, 1, 2}
+    everything = Segmenter(model, ["cat", "dog"], protocol="dense", templates="single", cache_dir=tmp_path,
+                           short_side=32, crop_size=32, stride=16, bg_threshold=1.0)(image)
+    assert not everything.labels.any()  # no probability reaches 1: all background
+    small = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    assert seg(small).labels.shape == (10, 20)
+
+
+# ------------------------------------------------------------------ the CLI
+def _write_images(tmp_path):
+    good = tmp_path / "street.jpg"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(good)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(good.read_bytes()[:100])
+    return good, bad
+
+
+def test_cli_segment_end_to_end(vocab_dir, tmp_path, capsys):
+    good, bad = _write_images(tmp_path)
+    out = tmp_path / "out"
+    rc = main(["segment", str(good), str(bad), "--classes", "cat,dog", "--checkpoint", "tiny",
+               "--tokenizer", str(vocab_dir), "--out", str(out), "--templates", "single",
+               "--cache-dir", str(tmp_path / "cache"), "--set", "threshold_std=-10"])
+    captured = capsys.readouterr()
+    assert rc == 1  # one image failed
+    assert "broken.jpg" in captured.err and "street.jpg" not in captured.err
+    labels = Image.open(out / "street_labels.png")
+    assert labels.mode == "P" and labels.size == (56, 40)
+    assert set(np.unique(np.asarray(labels))) <= {0, 1, 2}
+    overlay = Image.open(out / "street_overlay.png")
+    assert overlay.height == 40 and overlay.width >= 56
+    assert not (out / "broken_labels.png").exists()
+    assert "protocol simseg" in captured.out and "street.jpg:" in captured.out
+    report = json.loads((out / "segment.json").read_text())
+    assert report["protocol"]["name"] == "simseg" and report["protocol"]["threshold_std"] == -10
+    assert report["checkpoint"]["path"] == "tiny" and report["num_failed"] == 1
+    good_rec, bad_rec = report["images"]
+    assert good_rec["labels"] == "street_labels.png" and set(good_rec["scores"]) == {"background", "cat", "dog"}
+    assert "broken.jpg" in bad_rec["image"] and bad_rec["error"]
+
+
+def test_cli_all_good_exits_zero_and_dense_works(vocab_dir, tmp_path, capsys):
+    good, _ = _write_images(tmp_path)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\ncat\ndog\n")
+    rc = main(["segment", str(good), "--classes-file", str(classes), "--checkpoint", "tiny",
+               "--tokenizer", str(vocab_dir), "--out", str(tmp_path / "o"), "--templates", "single",
+               "--cache-dir", str(tmp_path / "cache"), "--protocol", "dense", "--set", "crop_size=32",
+               "--set", "short_side=32", "--set", "stride=16"])
+    assert rc == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "o" / "street_labels.png").size == (56, 40)
+
+
+def test_cli_crf_without_pydensecrf_is_a_clear_error(vocab_dir, tmp_path, capsys, monkeypatch):
+    good, _ = _write_images(tmp_path)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    rc = main(["segment", str(good), "--classes", "cat", "--checkpoint", "tiny", "--tokenizer", str(vocab_dir),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "simseg[crf]" in err and "--no-crf" in err
+
+
+def test_cli_needs_exactly_one_class_source(vocab_dir, tmp_path, capsys):
+    good, _ = _write_images(tmp_path)
+    rc = main(["segment", str(good), "--checkpoint", "tiny", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--classes" in capsys.readouterr().err

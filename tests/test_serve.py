@@ -1,0 +1,418 @@
+"""``simseg serve``: the JSON API and its limits (FastAPI's TestClient), concurrency against a real uvicorn server,
+and the page driven end to end in headless Chromium (Debian's chromium + chromedriver; skipped only without them)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from simseg.serve import ServeLimits, create_app, demo_examples  # noqa: E402
+from simseg.synthetic import generate_scenes  # noqa: E402
+
+CLASSES = "red, green, blue"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    """The session's tiny model; segmenters switch its input size, so it is put back afterwards for other tests."""
+    size = tiny_model.image_size
+    yield tiny_model
+    tiny_model.set_image_size(size)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("text_cache"))
+
+
+def png_bytes(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
+    scene = generate_scenes(1, seed, size=64)[0]
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(scene.image)).resize((width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def post(client, data: bytes | None = None, filename: str = "img.png", **fields):
+    fields.setdefault("classes", CLASSES)
+    fields.setdefault("crf", "false")
+    files = {"image": (filename, data, "image/png")} if data is not None else None
+    return client.post("/segment", data=fields, files=files)
+
+
+class StandIn:
+    """A segmenter stand-in following the Segmenter contract: waits ``delay`` s or on ``gate``, or raises ``fail``."""
+
+    def __init__(self, names, delay=0.0, gate=None, fail=None):
+        self.names, self.delay, self.gate, self.fail = list(names), delay, gate, fail
+
+    def __call__(self, image):
+        from simseg.segment import SegmentationResult
+
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        labels = np.zeros((image.height, image.width), np.int32)
+        labels[: image.height // 2] = 1
+        scores = np.linspace(0.5, 0.1, len(self.names))
+        return SegmentationResult(labels, self.names, scores, [(self.names[1], float(scores[1]))],
+                                  {"name": "stand-in", "crf": False, "templates": "single"})
+
+
+def stand_in_factory(**kwargs):
+    return lambda model, names, protocol, crf, templates: StandIn(names, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------- API
+def test_segment_returns_label_map_overlay_and_scores(model, cache_dir):
+    client = TestClient(create_app(model, cache_dir=cache_dir))
+    for protocol, crf in (("simseg", "true"), ("dense", "false")):
+        r = post(client, png_bytes(48, 40), classes=CLASSES, protocol=protocol, crf=crf, templates="single")
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert (out["width"], out["height"]) == (48, 40)
+        assert out["class_names"] == ["background", "red", "green", "blue"]
+        assert len(out["scores"]) == 4 and all(np.isfinite(out["scores"]))
+        assert out["protocol"]["name"] == protocol and out["protocol"]["crf"] == (crf == "true")
+        labels = np.asarray(decode_png(out["labels_png_base64"]))
+        assert labels.shape == (40, 48) and labels.max() < 4
+        assert {f["name"] for f in out["found"]} == {out["class_names"][c] for c in np.unique(labels) if c}
+        overlay = decode_png(out["overlay_png_base64"])
+        assert overlay.size == (48, 40) and overlay.mode == "RGB"
+
+
+def test_class_embeddings_are_cached_in_a_bounded_lru(model, cache_dir):
+    from simseg.segment import Segmenter
+
+    built = []
+
+    def factory(m, names, protocol, crf, templates):
+        built.append(tuple(names))
+        return Segmenter(m, names, protocol=protocol, crf=crf, templates=templates, cache_dir=cache_dir)
+
+    client = TestClient(create_app(model, ServeLimits(cache_size=2), segmenter_factory=factory))
+    image = png_bytes()
+    for classes in ("red, green", "red, green", "blue", "red, green", "cat", "blue"):
+        assert post(client, image, classes=classes, templates="single").status_code == 200
+    # "red, green" built once and reused; "blue" evicted by "cat" (cache of 2), so built again
+    assert built == [("background", "red", "green"), ("background", "blue"), ("background", "cat"),
+                     ("background", "blue")]
+
+
+def test_upload_over_the_size_limit_is_413(model):
+    limits = ServeLimits(max_upload_bytes=20_000)
+    client = TestClient(create_app(model, limits, segmenter_factory=stand_in_factory()))
+    big = png_bytes(400, 400) + b"\0" * 300_000  # well over limit + form slack: refused from Content-Length
+    r = post(client, big)
+    assert r.status_code == 413 and "limit of" in r.json()["error"]
+    noise = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")  # ~30 kB: over the upload limit, inside the body slack
+    r = post(client, buf.getvalue())
+    assert r.status_code == 413 and "upload limit" in r.json()["error"]
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_streamed_upload_without_content_length_is_cut_off_with_413(model):
+    client = TestClient(create_app(model, ServeLimits(max_upload_bytes=1000), segmenter_factory=stand_in_factory()))
+    boundary = "simsegboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode()
+
+    def body():  # a generator: httpx sends it chunked, with no Content-Length to check up front
+        yield head
+        for _ in range(100):
+            yield b"\0" * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post("/segment", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and "upload too large" in r.json()["error"]
+
+
+def test_image_over_the_pixel_limit_is_413_before_decoding(model):
+    client = TestClient(create_app(model, ServeLimits(max_pixels=1000), segmenter_factory=stand_in_factory()))
+    r = post(client, png_bytes(40, 30))  # 1200 pixels
+    assert r.status_code == 413
+    assert "40x30 = 1200 pixels exceeds the limit of 1000" in r.json()["error"]
+    assert post(client, png_bytes(30, 30)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("fields", "data", "status", "message"),
+    [
+        ({}, b"this is not an image", 400, "not a readable image"),
+        ({}, b"", 400, "empty"),
+        ({}, png_bytes()[:60], 400, "image 'img.png'"),  # truncated PNG
+        ({}, None, 400, "no image"),
+        ({"classes": ""}, png_bytes(), 400, "classes: empty"),
+        ({"classes": " , "}, png_bytes(), 400, "empty class name"),
+        ({"classes": "cat, dog, Cat"}, png_bytes(), 400, "duplicate"),
+        ({"classes": ", ".join(f"class{i}" for i in range(5000))}, png_bytes(), 400, "5000 names given; the limit "
+                                                                                      "is 100"),
+        ({"classes": "x" * 500}, png_bytes(), 400, "characters long"),
+        ({"protocol": "magic"}, png_bytes(), 400, "protocol: 'magic'"),
+        ({"crf": "maybe"}, png_bytes(), 400, "crf: expected true or false"),
+        ({"templates": "all"}, png_bytes(), 400, "templates: 'all'"),
+        ({"example": "7"}, None, 400, "not a built-in example"),
+        ({"example": "one"}, None, 400, "expected an example number"),
+    ],
+)
+def test_bad_input_gets_a_clear_json_error_and_the_server_stays_up(model, fields, data, status, message):
+    client = TestClient(create_app(model, segmenter_factory=stand_in_factory()))
+    r = post(client, data, **fields)
+    assert r.status_code == status
+    assert message in r.json()["error"]
+    assert post(client, png_bytes()).status_code == 200
+
+
+def test_non_multipart_body_and_unknown_routes_get_json_errors(model):
+    client = TestClient(create_app(model, segmenter_factory=stand_in_factory()))
+    r = client.post("/segment", json={"classes": "cat"})  # not a form: no fields at all
+    assert r.status_code == 400 and "classes: empty" in r.json()["error"]
+    r = client.get("/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_request_over_the_time_limit_is_504_and_the_next_one_is_served(model):
+    client = TestClient(create_app(model, ServeLimits(timeout_s=0.3), segmenter_factory=stand_in_factory(delay=0.6)))
+    start = time.monotonic()
+    r = post(client, png_bytes())
+    assert r.status_code == 504 and "limit of 0.3 s" in r.json()["error"]
+    assert time.monotonic() - start < 0.6  # the client is answered at the limit, not when the job ends
+    assert client.get("/health").json()["status"] == "ok"
+    time.sleep(0.4)  # the runaway job ends
+    client.app.state.service.limits = ServeLimits(timeout_s=5)
+    assert post(client, png_bytes()).status_code == 200
+
+
+def test_a_failing_segmenter_gives_500_json_and_the_server_stays_up(model):
+    app = create_app(model, segmenter_factory=stand_in_factory(fail=RuntimeError("boom")))
+    client = TestClient(app, raise_server_exceptions=False)
+    r = post(client, png_bytes())
+    assert r.status_code == 500 and "RuntimeError: boom" in r.json()["error"]
+    assert client.get("/health").status_code == 200
+
+
+def test_requests_beyond_the_queue_get_503_busy_and_the_admitted_ones_succeed(model):
+    gate = threading.Event()
+    app = create_app(model, ServeLimits(queue=2), segmenter_factory=stand_in_factory(gate=gate))
+    service = app.state.service
+    client = TestClient(app)
+    results: list = [None] * 2
+
+    def send(i):
+        results[i] = post(client, png_bytes())
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while service.busy < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r = post(client, png_bytes())
+    assert r.status_code == 503 and r.json()["error"].startswith("busy") and r.headers["retry-after"] == "2"
+    assert client.get("/health").json()["busy"] == 2  # the page and health stay responsive meanwhile
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert [res.status_code for res in results] == [200, 200]
+    assert post(client, png_bytes()).status_code == 200
+
+
+def test_health_config_examples_and_page(model):
+    app = create_app(model, default_classes="red, green", examples=demo_examples(2, seed=1, size=64),
+                     segmenter_factory=stand_in_factory())
+    client = TestClient(app)
+    assert client.get("/health").json()["status"] == "ok"
+    config = client.get("/config").json()
+    assert config["default_classes"] == "red, green" and len(config["examples"]) == 2
+    assert config["limits"]["max_classes"] == 100
+    example = client.get("/examples/1.png")
+    assert example.headers["content-type"] == "image/png" and Image.open(io.BytesIO(example.content)).size == (64, 64)
+    assert client.get("/examples/5.png").status_code == 404
+    r = post(client, None, example="1")
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (64, 64)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="segment-form"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def test_cli_needs_a_checkpoint_or_a_demo_model(tmp_path, monkeypatch, capsys):
+    from simseg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert main(["serve", "--demo"]) == 2
+    assert "run 'simseg demo' first" in capsys.readouterr().err
+
+
+def test_cli_demo_serves_the_demo_model_with_colour_classes_and_examples(tmp_path, monkeypatch, model):
+    import uvicorn
+
+    import simseg
+    from simseg.cli import main
+    from simseg.synthetic import colour_class_names
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "simseg-demo" / "loda" / "checkpoint").mkdir(parents=True)
+    loaded, served = [], {}
+    monkeypatch.setattr(simseg, "load_model", lambda path, **kw: loaded.append(path) or model)
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app, host=host, port=port))
+    assert main(["serve", "--demo", "--port", "8123", "--max-classes", "7", "--timeout", "9"]) == 0
+    assert loaded == [str(Path("simseg-demo/loda/checkpoint"))]
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
+    config = TestClient(served["app"]).get("/config").json()
+    assert config["default_classes"] == ", ".join(colour_class_names()[1:])
+    assert len(config["examples"]) == 6
+    assert config["limits"]["max_classes"] == 7 and config["limits"]["timeout_s"] == 9
+
+
+# ------------------------------------------------------------------------------------------------------- a real server
+@pytest.fixture(scope="module")
+def server(model, cache_dir):
+    """uvicorn on a free localhost port, in a background thread; yields (base URL, app)."""
+    import uvicorn
+
+    app = create_app(model, default_classes=CLASSES, examples=demo_examples(3, seed=0, size=96), cache_dir=cache_dir,
+                     title="tiny test model")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # the OS picks the port; the bound socket goes to uvicorn, so no race for it
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", app
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def test_concurrent_requests_to_a_real_server_all_succeed_or_get_busy(server):
+    import httpx
+
+    url, _ = server
+    image = png_bytes(64, 64)
+    responses: list = []
+
+    def send():
+        with httpx.Client(timeout=30) as c:
+            responses.append(c.post(f"{url}/segment", data={"classes": CLASSES, "crf": "false"},
+                                    files={"image": ("a.png", image, "image/png")}))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]  # more than the queue of 4
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(responses) == 6
+    ok = [r for r in responses if r.status_code == 200]
+    busy = [r for r in responses if r.status_code == 503]
+    assert len(ok) + len(busy) == 6 and len(ok) >= 4
+    assert all(r.json()["error"].startswith("busy") for r in busy)
+    # one model, one result: every concurrent answer is the same label map
+    assert len({r.json()["labels_png_base64"] for r in ok}) == 1
+    assert httpx.get(f"{url}/health").json()["busy"] == 0
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    found = _chromium()
+    if found is None:
+        pytest.skip("headless browser test needs Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver); not installed here")
+    pytest.importorskip("selenium", reason="the browser test needs selenium (pip install 'simseg[test]')")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    # the system chromedriver, given by path: selenium never looks for (or downloads) a driver or a browser
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=found[1]))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_page_in_headless_chromium_uploads_segments_and_shows_overlay_legend_scores(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, _ = server
+    width, height = 120, 90
+    image_path = tmp_path / "shapes.png"
+    Image.open(io.BytesIO(png_bytes(width, height, seed=3))).save(image_path)
+
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_element(By.ID, "classes").get_attribute("value") == CLASSES)  # /config loaded
+
+    # an error first: no classes -> the server's message appears on the page
+    browser.find_element(By.ID, "image").send_keys(str(image_path))
+    browser.find_element(By.ID, "classes").clear()
+    browser.find_element(By.ID, "submit").click()
+    error = wait.until(lambda d: d.find_element(By.ID, "error") if d.find_element(By.ID, "error").is_displayed()
+                       else False)
+    assert "HTTP 400" in error.text and "classes: empty" in error.text
+
+    # then a real segmentation with the CRF on
+    browser.find_element(By.ID, "classes").send_keys("red, green, blue, yellow")
+    assert browser.find_element(By.ID, "crf").is_selected()
+    browser.find_element(By.ID, "submit").click()
+    size = wait.until(lambda d: d.execute_script(
+        "const img = document.getElementById('overlay');"
+        "return img.complete && img.naturalWidth ? [img.naturalWidth, img.naturalHeight] : null;"))
+    assert size == [width, height]
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#scores tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows].count("yellow") == 1 and len(rows) == 5
+    assert browser.find_elements(By.CSS_SELECTOR, "#legend li")
+    assert "protocol simseg, CRF on" in browser.find_element(By.ID, "protocol-info").text
+
+    # a built-in example instead of an upload, with the dense protocol (every pixel gets its best class)
+    Select(browser.find_element(By.ID, "example")).select_by_value("2")
+    Select(browser.find_element(By.ID, "protocol")).select_by_value("dense")
+    assert not browser.find_element(By.ID, "crf").is_enabled()
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: "96 x 96 px; protocol dense" in d.find_element(By.ID, "protocol-info").text)
+    assert browser.execute_script("return document.getElementById('overlay').naturalWidth") == 96
+    legend = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")]
+    assert legend and all(any(name in text for name in ("background", "red", "green", "blue", "yellow"))
+                          for text in legend)
+    browser.set_window_size(1200, 1500)  # the whole result in the picture
+    browser.save_screenshot("/tmp/simseg_serve_screenshot.png")
