@@ -19,7 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
-from statistics import mean
+from statistics import mean, median
 
 import cv2
 import numpy as np
@@ -128,14 +128,16 @@ def reference_labels(x: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor
 
 
 def bench_model(preset: str, images: list[Image.Image], vocab: str, classes: list[str], repeats: int) -> dict:
+    torch.manual_seed(0)  # the random weights decide how many classes the walk accepts: keep them fixed
     model = simseg.load_model(preset, tokenizer=vocab)  # the Segmenter sets the ViT to 288
     seg = Segmenter(model, classes, templates="single", cache_dir=None)
     gen = torch.Generator().manual_seed(0)
     emb = torch.randn(len(classes), seg.class_emb.shape[1], generator=gen)
     seg.class_emb = emb / emb.norm(dim=-1, keepdim=True)
-    # warm-up: first calls allocate
+    # warm-up: the first calls allocate and pick kernels
     x0 = seg.preprocess(images[0])
-    seg.forward(x0)
+    for _ in range(3):
+        seg.forward(x0)
 
     rows = []
     mismatched = 0
@@ -161,7 +163,9 @@ def bench_model(preset: str, images: list[Image.Image], vocab: str, classes: lis
         mismatched += not same
         rows.append({"pre": t1 - t0, "fwd": t2 - t1, "post": ours, "crf": library, "calls": calls,
                      "ref_post": ref_total - ref_crf, "ref_crf": ref_crf})
-    summary = {k: mean(r[k] for r in rows) for k in rows[0]}
+    # forward and preprocessing: medians, robust to another process stealing a core for a moment; the parts whose
+    # work depends on how many classes an image accepts: means over the images
+    summary = {k: (median if k in ("pre", "fwd") else mean)(r[k] for r in rows) for k in rows[0]}
     summary["mismatched"] = mismatched
     summary["n"] = len(rows)
     return summary
@@ -193,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['crf'] * 1e3:8.1f}{s['calls']:8.2f}{s['post'] / s['fwd']:9.3f}{1 / total:7.2f}"
                   f"{s['ref_post'] * 1e3:9.2f}{s['n'] - s['mismatched']:>4}/{s['n']}")
             failed |= s["mismatched"] > 0
-    print("post = our post-processing without the dense-CRF library's calls (crf); ref post = the same part in a "
-          "line-by-line port of the original; same = images whose labels equal the reference's")
+    print("per image (pre, fwd: medians; the rest: means); post = our post-processing without the dense-CRF library's calls (crf ms, per image); "
+          "ref post = the same part in a line-by-line port of the original; same = images whose labels equal the "
+          "reference's")
     return 1 if failed else 0
 
 

@@ -158,3 +158,22 @@ def test_cli_convert_and_info(tmp_path, small_model, vocab_dir, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "parameters" in text and "sha256" in text and "embed_dim: 128" in text
+
+
+def test_resizing_back_and_forth_does_not_compound(small_model):
+    import copy
+
+    m = copy.deepcopy(small_model)
+    native = m.image_encoder.pos_embed.detach().clone()
+    m.set_image_size(288)
+    at288 = m.image_encoder.pos_embed.detach().clone()
+    m.set_image_size(448)
+    m.set_image_size(288)
+    assert torch.equal(m.image_encoder.pos_embed.detach(), at288)
+    m.set_image_size(224)
+    assert torch.equal(m.image_encoder.pos_embed.detach(), native)
+    # weights trained after a resize become the native ones
+    with torch.no_grad():
+        m.image_encoder.pos_embed.add_(1.0)
+    m.set_image_size(288)
+    assert not torch.equal(m.image_encoder.pos_embed.detach(), at288)

@@ -310,6 +310,19 @@ def test_segmenter_on_a_real_image(segmenter_nocrf):
     assert result.protocol["name"] == "simseg"
 
 
+def test_segment_convenience_takes_paths_and_lists(model, tmp_path):
+    from simseg.segment import segment
+
+    path = tmp_path / "img.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
+    one = segment(model, path, "cat, dog", crf=False, templates="single", cache_dir=tmp_path)
+    assert isinstance(one, SegmentationResult) and one.labels.shape == (20, 30)
+    assert one.class_names == ["background", "cat", "dog"]
+    many = segment(model, [path, Image.open(path)], ["cat"], crf=False, templates="single",
+                          cache_dir=tmp_path)
+    assert [r.labels.shape for r in many] == [(20, 30), (20, 30)]
+
+
 # ------------------------------------------------------------------ the dense protocol
 def test_window_starts_cover_the_image():
     assert _window_starts(448, 448, 224) == [0]

@@ -220,14 +220,14 @@ def run_eval_seg(args: argparse.Namespace) -> int:
     import simseg
     from simseg.checkpoint import checkpoint_fingerprint
     from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
-    from simseg.segment import Segmenter, _parse_set
+    from simseg.segment import Segmenter, parse_set
     from simseg.visualize import iou_bar_chart
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit: must be at least 1, got {args.limit}")
     if args.num_overlays < 0:
         raise InputError(f"--num-overlays: must be at least 0, got {args.num_overlays}")
-    params = protocol_parameters(args.dataset, args.protocol, _parse_set(args.params))
+    params = protocol_parameters(args.dataset, args.protocol, parse_set(args.params))
     root = resolve_data_root(args.data_root)
     dataset = SegmentationBenchmark(args.dataset, root)
     distributed = init_distributed()

@@ -106,6 +106,7 @@ class SimSegModel(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.config: dict[str, Any] = dict(config or {})
+        self._pos_source: dict | None = None  # native position embedding, see set_image_size
 
     # ---------------------------------------------------------------- properties
     @property
@@ -135,21 +136,32 @@ class SimSegModel(nn.Module):
 
     def set_image_size(self, size: int) -> None:
         """Rebuild the ViT for ``size`` x ``size`` inputs; the position embedding is resampled bicubically
-        (align_corners False, no antialias: method.md §3.1), prefix ([CLS]) positions kept as they are."""
+        (align_corners False, no antialias: method.md §3.1), prefix ([CLS]) positions kept as they are.
+
+        Resampling always starts from the native (trained) position embedding, so switching sizes back and forth
+        (e.g. 288 for one protocol, 448 for another) never compounds interpolation error. Weights changed since the
+        last resize (training) become the new native ones.
+        """
         from timm.layers import resample_abs_pos_embed
 
         vit = self.image_encoder
-        old_grid = tuple(vit.patch_embed.grid_size)
         if (size, size) == tuple(vit.patch_embed.img_size):
             return
+        src = self._pos_source
+        current = vit.pos_embed
+        if src is None or current is not src["made"] or current._version != src["version"]:
+            src = {"grid": tuple(vit.patch_embed.grid_size), "pos": current.detach().clone()}
         vit.patch_embed.set_input_size(img_size=(size, size))
         new_grid = tuple(vit.patch_embed.grid_size)
-        if vit.pos_embed is not None and new_grid != old_grid:
+        if current is not None:
             prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
             with torch.no_grad():
-                resized = resample_abs_pos_embed(vit.pos_embed.data, new_size=list(new_grid), old_size=list(old_grid),
-                                                 num_prefix_tokens=prefix, interpolation="bicubic", antialias=False)
-            vit.pos_embed = nn.Parameter(resized, requires_grad=vit.pos_embed.requires_grad)
+                resized = src["pos"] if new_grid == src["grid"] else resample_abs_pos_embed(
+                    src["pos"], new_size=list(new_grid), old_size=list(src["grid"]), num_prefix_tokens=prefix,
+                    interpolation="bicubic", antialias=False)
+            vit.pos_embed = nn.Parameter(resized.clone(), requires_grad=current.requires_grad)
+            src["made"], src["version"] = vit.pos_embed, vit.pos_embed._version
+        self._pos_source = src
         self.config.setdefault("vision", {})
         self.config["vision"] = {**self.config["vision"], "img_size": size}
 

@@ -788,7 +788,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
     import yaml
 
     params: dict[str, Any] = {}
@@ -836,11 +836,14 @@ def run_segment(args: argparse.Namespace) -> int:
     if (args.classes is None) == (args.classes_file is None):
         raise InputError("give the class names with exactly one of --classes or --classes-file")
     classes = read_class_file(args.classes_file) if args.classes_file else parse_class_list(args.classes)
+    if len(classes) > 256:
+        raise InputError(f"--classes: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
+                         "background)")
     if args.protocol == "simseg" and not args.no_crf:
         from simseg.crf import require_densecrf
 
         require_densecrf()  # before loading a model: fail fast
-    params = _parse_set(args.params)
+    params = parse_set(args.params)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
     segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,

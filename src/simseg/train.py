@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import random
@@ -304,7 +305,8 @@ def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) ->
             s = dict(eval_cfg["segmentation"])
             bench = SegmentationBenchmark(s["dataset"], s["data_root"])
             classes = list(s.get("classes") or bench.class_names)
-            seg = Segmenter(model, classes, protocol=s.get("protocol", "simseg"), crf=bool(s.get("crf", False)))
+            # a copy: the protocol may rebuild the ViT for its input size, which must not touch the trained model
+            seg = Segmenter(copy.deepcopy(model), classes, protocol=s.get("protocol", "simseg"), crf=bool(s.get("crf", False)))
             metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), skip_bad=True)
             out.update({f"seg/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:
