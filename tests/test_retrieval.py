@@ -555,7 +555,7 @@ def test_cli_end_to_end(toy_root, vocab_dir, tmp_path, capsys):
     report = json.loads((out / "metrics.json").read_text())
     for key in ("I2T_R@1", "I2T_R@5", "I2T_R@10", "T2I_R@1", "T2I_R@5", "T2I_R@10", "RSUM"):
         assert isinstance(report[key], float) and 0.0 <= report[key] <= 600.0
-    assert report["I2T_R@10"] == 100.0 and report["T2I_R@10"] == 100.0  # only 6 images
+    assert report["T2I_R@10"] == 100.0  # only 6 images: every caption finds its image in the top 10
     assert (report["num_images"], report["num_captions"], report["num_bad_images"]) == (6, 12, 0)
     protocol = report["protocol"]
     assert protocol["transforms"][0] == {"name": "resize", "size": 36, "side": "short", "interpolation": "bilinear"}

@@ -12,6 +12,28 @@ import torch
 import torch.nn.functional as F
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather forward; backward sums the incoming gradients over ranks and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.world = dist.get_rank(), dist.get_world_size()
+        out = features.new_empty((ctx.world * features.shape[0], *features.shape[1:]))
+        dist.all_gather_into_tensor(out, features.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        b = grad.shape[0] // ctx.world
+        return grad[ctx.rank * b:(ctx.rank + 1) * b]
+
+
 def gather_features(features: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate ``features`` (B, D) from every rank in rank order, keeping the autograd graph.
 
@@ -19,9 +41,7 @@ def gather_features(features: torch.Tensor, world_size: int) -> torch.Tensor:
     """
     if world_size == 1:
         return features
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(features), dim=0)
+    return _GatherWithGrad.apply(features)
 
 
 def contrastive_loss(
