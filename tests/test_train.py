@@ -215,3 +215,24 @@ def test_bad_training_config_is_a_clear_error(vocab_dir, tmp_path, capsys):
     assert "train.nonexistent" in capsys.readouterr().err
     assert main(["train", "tiny", f"model.tokenizer={vocab_dir}", f"train.output_dir={tmp_path}", "train.steps=0"]) == 2
     assert "train.steps" in capsys.readouterr().err
+
+
+def test_periodic_evaluation_hooks_are_logged(vocab_dir, tmp_path):
+    from simseg.synthetic import (colour_class_names, export_retrieval_parquet, export_segmentation_split,
+                                  generate_scenes)
+
+    scenes = generate_scenes(6, seed=3, size=32)
+    parquet_root = export_retrieval_parquet(scenes, tmp_path / "ret", name="held")
+    seg_root = export_segmentation_split(scenes, tmp_path / "seg")
+    cfg = _cfg(vocab_dir, tmp_path / "run", steps=4, eval_every=2)
+    cfg["eval"] = {"retrieval": {"path": str(tmp_path / "ret" / "held"), "batch_size": 4},
+                   "segmentation": {"dataset": "pascal_voc", "data_root": str(seg_root), "limit": 3,
+                                    "classes": colour_class_names(), "protocol": "dense",
+                                    "crf": False, "params": {"short_side": 64, "crop_size": 64, "stride": 32}}}
+    summary = train(cfg, batch_iter=_batches(), progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "retrieval/I2T_R@1" in r]
+    assert [r["step"] for r in evals] == [2, 4]  # every eval_every steps and at the end
+    assert all("seg/mIoU" in r for r in evals)
+    assert "retrieval/RSUM" in summary["eval"]
+    assert parquet_root

@@ -498,7 +498,7 @@ def build_sources(specs: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[f
         ConfigError: as :func:`source_from_spec`, or a weight that is not a positive number.
     """
     if not specs:
-        raise ConfigError("data.sources: no data source given")
+        raise ConfigError("data.train: no data source given (a list of {type: csv|parquet|webdataset, ...})")
     specs = [_plain_spec(s) for s in specs]
     sources = [source_from_spec(s) for s in specs]
     if all(s.get("weight") is None for s in specs):

@@ -158,18 +158,20 @@ class SegmentationBenchmark:
     Args:
         name: a key of :data:`BENCHMARKS`.
         data_root: the folder holding ``VOCdevkit/`` / ``coco_stuff164k/`` (see :func:`resolve_data_root`).
+        class_names: the classes the label values index, for data in a benchmark's layout with classes of its own
+            (e.g. the synthetic split of ``simseg demo``); default: the benchmark's list.
 
     Raises:
         InputError: unknown name, or a missing folder or list file (the message names the path).
     """
 
-    def __init__(self, name: str, data_root: str | os.PathLike) -> None:
+    def __init__(self, name: str, data_root: str | os.PathLike, class_names: list[str] | None = None) -> None:
         if name not in BENCHMARKS:
             raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(BENCHMARKS)}")
         self.name = name
         self.spec = BENCHMARKS[name]
         self.root = Path(data_root)
-        self.class_names: list[str] = benchmark_classes(self.spec.classes)
+        self.class_names: list[str] = list(class_names) if class_names else benchmark_classes(self.spec.classes)
         self.image_dir = self.root / self.spec.image_dir
         self.label_dir = self.root / self.spec.label_dir
         for folder in (self.root, self.image_dir, self.label_dir):

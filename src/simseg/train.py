@@ -303,11 +303,12 @@ def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) ->
             from simseg.segment import Segmenter
 
             s = dict(eval_cfg["segmentation"])
-            bench = SegmentationBenchmark(s["dataset"], s["data_root"])
-            classes = list(s.get("classes") or bench.class_names)
+            bench = SegmentationBenchmark(s["dataset"], s["data_root"], class_names=s.get("classes"))
+            params = dict(s.get("params") or {})
             # a copy: the protocol may rebuild the ViT for its input size, which must not touch the trained model
-            seg = Segmenter(copy.deepcopy(model), classes, protocol=s.get("protocol", "simseg"), crf=bool(s.get("crf", False)))
-            metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), skip_bad=True)
+            seg = Segmenter(copy.deepcopy(model), bench.class_names, protocol=s.get("protocol", "simseg"),
+                            crf=bool(s.get("crf", False)), **params)
+            metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"))
             out.update({f"seg/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:
         model.train(was_training)
