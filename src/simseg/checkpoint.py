@@ -171,8 +171,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
             ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg[:160]})") from None
     except Exception as e:  # RuntimeError, EOFError, BadZipFile, KeyError from the legacy unpickler, ...
-        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({first})") from None
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({type(e).__name__}: {first})") from None
 
 
 def is_original_state_dict(state: dict) -> bool:
@@ -284,8 +284,9 @@ def load_model(
     Args:
         path_or_preset: a folder written by :func:`save_model` (or a training checkpoint folder), an original SimSeg
             ``.pth`` file, or a preset name ("tiny", "simseg-vit-s16", "simseg-vit-b16": randomly initialised).
-        tokenizer: a folder with ``vocab.txt``, a Hugging Face name, or a Tokenizer. Default: the checkpoint's own
-            tokenizer folder, else the config's tokenizer name (``bert-base-uncased`` for original checkpoints).
+        tokenizer: a folder with ``vocab.txt``, a Hugging Face name (downloaded if needed), or a Tokenizer.
+            Default: the checkpoint's own tokenizer folder; for an original ``.pth``, bert-base-uncased if it is in
+            the local Hugging Face cache (otherwise text calls ask for a tokenizer).
         device: where to put the model.
         image_size: rebuild the ViT for this input size (position embedding resized bicubically); None keeps the
             checkpoint's size.
@@ -305,9 +306,9 @@ def load_model(
     elif p.is_dir():
         model = _load_own(p, tok)
     elif p.is_file():
-        if tok is None:
-            tok = load_tokenizer("bert-base-uncased")
         model = import_original(p, tok)
+        if tok is None:  # the release's tokenizer, if the Hugging Face cache has it; never a silent download
+            model.tokenizer = _optional_default_tokenizer()
     else:
         raise InputError(f"{path_or_preset}: checkpoint not found (and not a preset: {', '.join(preset_names())})")
     if image_size is not None:
@@ -324,11 +325,7 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    p = Path(args.checkpoint)
-    tok = args.tokenizer
-    if tok is None and p.is_file():
-        tok = _optional_default_tokenizer()
-    model = load_model(args.checkpoint, tokenizer=tok)
+    model = load_model(args.checkpoint, tokenizer=args.tokenizer)
     print(f"checkpoint: {args.checkpoint}")
     fp = checkpoint_fingerprint(args.checkpoint)
     if fp.get("sha256"):
@@ -345,8 +342,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def _optional_default_tokenizer() -> Tokenizer | None:
+    """bert-base-uncased's vocabulary from the local Hugging Face cache, or None."""
     try:
-        return load_tokenizer("bert-base-uncased")
+        return load_tokenizer("bert-base-uncased", local_only=True)
     except InputError:
         return None
 

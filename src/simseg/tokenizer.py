@@ -93,10 +93,11 @@ class Tokenizer:
         return directory
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike | Tokenizer) -> Tokenizer:
+def load_tokenizer(name_or_dir: str | os.PathLike | Tokenizer, local_only: bool = False) -> Tokenizer:
     """Load a tokenizer from a folder (or file) with ``vocab.txt``, or a Hugging Face model name.
 
-    A model name is fetched through ``huggingface_hub`` (cached; needs internet the first time).
+    A model name is fetched through ``huggingface_hub`` (cached; needs internet the first time, unless
+    ``local_only``, which only looks in the local cache).
     """
     if isinstance(name_or_dir, Tokenizer):
         return name_or_dir
@@ -114,7 +115,7 @@ def load_tokenizer(name_or_dir: str | os.PathLike | Tokenizer) -> Tokenizer:
     try:
         from huggingface_hub import hf_hub_download
 
-        vocab = hf_hub_download(repo_id=name, filename="vocab.txt")
+        vocab = hf_hub_download(repo_id=name, filename="vocab.txt", local_files_only=local_only)
     except Exception as e:  # offline, unknown repo, ...
         raise InputError(
             f"tokenizer {name!r}: not a local folder and could not be fetched from the Hugging Face hub "
