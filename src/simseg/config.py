@@ -15,7 +15,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from simseg.errors import ConfigError, InputError
 
-PRESETS = ("tiny", "simseg-vit-s16", "simseg-vit-b16")
 #: Mappings whose keys are passed on to a library (timm / transformers): overrides may add new keys there.
 FREEFORM = ("model.vision.kwargs", "model.text.config")
 
@@ -37,7 +36,7 @@ def _read_yaml(path_or_text: str | os.PathLike, label: str) -> DictConfig:
 
 
 def load_preset(name: str) -> DictConfig:
-    """One of the packaged presets (see :data:`PRESETS`)."""
+    """One of the packaged presets (``configs/*.yaml``: see :func:`preset_names`)."""
     res = resources.files("simseg.configs") / f"{name}.yaml"
     if not res.is_file():
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(preset_names())}")

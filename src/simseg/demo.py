@@ -19,8 +19,12 @@ Metrics (all from dataset-level confusion matrices, in percent):
   to the six colours (``dense`` protocol with ``bg_threshold=0``: every pixel gets its most similar colour); mIoU
   over the six colours. It measures localisation of the learned words alone.
 - *colour mIoU with background*: all pixels, seven classes, background predicted by the protocol itself (the
-  ``simseg`` protocol's class selection + dense CRF, or the ``dense`` protocol's probability threshold).
+  ``simseg`` protocol's class selection + dense CRF, or the ``dense`` protocol's probability threshold, 0.99).
 - *retrieval R@1*: among the held-out images (one caption each), in both directions.
+
+Thresholds (issue 6), checked on the LoDA run: colour fg mIoU >= 85 %, colour mIoU with background (dense protocol,
+p 0.99) >= 45 %, LoDA minus CLS colour fg mIoU >= 50 points. The paper's ``simseg`` protocol is reported beside them;
+on this world its per-class min-max maps fail (the report says why).
 
 The LoDA run's checkpoint (tokenizer included) lands in ``<out>/loda/checkpoint``, where ``simseg serve --demo``
 finds it.
@@ -32,10 +36,9 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,6 +62,8 @@ class DemoPlan:
 
     Attributes:
         steps: training steps of each run (None: the preset's ``train.steps``).
+        batch_size: training batch (None: the preset's ``train.batch_size``).
+        lr: peak learning rate (None: the preset's ``train.lr``).
         train_scenes: distinct training scenes (the loader cycles through them in reshuffled epochs).
         eval_scenes: held-out scenes for segmentation.
         retrieval_scenes: held-out scenes for retrieval (the first ones of the segmentation set), one caption each.
@@ -66,6 +71,8 @@ class DemoPlan:
     """
 
     steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     train_scenes: int = 6400
     eval_scenes: int = 200
     retrieval_scenes: int = 100
@@ -73,7 +80,10 @@ class DemoPlan:
 
 
 DEFAULT_PLAN = DemoPlan()
-QUICK_PLAN = DemoPlan(steps=60, train_scenes=3840, eval_scenes=100, retrieval_scenes=100, grid_rows=4)
+#: 40 % of the default's training compute: half the batch at twice the learning rate, 80 steps. Measured on seeds
+#: 1-7: colour fg mIoU 98-100, colour mIoU with background (p 0.99) 53-64.
+QUICK_PLAN = DemoPlan(steps=80, batch_size=64, lr=2e-3, train_scenes=5120, eval_scenes=200, retrieval_scenes=100,
+                      grid_rows=4)
 
 
 def segmentation_protocols(input_size: int) -> dict[str, dict[str, Any]]:
@@ -105,7 +115,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="write into an existing output folder, replacing the demo's own files there")
     parser.add_argument("--quick", action="store_true",
-                        help="a shorter run (fewer steps and scenes, smaller evaluation) for tests and a first look")
+                        help="a shorter run (80 steps of batch 64, fewer scenes) for tests and a first look")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -201,14 +211,15 @@ class ColourSplit:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def demo_config(out_dir: Path, vocab: Path, train_csv: Path, seed: int, steps: int | None, pooling: str) -> dict:
-    """The resolved training config of one run: the ``demo`` preset with the run's paths, seed and pooling."""
+def demo_config(out_dir: Path, vocab: Path, train_csv: Path, seed: int, plan: DemoPlan, pooling: str) -> dict:
+    """The resolved training config of one run: the ``demo`` preset with the run's paths, seed, plan and pooling."""
     from simseg.config import load_config, to_dict
 
     overrides = [f"model.tokenizer={vocab}", f"train.output_dir={out_dir}", f"train.seed={seed}",
                  f"model.pooling={pooling}"]
-    if steps is not None:
-        overrides.append(f"train.steps={steps}")
+    for key, value in (("steps", plan.steps), ("batch_size", plan.batch_size), ("lr", plan.lr)):
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
     cfg = to_dict(load_config("demo", overrides))
     cfg["data"]["train"] = [{"type": "csv", "path": str(train_csv)}]
     return cfg
@@ -216,15 +227,9 @@ def demo_config(out_dir: Path, vocab: Path, train_csv: Path, seed: int, steps: i
 
 def train_run(cfg: dict, progress: bool = True) -> dict:
     """Train one run; the demo never resumes, so the intermediate training checkpoints are removed afterwards."""
-    import torch
-
     from simseg.train import train
 
-    threads = torch.get_num_threads()
-    try:
-        summary = train(cfg, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
+    summary = train(cfg, progress=progress)
     shutil.rmtree(Path(cfg["train"]["output_dir"]) / "checkpoints", ignore_errors=True)
     return summary
 
@@ -265,7 +270,7 @@ def evaluate_model(
             if index in keep:
                 kept[index] = labels
 
-        metrics = evaluate_segmentation(segmenter, split, on_prediction=on_prediction)
+        metrics = evaluate_segmentation(segmenter, split, on_prediction=on_prediction, progress=progress)
         # background is not a class here; a colour pixel predicted as background still counts as a miss
         fg_metrics = fg.compute(classes, exclude=[0])
         out["segmentation"][name] = {
@@ -278,6 +283,10 @@ def evaluate_model(
             "protocol": segmenter.protocol_info(),
         }
         out["predictions"][name] = kept
+    # How much the colour embeddings share (mean pairwise cosine): explains the simseg protocol's maps (report).
+    colours = segmenter.class_emb[1:].float()
+    cos = (colours @ colours.T).cpu().numpy()
+    out["colour_embedding_mean_cosine"] = float((cos.sum() - np.trace(cos)) / (len(cos) * (len(cos) - 1)))
     size = model.image_size
     r = evaluate_retrieval(model, retrieval, crop_size=size, resize_size=size, progress=progress, num_workers=1)
     out["retrieval"] = {k: r[k] for k in ("I2T_R@1", "I2T_R@5", "T2I_R@1", "T2I_R@5", "RSUM", "num_images",
@@ -289,10 +298,10 @@ def verdict(loda: dict, cls: dict) -> list[dict[str, Any]]:
     """The issue's thresholds checked on the results: ``[{"name", "value", "threshold", "passed"}]`` (fractions)."""
     fg = loda["segmentation"]["dense_colours"]["fg_mIoU"] / 100
     fg_cls = cls["segmentation"]["dense_colours"]["fg_mIoU"] / 100
-    bg = loda["segmentation"]["simseg"]["mIoU"] / 100
+    bg = loda["segmentation"]["dense_threshold"]["mIoU"] / 100
     rows = [
         ("LoDA colour fg mIoU, background known (dense, colours only)", fg, THRESHOLDS["fg_miou"]),
-        ("LoDA colour mIoU with background (simseg protocol, CRF)", bg, THRESHOLDS["bg_miou"]),
+        ("LoDA colour mIoU with background (dense, background below p = 0.99)", bg, THRESHOLDS["bg_miou"]),
         ("LoDA minus CLS, colour fg mIoU", fg - fg_cls, THRESHOLDS["gap"]),
     ]
     return [{"name": n, "value": v, "threshold": t, "passed": bool(v >= t)} for n, v, t in rows]
@@ -312,9 +321,18 @@ def _label_picture(labels: np.ndarray, scale: int) -> Any:
     return Image.fromarray(rgb).resize((labels.shape[1] * scale, labels.shape[0] * scale), Image.NEAREST)
 
 
-def write_grid(path: Path, scenes: Sequence[Any], loda: dict, cls: dict, indices: Sequence[int]) -> Path:
-    """Rows of held-out scenes: image / ground truth / LoDA and CLS predictions (simseg protocol, then dense
-    colours-only)."""
+#: The picture grid's prediction columns: (title, run, protocol).
+GRID_COLUMNS = (
+    ("LoDA, p >= 0.99", "loda", "dense_threshold"),
+    ("CLS, p >= 0.99", "cls", "dense_threshold"),
+    ("LoDA, colours only", "loda", "dense_colours"),
+    ("CLS, colours only", "cls", "dense_colours"),
+    ("LoDA, simseg protocol", "loda", "simseg"),
+)
+
+
+def write_grid(path: Path, scenes: Sequence[Any], results: dict[str, dict], indices: Sequence[int]) -> Path:
+    """Rows of held-out scenes: image, ground truth, then the predictions of :data:`GRID_COLUMNS`."""
     from PIL import Image
 
     from simseg.visualize import image_grid
@@ -324,16 +342,11 @@ def write_grid(path: Path, scenes: Sequence[Any], loda: dict, cls: dict, indices
     for i in indices:
         scene = scenes[i]
         image = Image.fromarray(np.asarray(scene.image)).resize((scene.image.shape[1] * scale,) * 2, Image.NEAREST)
-        rows.append([
-            image,
-            _label_picture(scene.colour_mask, scale),
-            _label_picture(loda["predictions"]["simseg"][i], scale),
-            _label_picture(cls["predictions"]["simseg"][i], scale),
-            _label_picture(loda["predictions"]["dense_colours"][i], scale),
-            _label_picture(cls["predictions"]["dense_colours"][i], scale),
-        ])
-    titles = ["image", "ground truth", "LoDA simseg", "CLS simseg", "LoDA colours", "CLS colours"]
-    image_grid(rows, path, titles=titles, cell_height=64 * scale)
+        row = [image, _label_picture(scene.colour_mask, scale)]
+        row += [_label_picture(results[run]["predictions"][protocol][i], scale) for _, run, protocol in GRID_COLUMNS]
+        rows.append(row)
+    titles = ["image", "ground truth", *(title for title, _, _ in GRID_COLUMNS)]
+    image_grid(rows, path, titles=titles, cell_height=scene.image.shape[0] * scale)
     return path
 
 
@@ -387,7 +400,7 @@ def metrics_table(loda: dict, cls: dict) -> str:
             lines.append(f"| colour mIoU with background | {title} | {_pct(a['mIoU'])} | {_pct(b['mIoU'])} |")
     for key in ("I2T_R@1", "T2I_R@1"):
         n = loda["retrieval"].get("num_images")
-        lines.append(f"| retrieval {key} among {n} images | LoDA-pooled embeddings | "
+        lines.append(f"| retrieval {key} among {n} images | each model's own pooling | "
                      f"{_pct(loda['retrieval'].get(key))} | {_pct(cls['retrieval'].get(key))} |")
     return "\n".join(lines)
 
@@ -395,6 +408,24 @@ def metrics_table(loda: dict, cls: dict) -> str:
 def verdict_lines(rows: Sequence[dict]) -> list[str]:
     return [f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']}: {r['value']:.3f} (threshold {r['threshold']:.2f})"
             for r in rows]
+
+
+def baseline_note(results: dict) -> str:
+    """How far each run's training got, in words: a loss still near ln(batch) means chance-level embeddings."""
+    chance = float(np.log(results["batch_size"]))
+    plateau = {}
+    parts = []
+    for label, name in (("loda", "LoDA"), ("cls", "CLS")):
+        loss = results["training"][label]["final_loss"]
+        plateau[label] = loss > 0.95 * chance
+        state = "still at chance level" if plateau[label] else "well below chance level"
+        parts.append(f"the {name} run's final training loss is {loss:.2f} ({state}, ln {results['batch_size']} = "
+                     f"{chance:.2f})")
+    text = "Training: " + "; ".join(parts) + "."
+    if plateau["cls"] and not plateau["loda"]:
+        text += (" With the same model, data and budget, [CLS] pooling had not left its initial plateau, so its "
+                 "retrieval is at chance as well: LoDA learns faster here, besides learning where the words are.")
+    return text
 
 
 def write_report(out: Path, results: dict) -> Path:
@@ -408,10 +439,11 @@ def write_report(out: Path, results: dict) -> Path:
 
 A {results['parameters'] / 1e6:.2f}M-parameter dual encoder (ViT patch 8 on 64 x 64 scenes, 2-layer BERT with a
 WordPiece vocabulary of {results['vocab_size']} tokens trained on the captions) was trained from scratch for
-{results['steps']} steps of batch {results['batch_size']} on {plan['train_scenes']} synthetic scenes and their captions
-(seed {results['seed']}), once with **LoDA** pooling and once with **[CLS]** pooling. No mask, box or class label was
-used in training. Segmentation and retrieval are zero-shot, on {plan['eval_scenes']} held-out scenes
-(seed {results['eval_seed']}); the classes are `background` and the six colour words.
+{results['steps']} steps of batch {results['batch_size']} (peak lr {results['lr']:g}) on {plan['train_scenes']}
+synthetic scenes and their captions (seed {results['seed']}), once with **LoDA** pooling and once with **[CLS]**
+pooling. No mask, box or class label was used in training. Segmentation and retrieval are zero-shot, on
+{plan['eval_scenes']} held-out scenes (seed {results['eval_seed']}); the classes are `background` and the six colour
+words.
 
 ## Results (percent)
 
@@ -423,6 +455,8 @@ used in training. Segmentation and retrieval are zero-shot, on {plan['eval_scene
 {chr(10).join(verdict_lines(rows))}
 ```
 
+{baseline_note(results)}
+
 ## Definitions
 
 - **colour fg mIoU, background known**: ground-truth background pixels are ignored; mIoU over the six colour
@@ -431,19 +465,28 @@ used in training. Segmentation and retrieval are zero-shot, on {plan['eval_scene
   (cosine of the L2-normalised patch token and the class embedding, bilinearly upsampled, softmax over the colours;
   background never predicted), so this measures where the learned words are, and nothing else.
 - **colour mIoU with background**: all pixels, mIoU over background + six colours, background predicted by the
-  protocol: "dense, background below p = 0.99" labels a pixel background when its best colour's softmax
-  probability (over the colours, at the model's temperature) is below 0.99; "simseg (paper)" is the paper's
-  protocol ({simseg_params}): image-level class selection (mean + 1 std of the top scores), similarity maps,
+  protocol. "dense, background below p = 0.99": a pixel is background when its best colour's softmax probability
+  (over the six colours, at the model's learned temperature) is below 0.99, the rule of the issue's feasibility run;
+  this is the row the threshold is checked on. "simseg (paper)": the paper's protocol ({simseg_params}):
+  image-level class selection (mean + 1 std of the top scores), per-class similarity maps min-max normalised,
   2-label dense CRF, 7 x 7 closing; pixels no accepted class covers are background.
 - **retrieval R@1**: each held-out image has one caption; I2T: fraction of images whose caption is the most
   similar of all captions; T2I: fraction of captions whose image is the most similar of all images (LoDA- or
   CLS-pooled, L2-normalised embeddings).
 - Class embeddings: the 80 ImageNet prompt templates, masked text pooling, mean over templates (method.md §3).
 
+Why the paper's protocol scores low here: the six colour embeddings share a large common component (mean
+pairwise cosine {loda['colour_embedding_mean_cosine']:.2f}) and the background patches align with that common part, so
+in each class's own similarity map the background is *more* similar than the object, and the protocol's per-class
+min-max normalisation then marks the background as the class. Comparing the classes with each other at every pixel
+(the dense protocol's softmax) cancels the common component, which is why the same features localise the colours
+almost perfectly there.
+
 ## Pictures
 
-Held-out scenes: image, ground truth, then predictions of the LoDA and CLS models with the simseg protocol, and
-with the dense protocol restricted to colours. Label colours are the class colours; dark grey is background.
+Held-out scenes: image, ground truth, then predictions ({'; '.join(t for t, _, _ in GRID_COLUMNS)}).
+"p >= 0.99" is the dense protocol with the background threshold, "colours only" the dense protocol without
+background. Label colours are the class colours; dark grey is background.
 
 ![grid](grid.png)
 
@@ -479,8 +522,6 @@ def run_demo_pipeline(
 ) -> dict[str, Any]:
     """The whole demo in ``out`` (which must be writable; see :func:`check_out_dir`). Returns the results dict that
     is also written to ``results.json``."""
-    import resource
-
     import torch
 
     import simseg
@@ -488,11 +529,7 @@ def run_demo_pipeline(
     from simseg.evaluate import software_versions
     from simseg.model import parameter_counts
 
-    def cpu_now() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    start, cpu_start = time.perf_counter(), cpu_now()
+    start, cpu_start = time.perf_counter(), time.process_time()  # CPU time of all this process's threads
     seconds: dict[str, float] = {}
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -507,8 +544,9 @@ def run_demo_pipeline(
 
     runs: dict[str, Path] = {}
     summaries: dict[str, dict] = {}
+    configs: dict[str, dict] = {}
     for step_no, (label, pooling) in enumerate((("loda", "loda"), ("cls", "cls")), start=2):
-        cfg = demo_config(out / label, data["vocab"], data["train_csv"], seed, plan.steps, pooling)
+        cfg = configs[label] = demo_config(out / label, data["vocab"], data["train_csv"], seed, plan, pooling)
         log(f"[{step_no}/5] training with {pooling.upper()} pooling: {cfg['train']['steps']} steps of batch "
             f"{cfg['train']['batch_size']} -> {out / label}")
         t = time.perf_counter()
@@ -519,29 +557,30 @@ def run_demo_pipeline(
     split = ColourSplit(data["seg_root"])
     grid_indices = list(range(min(plan.grid_rows, len(split))))
     results: dict[str, Any] = {}
+    sizes: dict[str, tuple[int, int]] = {}  # parameters and vocabulary size of each model
     with tempfile.TemporaryDirectory(prefix="simseg-demo-cache-") as cache:
         for step_no, label in ((4, "loda"), (5, "cls")):
             log(f"[{step_no}/5] evaluating the {label.upper()} model: segmentation on {len(split)} held-out scenes "
                 f"(3 protocols), retrieval among {plan.retrieval_scenes}")
             t = time.perf_counter()
             model = simseg.load_model(runs[label] / "checkpoint")
+            sizes[label] = (parameter_counts(model)["total"], model.tokenizer.vocab_size)
             results[label] = evaluate_model(model, split, data["retrieval"], Path(cache), grid_indices, progress)
             seconds[f"eval_{label}"] = time.perf_counter() - t
 
-    write_grid(out / "grid.png", data["eval_scenes"], results["loda"], results["cls"], grid_indices)
+    write_grid(out / "grid.png", data["eval_scenes"], results, grid_indices)
     write_curves(out / "training_curves.png", {"LoDA": runs["loda"], "CLS": runs["cls"]})
     seconds["total"] = time.perf_counter() - start
-    cfg = demo_config(out / "loda", data["vocab"], data["train_csv"], seed, plan.steps, "loda")
-    model = simseg.load_model(runs["loda"] / "checkpoint")
     report = {
         "command": command,
         "seed": seed,
         "eval_seed": seed + EVAL_SEED_OFFSET,
         "plan": asdict(plan),
-        "steps": int(cfg["train"]["steps"]),
-        "batch_size": int(cfg["train"]["batch_size"]),
-        "parameters": parameter_counts(model)["total"],
-        "vocab_size": model.tokenizer.vocab_size,
+        "steps": int(configs["loda"]["train"]["steps"]),
+        "batch_size": int(configs["loda"]["train"]["batch_size"]),
+        "lr": float(configs["loda"]["train"]["lr"]),
+        "parameters": sizes["loda"][0],
+        "vocab_size": sizes["loda"][1],
         "loda": {k: v for k, v in results["loda"].items() if k != "predictions"},
         "cls": {k: v for k, v in results["cls"].items() if k != "predictions"},
         "verdict": verdict(results["loda"], results["cls"]),
@@ -549,7 +588,7 @@ def run_demo_pipeline(
         "training": summaries,
         "checkpoints": {label: checkpoint_fingerprint(runs[label] / "checkpoint") for label in runs},
         "seconds": seconds,
-        "cpu_seconds": cpu_now() - cpu_start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "threads": torch.get_num_threads(),
         "versions": software_versions(),
     }
@@ -560,22 +599,43 @@ def run_demo_pipeline(
     return report
 
 
+def clear_previous_outputs(out: Path) -> None:
+    """Remove what an earlier demo wrote in ``out`` (the names of :data:`OUTPUTS`); leave everything else alone."""
+    for name in OUTPUTS:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["simseg demo", f"--out {args.out}", f"--seed {args.seed}"]
+    if args.steps is not None:
+        parts.append(f"--steps {args.steps}")
+    parts += [flag for flag, on in (("--quick", args.quick), ("--force", args.force)) if on]
+    return " ".join(parts)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """Run ``simseg demo``; prints the metrics table and the verdict. Returns 0 when every threshold is met, else 1."""
+    """Run ``simseg demo``; prints the metrics table and the verdict.
+
+    Returns:
+        0 when every threshold is met, 1 otherwise (the report is written either way).
+
+    Raises:
+        InputError: ``--steps`` below 1, a negative ``--seed``, or an output folder that exists (without
+            ``--force``) or cannot be written.
+    """
     _check_arguments(args.steps, args.seed)
     out = Path(args.out)
     check_out_dir(out, args.force)
     if args.force and out.is_dir():
-        for name in OUTPUTS:
-            target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
+        clear_previous_outputs(out)
     base = QUICK_PLAN if args.quick else DEFAULT_PLAN
-    plan = DemoPlan(**{**asdict(base), "steps": args.steps if args.steps is not None else base.steps})
-    command = "simseg demo " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "simseg demo"
-    results = run_demo_pipeline(out, plan, seed=args.seed, progress=not args.no_progress, command=command.strip())
+    plan = replace(base, steps=args.steps) if args.steps is not None else base
+    results = run_demo_pipeline(out, plan, seed=args.seed, progress=not args.no_progress,
+                                command=_command_line(args))
     print()
     print(metrics_table(results["loda"], results["cls"]))
     print()
@@ -583,5 +643,5 @@ def run_demo(args: argparse.Namespace) -> int:
         print(line)
     passed = all(r["passed"] for r in results["verdict"])
     print(f"\n{'all thresholds met' if passed else 'some thresholds NOT met'}; report: {out / 'report.md'} "
-          f"({results['seconds']['total']:.0f} s)")
+          f"({results['seconds']['total']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU)")
     return 0 if passed else 1

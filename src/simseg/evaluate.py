@@ -70,6 +70,7 @@ def evaluate_segmentation(
     rank: int = 0,
     world_size: int = 1,
     on_prediction: PredictionCallback | None = None,
+    progress: bool = True,
 ) -> dict:
     """Run a segmenter over a benchmark and compute its metrics.
 
@@ -83,6 +84,7 @@ def evaluate_segmentation(
             the confusion matrices, counts and bad-sample lists are combined over ranks, so every rank returns
             the same totals and each image is counted exactly once.
         on_prediction: optional callback per evaluated sample (e.g. to write overlays).
+        progress: show a progress bar (on rank 0).
 
     Returns:
         ``{"mIoU", "aAcc", "mAcc", "per_class", "num_images", "num_evaluated", "num_bad", "bad_samples",
@@ -101,7 +103,8 @@ def evaluate_segmentation(
     bad: list[dict] = []
     evaluated = 0
     start = time.perf_counter()
-    bar = tqdm(indices, desc=f"eval {dataset.name}", unit="img", disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(indices, desc=f"eval {dataset.name}", unit="img", disable=rank != 0 or not progress,
+               dynamic_ncols=True)
     for index in bar:
         sample_id = dataset.sample_ids[index]
         try:

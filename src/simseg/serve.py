@@ -96,10 +96,11 @@ class RequestError(SimSegError):
 
 
 def _default_factory(model: Any, class_names: list[str], protocol: str, crf: bool, templates: str,
-                     cache_dir: str | None = None) -> Callable[[Image.Image], Any]:
+                     cache_dir: str | None = None, params: dict | None = None) -> Callable[[Image.Image], Any]:
     from simseg.segment import Segmenter
 
-    return Segmenter(model, class_names, protocol=protocol, crf=crf, templates=templates, cache_dir=cache_dir)
+    return Segmenter(model, class_names, protocol=protocol, crf=crf, templates=templates, cache_dir=cache_dir,
+                     **(params or {}))
 
 
 def _png_base64(image: Image.Image) -> str:
@@ -146,6 +147,8 @@ class SegmentService:
         segmenter_factory: builds a segmenter for (model, class names, protocol, crf, templates); tests pass a
             stand-in. Default: :class:`simseg.segment.Segmenter`.
         title: what the page calls the model (e.g. the checkpoint path).
+        protocol_params: per protocol name, parameters for the default segmenter (e.g. the demo model's input
+            size); default: the protocols' own defaults (the paper's).
     """
 
     def __init__(
@@ -157,8 +160,10 @@ class SegmentService:
         cache_dir: str | None = None,
         segmenter_factory: SegmenterFactory | None = None,
         title: str = "",
+        protocol_params: dict[str, dict] | None = None,
     ):
         self.model = model
+        self.protocol_params = dict(protocol_params or {})
         self.limits = limits
         self.default_classes = default_classes
         self.examples = [(name, img.convert("RGB")) for name, img in examples]
@@ -233,7 +238,8 @@ class SegmentService:
         if self.factory is not None:
             seg = self.factory(self.model, names, protocol, crf, templates)
         else:
-            seg = _default_factory(self.model, names, protocol, crf, templates, cache_dir=self.cache_dir)
+            seg = _default_factory(self.model, names, protocol, crf, templates, cache_dir=self.cache_dir,
+                                   params=self.protocol_params.get(protocol))
         self._segmenters[key] = seg
         while len(self._segmenters) > self.limits.cache_size:
             self._segmenters.popitem(last=False)
@@ -391,6 +397,7 @@ def create_app(
     cache_dir: str | None = None,
     segmenter_factory: SegmenterFactory | None = None,
     title: str = "",
+    protocol_params: dict[str, dict] | None = None,
 ) -> Any:
     """The FastAPI app: the page at ``/``, ``POST /segment``, ``GET /health``, ``GET /config``, ``GET /examples/N``.
 
@@ -402,6 +409,7 @@ def create_app(
         cache_dir: class-embedding cache folder (None: ``Segmenter``'s default).
         segmenter_factory: see :class:`SegmentService`.
         title: what the page calls the model.
+        protocol_params: per protocol, parameters for the segmenter (see :class:`SegmentService`).
 
     Returns:
         A FastAPI app; its :class:`SegmentService` is ``app.state.service``.
@@ -413,7 +421,7 @@ def create_app(
 
     limits = limits or ServeLimits()
     service = SegmentService(model, limits, default_classes=default_classes, examples=examples, cache_dir=cache_dir,
-                             segmenter_factory=segmenter_factory, title=title)
+                             segmenter_factory=segmenter_factory, title=title, protocol_params=protocol_params)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -578,18 +586,23 @@ def run_serve(args: argparse.Namespace) -> int:
                          max_classes=args.max_classes, timeout_s=args.timeout, queue=args.queue)
     default_classes = args.classes or ""
     examples: list[tuple[str, Image.Image]] = []
+    protocol_params: dict[str, dict] = {}
+    model = simseg.load_model(checkpoint, tokenizer=args.tokenizer, device=args.device)
     if args.demo:
+        from simseg.demo import segmentation_protocols
         from simseg.synthetic import colour_class_names
 
         default_classes = default_classes or ", ".join(colour_class_names()[1:])
         examples = demo_examples()
+        # the demo model is built for its scenes' size: the protocols run at that size, as the demo evaluated them
+        demo = segmentation_protocols(model.image_size)
+        protocol_params = {"simseg": demo["simseg"]["params"], "dense": demo["dense_threshold"]["params"]}
     if default_classes:
         from simseg.classnames import parse_class_list
 
         parse_class_list(default_classes)  # a typo in --classes fails here, not on the page
-    model = simseg.load_model(checkpoint, tokenizer=args.tokenizer, device=args.device)
     app = create_app(model, limits, default_classes=default_classes, examples=examples, cache_dir=args.cache_dir,
-                     title=checkpoint)
+                     title=checkpoint, protocol_params=protocol_params)
     print(f"simseg serve: {checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -308,7 +308,7 @@ def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) ->
             # a copy: the protocol may rebuild the ViT for its input size, which must not touch the trained model
             seg = Segmenter(copy.deepcopy(model), bench.class_names, protocol=s.get("protocol", "simseg"),
                             crf=bool(s.get("crf", False)), **params)
-            metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"))
+            metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), progress=False)
             out.update({f"seg/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:
         model.train(was_training)

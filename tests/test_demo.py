@@ -1,0 +1,119 @@
+"""``simseg demo``: a shortened run meets the issue's thresholds on a seed never used for tuning; bad input fails
+with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from simseg.cli import main
+
+#: Not among the seeds the demo's settings were tuned on (0-7).
+HELD_OUT_SEED = 11
+
+
+@pytest.mark.slow
+def test_quick_demo_learns_colour_segmentation_from_captions(tmp_path, capsys):
+    import simseg
+    from simseg.synthetic import colour_class_names
+
+    out = tmp_path / "demo"
+    code = main(["demo", "--quick", "--seed", str(HELD_OUT_SEED), "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+
+    results = json.loads((out / "results.json").read_text())
+    loda, cls = results["loda"]["segmentation"], results["cls"]["segmentation"]
+    fg, fg_cls = loda["dense_colours"]["fg_mIoU"], cls["dense_colours"]["fg_mIoU"]
+    assert fg >= 85.0
+    assert loda["dense_threshold"]["mIoU"] >= 45.0
+    assert fg - fg_cls >= 50.0
+    assert [row["passed"] for row in results["verdict"]] == [True, True, True]
+    assert results["loda"]["retrieval"]["num_images"] == 100
+    assert results["seed"] == HELD_OUT_SEED and results["eval_seed"] != HELD_OUT_SEED
+    # every number says which protocol made it
+    assert loda["simseg"]["protocol"]["name"] == "simseg" and loda["simseg"]["protocol"]["input_size"] == 64
+    assert loda["dense_threshold"]["protocol"]["bg_threshold"] == 0.99
+
+    # the console shows the same verdict as the report
+    report = (out / "report.md").read_text()
+    for line in printed.splitlines():
+        if line.startswith(("PASS", "FAIL")):
+            assert line in report
+    assert printed.count("PASS ") == 3
+    assert "![grid](grid.png)" in report and "![training curves](training_curves.png)" in report
+    for picture in ("grid.png", "training_curves.png"):
+        with Image.open(out / picture) as im:
+            assert im.format == "PNG" and im.width > 200
+
+    # the served checkpoint loads on its own, tokenizer included, and segments the colours
+    model = simseg.load_model(out / "loda" / "checkpoint")
+    assert model.tokenizer is not None and model.pooling == "loda" and model.image_size == 64
+    assert simseg.load_model(out / "cls" / "checkpoint").pooling == "cls"
+    assert (out / "loda" / "metrics.jsonl").is_file() and (out / "cls" / "metrics.jsonl").is_file()
+    assert (out / "data" / "train" / "train_anno.csv").is_file()
+    assert (out / "data" / "eval" / "synthetic_voc" / "classes.txt").read_text().split() == colour_class_names()
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps: must be at least 1"),
+    (["--steps", "-3"], "--steps: must be at least 1"),
+    (["--seed", "-1"], "--seed: must be a non-negative integer"),
+])
+def test_absurd_arguments_are_refused(tmp_path, capsys, argv, message):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *argv]) == 2
+    assert message in _error(capsys)
+    assert not out.exists()
+
+
+def test_existing_output_folder_is_refused_without_force(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(out)]) == 2
+    err = _error(capsys)
+    assert str(out) in err and "--force" in err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_output_folder_that_cannot_be_created_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["demo", "--out", str(blocker / "demo")]) == 2
+    assert "cannot create it" in _error(capsys)
+    assert main(["demo", "--out", str(blocker)]) == 2
+    assert "not a folder" in _error(capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_output_folder_is_refused(tmp_path, capsys):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        assert main(["demo", "--out", str(parent / "demo")]) == 2
+        assert "writable" in _error(capsys)
+    finally:
+        parent.chmod(0o700)
+
+
+def test_force_replaces_only_the_demos_own_files(tmp_path):
+    from simseg.demo import OUTPUTS, clear_previous_outputs
+
+    out = tmp_path / "demo"
+    (out / "loda" / "checkpoint").mkdir(parents=True)
+    (out / "report.md").write_text("old report")
+    (out / "notes.txt").write_text("mine")
+    clear_previous_outputs(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert "loda" in OUTPUTS and "report.md" in OUTPUTS
