@@ -647,6 +647,8 @@ def _backbone_name(model: Any) -> str:
     name = vision.get("name") if isinstance(vision, dict) else None
     if not isinstance(name, str):
         return "?"
+    if vision.get("kwargs"):  # widths or depths changed: not the named architecture
+        return f"{name.split('.')[0]} (custom)"
     for key, short in (("vit_small", "ViT-S"), ("vit_base", "ViT-B"), ("vit_large", "ViT-L"), ("vit_tiny", "ViT-Ti")):
         if key in name:
             return short
