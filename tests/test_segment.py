@@ -416,3 +416,31 @@ def test_cli_needs_exactly_one_class_source(vocab_dir, tmp_path, capsys):
     good, _ = _write_images(tmp_path)
     rc = main(["segment", str(good), "--checkpoint", "tiny", "--out", str(tmp_path / "o")])
     assert rc == 2 and "--classes" in capsys.readouterr().err
+
+
+def test_class_embedding_cache_does_not_depend_on_the_image_size(tiny_model, tmp_path):
+    import copy
+
+    from simseg.segment import class_embeddings
+
+    m = copy.deepcopy(tiny_model)
+    names = ["background", "cat", "dog"]
+    class_embeddings(m, names, templates=("a photo of a {}.",), cache_dir=tmp_path)
+    m.set_image_size(96 if m.image_size != 96 else 64)  # the dense protocol rebuilds the ViT for its size
+    class_embeddings(m, names, templates=("a photo of a {}.",), cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_output_folder_that_is_a_file_is_a_one_line_error(tiny_model, vocab_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from simseg.checkpoint import save_model
+    from simseg.cli import main
+
+    ck = save_model(tiny_model, tmp_path / "ck")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("x")
+    code = main(["segment", str(tmp_path / "a.png"), "--classes", "cat", "--checkpoint", str(ck), "--no-crf",
+                 "--out", str(tmp_path / "file")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--out" in err[0] and "Traceback" not in err[0]

@@ -38,8 +38,8 @@ def _batches(seed=0, n=8, size=32, start=0):
 
 
 def test_schedule_values():
-    assert lr_scale(0, 100, 0.1, 0.1) == pytest.approx(0.1)
-    assert lr_scale(9, 100, 0.1, 0.1) == pytest.approx(1.0)
+    assert lr_scale(0, 100, 0.1, 0.1) == pytest.approx(0.0)  # warm-up from 0, as the original
+    assert lr_scale(5, 100, 0.1, 0.1) == pytest.approx(0.5)
     assert lr_scale(10, 100, 0.1, 0.1) == pytest.approx(1.0)
     assert lr_scale(55, 100, 0.1, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
     assert lr_scale(100, 100, 0.1, 0.1) == pytest.approx(0.1)  # the floor

@@ -118,6 +118,9 @@ def _load_own(directory: Path, tokenizer: Tokenizer | None) -> SimSegModel:
         raise CheckpointError(f"{directory}: missing {WEIGHTS_NAME}")
     if tokenizer is None and (directory / TOKENIZER_DIR / "vocab.txt").is_file():
         tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+    recorded = doc.get("weights_sha256")
+    if recorded and file_sha256(weights) != recorded:
+        raise CheckpointError(f"{weights}: does not match the sha256 recorded in {CONFIG_NAME} (a partial or mixed save)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
@@ -176,7 +179,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
 
 
 def is_original_state_dict(state: dict) -> bool:
-    return any(k.split("module.", 1)[-1].startswith(_ORIG_IMAGE) for k in state)
+    """True for the original release's key layout (after any ``module.`` prefix was stripped)."""
+    return any(k.startswith(_ORIG_IMAGE) for k in state)
 
 
 def _strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -359,6 +363,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise InputError(f"{out}: output folder exists and is not empty (use --force to overwrite)")
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else _optional_default_tokenizer()

@@ -29,7 +29,8 @@ def _read_yaml(path_or_text: str | os.PathLike, label: str) -> DictConfig:
     except OmegaConfBaseException as e:
         raise ConfigError(f"{label}: invalid YAML ({e})") from None
     except Exception as e:  # yaml.YAMLError and friends
-        raise ConfigError(f"{label}: invalid YAML ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())  # one line: YAML errors span several
+        raise ConfigError(f"{label}: invalid YAML ({type(e).__name__}: {detail})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{label}: a config must be a mapping at the top level")
     return cfg
@@ -51,7 +52,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    parsed = OmegaConf.create({"v": value}) if value == "" else OmegaConf.create(f"v: {value}")
+    try:
+        parsed = OmegaConf.create({"v": value}) if value == "" else OmegaConf.create(f"v: {value}")
+    except Exception as e:  # YAML syntax of the value
+        raise ConfigError(f"override {text!r}: invalid value ({' '.join(str(e).split())})") from None
     return key, parsed["v"] if not isinstance(parsed["v"], DictConfig) else OmegaConf.to_container(parsed["v"])
 
 
@@ -100,6 +104,19 @@ def save_config(cfg: DictConfig | dict, path: str | os.PathLike) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), encoding="utf-8")
     os.replace(tmp, path)
+    return path
+
+
+def make_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create an output folder up front, so an unwritable path fails in one line before any long work."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".simseg-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
     return path
 
 

@@ -242,7 +242,9 @@ def run_eval_seg(args: argparse.Namespace) -> int:
     classes, offset = evaluation_classes(dataset.class_names)
     segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,
                           cache_dir=args.cache_dir, **params)
-    out = Path(args.out) if args.out else Path("simseg-eval") / args.dataset
+    from simseg.config import make_output_dir
+
+    out = make_output_dir(Path(args.out) if args.out else Path("simseg-eval") / args.dataset)
     overlays = _overlay_writer(out / "overlays", classes, args.num_overlays) if rank == 0 else None
 
     metrics = evaluate_segmentation(segmenter, dataset, limit=args.limit, rank=rank, world_size=world_size,

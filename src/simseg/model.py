@@ -16,9 +16,8 @@ import torch.nn as nn
 from simseg.errors import CheckpointError, ConfigError
 from simseg.loda import l2_normalize, pool_tokens
 from simseg.tokenizer import Tokenizer
+from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_vision_tower(name: str, pretrained: bool, img_size: int, kwargs: dict | None = None) -> nn.Module:
@@ -128,6 +127,17 @@ class SimSegModel(nn.Module):
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    @property
+    def text_weights_hash(self) -> str:
+        """sha256 of the text tower and text projection only: what class embeddings depend on (the image tower,
+        and its input size, do not change them)."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            if name.startswith(("text_encoder.", "text_projection.")):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def temperature(self) -> torch.Tensor:

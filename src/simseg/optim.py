@@ -11,10 +11,10 @@ import torch.nn as nn
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: weight decay on matrices and embeddings; none on norms, biases and the temperature."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "temperature" in name or name.endswith(".bias") or "norm" in name.lower():
+        if p.ndim < 2:  # biases, norm scales and shifts, the (0-d) temperature
             no_decay.append(p)
         else:
             decay.append(p)
@@ -24,12 +24,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def lr_scale(step: int, total_steps: int, warmup: float = 0.025, floor: float = 0.1) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based).
 
-    Linear warm-up over the first ``warmup`` fraction of the steps, then a cosine from 1 down to ``floor``:
+    Linear warm-up from 0 over the first ``warmup`` fraction of the steps (``step / warmup_steps``, as the
+    original's scheduler), then a cosine from 1 down to ``floor``:
     ``floor + (1 - floor) * 0.5 * (1 + cos(pi * progress))`` (with floor 0.1: the original's 0.1 + 0.9 * ...).
     """
     warmup_steps = int(round(warmup * total_steps))
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return step / warmup_steps
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

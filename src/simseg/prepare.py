@@ -149,7 +149,10 @@ def _load_detail_json(json_path: Path) -> tuple[list[dict], dict[int, list[dict]
 
 def _context_label(img: dict, anns: list[dict], json_path: Path) -> np.ndarray:
     """Paint one image's annotations (later ones on top, as the Detail API's getMask) and map ids to 0..59."""
-    from pycocotools import mask as mask_utils
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise InputError("pascal-context conversion needs pycocotools: pip install 'simseg[data]'") from None
 
     h, w = int(img["height"]), int(img["width"])
     ids = np.zeros((h, w), dtype=np.int32)

@@ -718,6 +718,9 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, image_size=args.crop_size)
 
     # Unreadable images are always counted and reported; the exit status is decided below, after the report.
+    from simseg.config import make_output_dir
+
+    out = make_output_dir(Path(args.out) if args.out else Path("simseg-eval") / f"retrieval-{dataset}")
     metrics = evaluate_retrieval(model, path, batch_size=args.batch_size, device=device, skip_bad=True,
                                  resize_size=args.resize_size, crop_size=args.crop_size, chunk_size=args.chunk_size,
                                  num_workers=args.workers, rank=rank, world_size=world_size)
@@ -761,8 +764,6 @@ def run_eval_retrieval(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
             "seconds": round(metrics["seconds"], 3),
         }
-        out = Path(args.out) if args.out else Path("simseg-eval") / f"retrieval-{dataset}"
-        out.mkdir(parents=True, exist_ok=True)
         tmp = out / "metrics.json.tmp"
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, out / "metrics.json")

@@ -215,7 +215,7 @@ def _embedding_cache_key(model: Any, class_names: Sequence[str], templates: Sequ
     vocab = getattr(tokenizer, "vocab", None)
     payload = {
         "format": _CACHE_FORMAT,
-        "weights": model.weights_hash,
+        "weights": model.text_weights_hash,
         "vocab": hashlib.sha256("\n".join(vocab).encode()).hexdigest() if vocab is not None else None,
         "pooling": getattr(model, "pooling", None),
         "text_topk": getattr(model, "text_topk", None),
@@ -291,7 +291,7 @@ def class_embeddings(
     recomputation. A corrupt or mismatching file is ignored and rewritten.
 
     Args:
-        model: a :class:`simseg.model.SimSegModel` (or anything with ``tokenize``, ``encode_text``, ``weights_hash``).
+        model: a :class:`simseg.model.SimSegModel` (or anything with ``tokenize``, ``encode_text``, ``text_weights_hash``).
         class_names: names in label-index order (background included if it should get an embedding).
         templates: prompt templates with one ``{}`` each.
         cache_dir: cache folder; default :func:`default_cache_dir`.
@@ -854,8 +854,9 @@ def run_segment(args: argparse.Namespace) -> int:
     sha = checkpoint["sha256"][:12] if checkpoint.get("sha256") else "n/a (preset, random weights)"
     print(f"protocol {info['name']} ({params_text}); checkpoint {args.checkpoint} (sha256 {sha})")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from simseg.config import make_output_dir
+
+    out = make_output_dir(args.out)
     records: list[dict[str, Any]] = []
     failed = 0
     for path, stem in zip(args.images, _output_stems(args.images)):

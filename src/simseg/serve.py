@@ -537,6 +537,21 @@ def demo_examples(n: int = 6, seed: int = 0, size: int = 128) -> list[tuple[str,
             for i, scene in enumerate(generate_scenes(n, seed, size=size))]
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail with one line, before the server starts, on a port out of range, taken, or an unknown address."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port: must be between 1 and 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``simseg serve``."""
     parser.add_argument("--checkpoint", default=None,
@@ -603,6 +618,7 @@ def run_serve(args: argparse.Namespace) -> int:
         parse_class_list(default_classes)  # a typo in --classes fails here, not on the page
     app = create_app(model, limits, default_classes=default_classes, examples=examples, cache_dir=args.cache_dir,
                      title=checkpoint, protocol_params=protocol_params)
+    _check_can_listen(args.host, args.port)
     print(f"simseg serve: {checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

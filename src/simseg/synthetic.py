@@ -462,21 +462,6 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (256 entries, flattened RGB): bit-interleaved class index."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette.extend((r, g, b))
-    return palette
-
-
 def export_segmentation_split(scenes: Sequence[Scene], out_dir: str | os.PathLike, name: str = "synthetic_voc") -> Path:
     """Write the scenes as a PASCAL VOC validation split in the MMSegmentation layout, labelled by colour class.
 
@@ -494,7 +479,9 @@ def export_segmentation_split(scenes: Sequence[Scene], out_dir: str | os.PathLik
     voc = root / "VOCdevkit" / "VOC2012"
     image_dir, label_dir = _make_dir(voc / "JPEGImages"), _make_dir(voc / "SegmentationClass")
     list_dir = _make_dir(voc / "ImageSets" / "Segmentation")
-    palette = _voc_palette()
+    from simseg.visualize import palette as voc_palette
+
+    palette = voc_palette(256).tobytes()
     ids = []
     for i, scene in enumerate(scenes):
         sample_id = f"{i:06d}"

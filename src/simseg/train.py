@@ -162,12 +162,22 @@ def _set_numpy_state(s: dict) -> None:
     np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
 
 
+def rng_snapshot(device: torch.device) -> dict:
+    """This process's random states (torch CPU, the device's CUDA generator, Python, NumPy)."""
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "python_pos": random.getstate()[2], "numpy": _numpy_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
 def save_training_checkpoint(
     run_dir: Path, step: int, model: SimSegModel, optimizer: torch.optim.Optimizer, scaler: Any,
-    extra: dict, keep: int = 3,
+    extra: dict, rng: list[dict], keep: int = 3,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-XXXXXXXX/`` atomically (a temp folder renamed into place), then the
-    ``latest`` pointer, then prune old checkpoints. The folder is also a model checkpoint for ``load_model``."""
+    ``latest`` pointer, then prune old checkpoints. The folder is also a model checkpoint for ``load_model``.
+
+    ``rng`` holds every rank's :func:`rng_snapshot`, so each rank resumes its own dropout stream. Checkpoints of
+    later steps than this one (left by a run that was rewound to an earlier checkpoint) are removed."""
     from simseg.checkpoint import atomic_write_bytes, save_model
 
     root = run_dir / "checkpoints"
@@ -181,9 +191,7 @@ def save_training_checkpoint(
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                "python_pos": random.getstate()[2], "numpy": _numpy_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": rng,
         "extra": extra,
     }
     torch.save(state, tmp / STATE_NAME)
@@ -191,7 +199,9 @@ def save_training_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_bytes(root / LATEST_NAME, final.name.encode())
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+    done = sorted(p for p in root.glob("step-*") if p.name <= final.name)
+    stale = [p for p in root.glob("step-*") if p.name > final.name]
+    for old in stale + (done[:-keep] if keep > 0 else []):
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -230,12 +240,14 @@ def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict, SimSegModel] | No
     return None
 
 
-def _restore_rng(rng: dict) -> None:
+def _restore_rng(rngs: list[dict], rank: int, world: int, device: torch.device) -> None:
+    """Restore this rank's random states (rank 0's when the world size changed: then resume is not exact)."""
+    rng = rngs[rank] if len(rngs) == world else rngs[0]
     torch.set_rng_state(rng["torch"])
     random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
     _set_numpy_state(rng["numpy"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 # ------------------------------------------------------------------------------------------------ logging
@@ -248,10 +260,17 @@ class _Logger:
         self.tb = self.wandb = None
         if not enabled:
             return
-        if self.path.exists():  # drop what a killed run logged after its last checkpoint
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+        if self.path.exists():  # drop what a killed run logged after its last checkpoint (and a cut-off line)
+            from simseg.checkpoint import atomic_write_bytes
+
+            kept = []
+            for ln in self.path.read_text().splitlines():
+                try:
+                    if json.loads(ln).get("step", 0) <= resume_step:
+                        kept.append(ln)
+                except ValueError:
+                    continue
+            atomic_write_bytes(self.path, "".join(ln + "\n" for ln in kept).encode())
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -285,7 +304,10 @@ class _Logger:
 
 # ------------------------------------------------------------------------------------------------ evaluation hooks
 def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) -> dict:
-    """The periodic evaluations of the config's ``eval`` section, as plain calls. Returns flat metrics."""
+    """The periodic evaluations of the config's ``eval`` section, as plain calls. Returns flat metrics.
+
+    Called on every rank at the same step: both evaluations shard their data over the ranks and combine results.
+    """
     out: dict[str, float] = {}
     was_training = model.training
     model.eval()
@@ -308,7 +330,8 @@ def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) ->
             # a copy: the protocol may rebuild the ViT for its input size, which must not touch the trained model
             seg = Segmenter(copy.deepcopy(model), bench.class_names, protocol=s.get("protocol", "simseg"),
                             crf=bool(s.get("crf", False)), **params)
-            metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), progress=False)
+            metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), rank=du.get_rank(),
+                                            world_size=du.get_world_size(), progress=False)
             out.update({f"seg/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:
         model.train(was_training)
@@ -353,7 +376,11 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     from simseg.model import build_model
     from simseg.tokenizer import load_tokenizer
 
-    tc, dc, mc = cfg["train"], cfg["data"], cfg["model"]
+    missing = [k for k in ("model", "data", "train") if not isinstance(cfg.get(k), dict)]
+    if missing:
+        raise ConfigError(f"config lacks the section(s) {', '.join(missing)}: start from a preset, e.g. a YAML "
+                          "file beginning with 'base: tiny' (or simseg-vit-s16), and override what differs")
+    tc, mc = cfg["train"], cfg["model"]
     du.init_distributed()
     rank, world = du.get_rank(), du.get_world_size()
     device = _device(tc.get("device", "auto"))
@@ -372,7 +399,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     np.random.seed((seed + rank) % (1 << 32))
 
     # ---- model, optimizer, resume
-    start_step, extra = 0, {"bad_samples": 0}
+    start_step, extra = 0, {"bad_samples": [0] * world}
     found = None
     if resume == "auto":
         found = find_resume_checkpoint(run_dir)
@@ -411,17 +438,27 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         batch_iter = iter(_build_loader(cfg, model, rank, world, local_batch, start_step))
     logger = _Logger(run_dir, du.is_main_process(), start_step, bool(tc.get("wandb", False)), cfg)
     if found is not None:  # last: building the loader iterator above draws from the global RNG
-        _restore_rng(found[1]["rng"])
+        _restore_rng(found[1]["rng"], rank, world, device)
 
     # ---- loop
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
                desc="train", dynamic_ncols=True)
     loss_value, t_last, n_last = float("nan"), time.perf_counter(), 0
+    per_rank_bad = extra.get("bad_samples", [0] * world)
+    local_bad = per_rank_bad[rank] if isinstance(per_rank_bad, list) and len(per_rank_bad) == world else 0
+    keep = int(tc.get("keep_checkpoints", 3))
+
+    def checkpoint(step_done: int) -> None:  # a collective: every rank calls it, rank 0 writes
+        rngs = du.all_gather_object(rng_snapshot(device))
+        extra["bad_samples"] = du.all_gather_object(local_bad)
+        if du.is_main_process():
+            save_training_checkpoint(run_dir, step_done, model, opt, scaler, extra, rngs, keep)
+
     ckpt_every, log_every = int(tc.get("checkpoint_every", 0)), max(1, int(tc.get("log_every", 10)))
     eval_every = int(tc.get("eval_every", 0))
     for step in range(start_step, total_steps):
         batch = next(batch_iter)
-        extra["bad_samples"] = extra.get("bad_samples", 0) + int(batch.get("skipped", 0))
+        local_bad += int(batch.get("skipped", 0))
         lr = float(tc["lr"]) * lr_scale(step, total_steps, float(tc["warmup"]), float(tc["lr_floor"]))
         set_lr(opt, lr)
         tokens = model.tokenize(list(batch["captions"]), padding="max_length")
@@ -440,30 +477,31 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
             scaler.update()
         else:
             opt.step()
-        loss_value = float(loss) if world == 1 else float(du.all_reduce_sum(loss.clone())) / world
         n_last += global_batch
         bar.update(1)
         done = step + 1
-        if done % log_every == 0 or done == total_steps:
+        if done % log_every == 0 or done == total_steps:  # every rank: the loss and counts are reduced
+            loss_value = float(du.all_reduce_sum(loss.clone())) / world
+            bad_total = sum(du.all_gather_object(local_bad))
             now = time.perf_counter()
             ips = n_last / max(now - t_last, 1e-9)
             t_last, n_last = now, 0
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
             logger.log({"step": done, "loss": loss_value, "lr": lr, "temperature": model.temperature().item(),
-                        "images_per_s": ips, "bad_samples": extra["bad_samples"]})
-        if eval_every and done % eval_every == 0 and done != total_steps and du.is_main_process():
+                        "images_per_s": ips, "bad_samples": bad_total})
+        if eval_every and done % eval_every == 0 and done != total_steps:
             logger.log({"step": done, **run_evaluations(model, cfg.get("eval") or {}, device)})
-        if ckpt_every and done % ckpt_every == 0 and done != total_steps and du.is_main_process():
-            save_training_checkpoint(run_dir, done, model, opt, scaler, extra, int(tc.get("keep_checkpoints", 3)))
+        if ckpt_every and done % ckpt_every == 0 and done != total_steps:
+            checkpoint(done)
     bar.close()
 
-    summary = {"steps": total_steps, "final_loss": loss_value, "bad_samples": extra.get("bad_samples", 0),
+    if start_step < total_steps:
+        checkpoint(total_steps)
+    final_metrics = run_evaluations(model, cfg.get("eval") or {}, device)
+    bad_total = sum(du.all_gather_object(local_bad))
+    summary = {"steps": total_steps, "final_loss": loss_value, "bad_samples": bad_total,
                "output_dir": str(run_dir), "precision": precision, "world_size": world}
     if du.is_main_process():
-        if start_step < total_steps:
-            save_training_checkpoint(run_dir, total_steps, model, opt, scaler, extra,
-                                     int(tc.get("keep_checkpoints", 3)))
-        final_metrics = run_evaluations(model, cfg.get("eval") or {}, device)
         if final_metrics:
             logger.log({"step": total_steps, **final_metrics})
             summary["eval"] = final_metrics
