@@ -391,16 +391,11 @@ def eval_transform(
     crop_size: int = DEFAULT_CROP_SIZE,
 ):
     """The paper's retrieval transform: Resize(short side, bilinear), CenterCrop, ToTensor, Normalize."""
-    from torchvision import transforms as T
+    from simseg.transforms import eval_transform as image_eval_transform
 
     if crop_size > resize_size:
         raise InputError(f"crop size {crop_size} is larger than the resize size {resize_size}")
-    return T.Compose([
-        T.Resize(resize_size, interpolation=T.InterpolationMode.BILINEAR),
-        T.CenterCrop(crop_size),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return image_eval_transform(size=crop_size, mode="center_crop", resize=resize_size, mean=mean, std=std)
 
 
 def _decode(image: Any, name: str):
