@@ -109,20 +109,6 @@ def _png_base64(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def label_png(labels: np.ndarray) -> Image.Image:
-    """The label map as a PNG-ready image whose pixel values are the class indices.
-
-    A palette PNG (the VOC look, as :func:`simseg.visualize.save_label_png`) for up to 256 classes, 16-bit grey above.
-    """
-    from simseg.visualize import palette
-
-    if labels.size and labels.max() > 255:
-        return Image.fromarray(labels.astype(np.uint16))
-    img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    img.putpalette(palette(256).tobytes())
-    return img
-
-
 def parse_bool(value: str | None, name: str, default: bool) -> bool:
     """A form checkbox or API flag: true/false, on/off, 1/0, yes/no (case-insensitive); absent -> ``default``."""
     if value is None or value == "":
@@ -256,7 +242,7 @@ class SegmentService:
             RequestError: 400 for an unreadable image or a refused option (e.g. the CRF library missing).
         """
         from simseg.images import load_image
-        from simseg.visualize import overlay, palette
+        from simseg.visualize import label_image, overlay, palette
 
         start = time.perf_counter()
         try:
@@ -283,7 +269,7 @@ class SegmentService:
             "found": [{"name": name, "score": float(score)} for name, score in result.found],
             "protocol": result.protocol,
             "details": getattr(result, "details", {}),
-            "labels_png_base64": _png_base64(label_png(labels)),
+            "labels_png_base64": _png_base64(label_image(labels)),
             "overlay_png_base64": _png_base64(blend),
             "seconds": round(time.perf_counter() - start, 3),
         }

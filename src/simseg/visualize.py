@@ -41,6 +41,17 @@ def colorize(labels: np.ndarray) -> Image.Image:
     return Image.fromarray(_colors_for(labels), mode="RGB")
 
 
+def label_image(labels: np.ndarray) -> Image.Image:
+    """A label map as an image whose pixel values are the class indices: a VOC-palette "P" image for indices up to
+    255, 16-bit grey above (for very long class lists)."""
+    arr = np.asarray(labels)
+    if arr.size and arr.max() > 255:
+        return Image.fromarray(arr.astype(np.uint16))
+    img = Image.fromarray(arr.astype(np.uint8), mode="P")
+    img.putpalette(_PALETTE.tobytes())
+    return img
+
+
 def save_label_png(labels: np.ndarray, path: str | os.PathLike) -> None:
     """Write a label map as a palette ("P" mode) PNG whose pixel values are the class indices (as VOC's ground truth).
 
@@ -50,9 +61,7 @@ def save_label_png(labels: np.ndarray, path: str | os.PathLike) -> None:
     arr = np.asarray(labels)
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise ValueError(f"save_label_png: class indices must be in 0..255, got {arr.min()}..{arr.max()}")
-    img = Image.fromarray(arr.astype(np.uint8), mode="P")
-    img.putpalette(_PALETTE.tobytes())
-    img.save(path)
+    label_image(arr).save(path)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
