@@ -46,6 +46,7 @@ def load_image(
     source: str | os.PathLike | bytes,
     name: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif_transpose: bool = True,
 ) -> Image.Image:
     """Read an image as 8-bit RGB with its EXIF orientation applied.
 
@@ -53,6 +54,8 @@ def load_image(
         source: a file path or the encoded bytes of an image.
         name: how to call the source in error messages (defaults to the path, or "<bytes>").
         max_pixels: refuse images with more pixels than this (decompression-bomb guard); None disables.
+        exif_transpose: apply the EXIF orientation tag (False keeps the stored pixel order, e.g. for benchmark
+            images whose labels annotate the stored pixels).
 
     Raises:
         InputError: the file is missing, empty, not an image, truncated, or too large.
@@ -81,7 +84,8 @@ def load_image(
             if max_pixels is not None and w * h > max_pixels:
                 raise InputError(f"{label}: image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if exif_transpose:
+                img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except InputError:
         raise

@@ -28,9 +28,6 @@ DATA_ENV = "SIMSEG_DATA"
 
 IGNORE_INDEX = 255
 
-#: EXIF tag number of the orientation field.
-_EXIF_ORIENTATION = 0x0112
-
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
@@ -144,12 +141,7 @@ def _load_benchmark_image(path: Path) -> Image.Image:
     Benchmark labels annotate the stored pixels, so an EXIF orientation tag (a few COCO images carry one) must
     not be applied here, unlike for a user's photo. ``load_image`` still does the checks (missing, corrupt, bomb).
     """
-    img = load_image(path)
-    with Image.open(path) as raw:
-        if raw.getexif().get(_EXIF_ORIENTATION, 1) in (None, 1):
-            return img
-        raw.load()
-        return raw.convert("RGB")
+    return load_image(path, exif_transpose=False)
 
 
 class SegmentationBenchmark:

@@ -103,10 +103,14 @@ def _default_factory(model: Any, class_names: list[str], protocol: str, crf: boo
                      **(params or {}))
 
 
-def _png_base64(image: Image.Image) -> str:
+def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _png_base64(image: Image.Image) -> str:
+    return base64.b64encode(_png_bytes(image)).decode("ascii")
 
 
 def parse_bool(value: str | None, name: str, default: bool) -> bool:
@@ -153,7 +157,7 @@ class SegmentService:
         self.limits = limits
         self.default_classes = default_classes
         self.examples = [(name, img.convert("RGB")) for name, img in examples]
-        self.example_png = [self._encode_png(img) for _, img in self.examples]
+        self.example_png = [_png_bytes(img) for _, img in self.examples]
         self.cache_dir = cache_dir
         self.factory = segmenter_factory
         self.title = title
@@ -162,12 +166,6 @@ class SegmentService:
         self._admitted = 0
         self._admit_lock = threading.Lock()  # loop-agnostic: TestClient threads each run their own event loop
         self.served = 0
-
-    @staticmethod
-    def _encode_png(image: Image.Image) -> bytes:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return buf.getvalue()
 
     # ---------------------------------------------------------------- validation (cheap, on the event loop)
     def parse_classes(self, text: str | None) -> list[str]:
