@@ -1,8 +1,8 @@
-"""Time the ``simseg`` protocol per image on CPU: model forward vs post-processing (method.md §3, issue 3).
+"""Time the ``simseg`` protocol per image on CPU: model forward vs post-processing.
 
 For ViT-S/16 and ViT-B/16 at 288 x 288 (random weights: timing does not depend on them), on synthetic 500 x 375
 images, it reports per image: preprocessing, model forward, our post-processing, the dense-CRF library's own calls
-(counted apart, conventions.md), the ratio post / forward and images per second. It also runs a line-by-line
+(counted apart: their cost is fixed by fidelity), the ratio post / forward and images per second. It also runs a line-by-line
 reference of the original post-processing (a (C, H, W) float64 array, per-class map, per-class resize) on the same
 forward outputs, checks that the labels are identical, and prints its cost for comparison.
 

@@ -1,4 +1,3 @@
-import pickle
 
 import pytest
 import torch
@@ -6,9 +5,8 @@ import torch.nn.functional as F
 
 import simseg
 from simseg.checkpoint import import_original, infer_original_config, load_model, save_model
-from simseg.cli import main
 from simseg.config import load_preset, to_dict
-from simseg.errors import CheckpointError, InputError
+from simseg.errors import CheckpointError
 from simseg.model import build_model
 from simseg.tokenizer import load_tokenizer
 
@@ -120,44 +118,6 @@ def test_tampered_key_fails_listing_it(tmp_path, small_model, vocab_dir):
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))
-
-
-def test_bad_files_give_one_line_errors(tmp_path, small_model, vocab_dir, capsys):
-    evil = tmp_path / "evil.pth"
-    torch.save({"state_dict": {}, "x": Evil()}, evil)
-    text = tmp_path / "notes.pth"
-    text.write_text("hello")
-    good = tmp_path / "good.pth"
-    torch.save(_to_original_layout(small_model), good)
-    trunc = tmp_path / "trunc.pth"
-    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    other = tmp_path / "resnet.pth"
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(3)}}, other)
-    cases = {evil: "arbitrary code", text: "not", trunc: "truncated", other: "not a SimSeg checkpoint",
-             tmp_path / "missing.pth": "not found"}
-    for path, words in cases.items():
-        with pytest.raises((CheckpointError, InputError), match=words):
-            load_model(path, tokenizer=vocab_dir)
-        assert main(["info", str(path), "--tokenizer", str(vocab_dir)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and str(path) in err[0] and "Traceback" not in err[0]
-    out = pickle.dumps(1)  # keep pickle imported for clarity of the evil case
-    assert out
-
-
-def test_cli_convert_and_info(tmp_path, small_model, vocab_dir, capsys):
-    src = tmp_path / "simseg.vit-x.pth"
-    torch.save(_to_original_layout(small_model), src)
-    out = tmp_path / "converted"
-    assert main(["convert-checkpoint", str(src), str(out), "--tokenizer", str(vocab_dir)]) == 0
-    assert main(["convert-checkpoint", str(src), str(out), "--tokenizer", str(vocab_dir)]) == 2  # exists
-    converted = load_model(out)
-    for a, b in zip(_outputs(small_model), _outputs(converted)):
-        assert torch.allclose(a, b, atol=1e-6)
-    capsys.readouterr()
-    assert main(["info", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "parameters" in text and "sha256" in text and "embed_dim: 128" in text
 
 
 def test_resizing_back_and_forth_does_not_compound(small_model):

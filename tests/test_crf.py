@@ -1,4 +1,4 @@
-"""The dense CRF and the closing of the simseg protocol (method.md §3.5)."""
+"""The dense CRF and the closing of the simseg protocol."""
 
 from __future__ import annotations
 

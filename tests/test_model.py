@@ -64,7 +64,7 @@ def test_tokenizer_reads_vocab_and_truncates(vocab_dir, tmp_path):
 
 
 def test_real_bert_vocab_ids(tmp_path):
-    # method.md §7: "a photo of a dog." -> 101, 1037, 6302, 1997, 1037, 3899, 1012, 102 with bert-base-uncased.
+    # the released tokenizer: "a photo of a dog." -> 101, 1037, 6302, 1997, 1037, 3899, 1012, 102 with bert-base-uncased.
     # Build a vocab file with those words at those ids (the real file is not downloadable here).
     vocab = [f"[unused{i}]" for i in range(7000)]
     for tok, i in {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, "a": 1037, "photo": 6302,
@@ -99,3 +99,40 @@ def test_vocab_training(tmp_path):
     d = train_wordpiece_vocab(["a red circle", "a blue star"] * 5, tmp_path / "v", vocab_size=100)
     tok = load_tokenizer(d)
     assert tok.wordpieces("red star") == ["red", "star"]
+
+
+def test_native_size_forward_is_timms_own(tiny_model):
+    images = torch.randn(2, 3, tiny_model.image_size, tiny_model.image_size)
+    with torch.no_grad():
+        tokens, _ = tiny_model.encode_image_tokens(images)
+        reference = tiny_model.image_encoder.forward_features(images)[:, 1:]
+    assert torch.equal(tokens, tiny_model.image_projection(reference))
+
+
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_other_sizes_equal_a_model_rebuilt_at_that_size_and_change_nothing(tiny_model, size):
+    import copy
+
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    native = tiny_model.image_size
+    rebuilt = copy.deepcopy(tiny_model)
+    rebuilt.set_image_size(size)
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        tokens, grid = tiny_model.encode_image_tokens(images)
+        expected, expected_grid = rebuilt.encode_image_tokens(images)
+        pooled, expected_pooled = tiny_model.encode_image(images), rebuilt.encode_image(images)
+    assert grid == expected_grid == (size // tiny_model.patch_size,) * 2
+    assert torch.equal(tokens, expected) and torch.equal(pooled, expected_pooled)
+    assert tiny_model.image_size == native
+    after = tiny_model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_non_square_input_and_bad_size(tiny_model):
+    p = tiny_model.patch_size
+    with torch.no_grad():
+        tokens, grid = tiny_model.encode_image_tokens(torch.randn(1, 3, 3 * p, 5 * p))
+    assert grid == (3, 5) and tokens.shape[1] == 15
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        tiny_model.encode_image(torch.randn(1, 3, 3 * p + 1, 5 * p))

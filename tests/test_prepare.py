@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from simseg.cli import main
 from simseg.errors import InputError
 from simseg.prepare import COCO_THING_VALUES, PASCAL_CONTEXT_IDS, convert_coco_object, convert_pascal_context
 
@@ -126,11 +125,3 @@ def test_convert_pascal_context_bad_input(tmp_path):
         convert_pascal_context(tmp_path / "VOCdevkit", bad)
 
 
-def test_prepare_cli(tmp_path, capsys):
-    root, expected = _coco_tree(tmp_path)
-    assert main(["prepare", "coco-object", str(root), "--nproc", "1"]) == 0
-    assert "val2017: 1" in capsys.readouterr().out
-    path, _ = _context_json(tmp_path)
-    assert main(["prepare", "pascal-context", str(tmp_path / "VOCdevkit"), str(path)]) == 0
-    assert main(["prepare", "pascal-context", str(tmp_path / "VOCdevkit"), str(tmp_path / "nope.json")]) == 2
-    assert "nope.json" in capsys.readouterr().err

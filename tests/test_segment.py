@@ -1,10 +1,8 @@
-"""The zero-shot segmentation protocols (method.md §3, §7), class embeddings and ``simseg segment``."""
+"""The zero-shot segmentation protocols (the paper's and the dense one), class embeddings and ``simseg segment``."""
 
 from __future__ import annotations
 
 import copy
-import json
-import sys
 
 import numpy as np
 import pytest
@@ -12,17 +10,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from simseg.cli import main
+from simseg.classnames import IMAGENET_TEMPLATES
+from simseg.embeddings import class_embeddings
 from simseg.errors import ConfigError
+from simseg.protocols import make_params
 from simseg.segment import (
-    IMAGENET_TEMPLATES,
     SegmentationResult,
     Segmenter,
     _dense_labels,
     _window_starts,
-    class_embeddings,
     composite_labels,
-    make_params,
     minmax,
     rebuild_uint8,
     select_classes,
@@ -33,7 +30,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    """A private copy: segmenters resize the ViT's input, which must not leak into other test modules."""
+    """A private copy of the session's tiny model."""
     return copy.deepcopy(tiny_model)
 
 
@@ -204,7 +201,7 @@ def segmenter_nocrf(model, tmp_path_factory):
 def test_segmenter_setup_and_protocol_info(segmenter_nocrf, model):
     seg = segmenter_nocrf
     assert seg.class_names[:4] == ["background", "cat", "dog", "sky"] and len(seg.class_names) == 11
-    assert model.image_size == 288
+    assert model.image_size == 224 and seg.protocol.input_size == 288  # runs at 288 without changing the model
     info = seg.protocol_info()
     for key, value in {"name": "simseg", "input_size": 288, "top_n": 10, "threshold_std": 1.0, "candidates": 5,
                        "crf": False, "crf_iterations": 3, "crf_gauss_sxy": 3, "crf_gauss_compat": 3,
@@ -348,7 +345,7 @@ def test_dense_protocol_on_a_non_square_image(model, tmp_path):
     assert result.labels.shape == (30, 70) and result.labels.dtype == np.int32
     assert result.details["windows"] == 12  # 48 x 112 after resizing: 2 rows x 6 columns of 32-pixel windows
     assert result.protocol["name"] == "dense" and result.protocol["crf"] is False
-    assert model.image_size == 32
+    assert model.image_size == 224  # the windows ran at 32 without changing the model
     assert set(np.unique(result.labels)) <= {0, 1, 2}
     everything = Segmenter(model, ["cat", "dog"], protocol="dense", templates="single", cache_dir=tmp_path,
                            short_side=32, crop_size=32, stride=16, bg_threshold=1.0)(image)
@@ -358,70 +355,12 @@ def test_dense_protocol_on_a_non_square_image(model, tmp_path):
 
 
 # ------------------------------------------------------------------ the CLI
-def _write_images(tmp_path):
-    good = tmp_path / "street.jpg"
-    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(good)
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(good.read_bytes()[:100])
-    return good, bad
-
-
-def test_cli_segment_end_to_end(vocab_dir, tmp_path, capsys):
-    good, bad = _write_images(tmp_path)
-    out = tmp_path / "out"
-    rc = main(["segment", str(good), str(bad), "--classes", "cat,dog", "--checkpoint", "tiny",
-               "--tokenizer", str(vocab_dir), "--out", str(out), "--templates", "single",
-               "--cache-dir", str(tmp_path / "cache"), "--set", "threshold_std=-10"])
-    captured = capsys.readouterr()
-    assert rc == 1  # one image failed
-    assert "broken.jpg" in captured.err and "street.jpg" not in captured.err
-    labels = Image.open(out / "street_labels.png")
-    assert labels.mode == "P" and labels.size == (56, 40)
-    assert set(np.unique(np.asarray(labels))) <= {0, 1, 2}
-    overlay = Image.open(out / "street_overlay.png")
-    assert overlay.height == 40 and overlay.width >= 56
-    assert not (out / "broken_labels.png").exists()
-    assert "protocol simseg" in captured.out and "street.jpg:" in captured.out
-    report = json.loads((out / "segment.json").read_text())
-    assert report["protocol"]["name"] == "simseg" and report["protocol"]["threshold_std"] == -10
-    assert report["checkpoint"]["path"] == "tiny" and report["num_failed"] == 1
-    good_rec, bad_rec = report["images"]
-    assert good_rec["labels"] == "street_labels.png" and set(good_rec["scores"]) == {"background", "cat", "dog"}
-    assert "broken.jpg" in bad_rec["image"] and bad_rec["error"]
-
-
-def test_cli_all_good_exits_zero_and_dense_works(vocab_dir, tmp_path, capsys):
-    good, _ = _write_images(tmp_path)
-    classes = tmp_path / "classes.txt"
-    classes.write_text("background\ncat\ndog\n")
-    rc = main(["segment", str(good), "--classes-file", str(classes), "--checkpoint", "tiny",
-               "--tokenizer", str(vocab_dir), "--out", str(tmp_path / "o"), "--templates", "single",
-               "--cache-dir", str(tmp_path / "cache"), "--protocol", "dense", "--set", "crop_size=32",
-               "--set", "short_side=32", "--set", "stride=16"])
-    assert rc == 0, capsys.readouterr().err
-    assert Image.open(tmp_path / "o" / "street_labels.png").size == (56, 40)
-
-
-def test_cli_crf_without_pydensecrf_is_a_clear_error(vocab_dir, tmp_path, capsys, monkeypatch):
-    good, _ = _write_images(tmp_path)
-    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    monkeypatch.setitem(sys.modules, "pydensecrf", None)
-    rc = main(["segment", str(good), "--classes", "cat", "--checkpoint", "tiny", "--tokenizer", str(vocab_dir),
-               "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "simseg[crf]" in err and "--no-crf" in err
-
-
-def test_cli_needs_exactly_one_class_source(vocab_dir, tmp_path, capsys):
-    good, _ = _write_images(tmp_path)
-    rc = main(["segment", str(good), "--checkpoint", "tiny", "--out", str(tmp_path / "o")])
-    assert rc == 2 and "--classes" in capsys.readouterr().err
 
 
 def test_class_embedding_cache_does_not_depend_on_the_image_size(tiny_model, tmp_path):
     import copy
 
-    from simseg.segment import class_embeddings
+    from simseg.embeddings import class_embeddings
 
     m = copy.deepcopy(tiny_model)
     names = ["background", "cat", "dog"]
@@ -431,16 +370,3 @@ def test_class_embedding_cache_does_not_depend_on_the_image_size(tiny_model, tmp
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
 
-def test_output_folder_that_is_a_file_is_a_one_line_error(tiny_model, vocab_dir, tmp_path, capsys):
-    from PIL import Image
-
-    from simseg.checkpoint import save_model
-    from simseg.cli import main
-
-    ck = save_model(tiny_model, tmp_path / "ck")
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
-    (tmp_path / "file").write_text("x")
-    code = main(["segment", str(tmp_path / "a.png"), "--classes", "cat", "--checkpoint", str(ck), "--no-crf",
-                 "--out", str(tmp_path / "file")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--out" in err[0] and "Traceback" not in err[0]

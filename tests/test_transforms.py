@@ -1,4 +1,4 @@
-"""Training/evaluation transforms and caption augmentation (method.md §2)."""
+"""Training/evaluation transforms and caption augmentation (the paper's recipe)."""
 
 from __future__ import annotations
 

@@ -1,3 +1,3 @@
-from simseg.cli import entry
+from simseg.app.cli import entry
 
 entry()

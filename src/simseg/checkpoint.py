@@ -3,7 +3,7 @@
 Own format: a folder with ``model.safetensors`` (weights), ``config.yaml`` (the model config and metadata, including
 the weights' sha256) and ``tokenizer/vocab.txt``. Every file is written to a temporary name and renamed into place.
 
-Original format (method.md §6): a ``torch.save``d dict whose ``state_dict`` holds ``image_encoder.model.model.<timm
+Original format: a ``torch.save``d dict whose ``state_dict`` holds ``image_encoder.model.model.<timm
 key>``, ``text_encoder.model.model.<BertModel key>``, ``{image,text}_projection.linear.weight`` and
 ``loss.temperature``, possibly under a ``module.`` prefix. The import maps every key explicitly, checks every shape and
 fails listing whatever is missing, unexpected or mis-shaped (the original's ``strict=False`` hid such mistakes).
@@ -11,7 +11,6 @@ fails listing whatever is missing, unexpected or mis-shaped (the original's ``st
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import pickle
@@ -21,7 +20,8 @@ from typing import Any
 import torch
 
 from simseg.errors import CheckpointError, InputError
-from simseg.model import SimSegModel, build_model, parameter_counts
+from simseg.files import atomic_write_bytes
+from simseg.model import SimSegModel, build_model
 from simseg.tokenizer import Tokenizer, load_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -58,15 +58,6 @@ def checkpoint_fingerprint(path_or_preset: str | os.PathLike) -> dict[str, Any]:
     if p.is_file():
         return {"path": str(p), "sha256": file_sha256(p)}
     return {"path": str(path_or_preset), "sha256": None, "note": "preset: randomly initialised weights"}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------ own format
@@ -312,7 +303,7 @@ def load_model(
     elif p.is_file():
         model = import_original(p, tok)
         if tok is None:  # the release's tokenizer, if the Hugging Face cache has it; never a silent download
-            model.tokenizer = _optional_default_tokenizer()
+            model.tokenizer = default_tokenizer()
     else:
         raise InputError(f"{path_or_preset}: checkpoint not found (and not a preset: {', '.join(preset_names())})")
     if image_size is not None:
@@ -320,56 +311,9 @@ def load_model(
     return model.to(device).eval()
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def add_info_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="simseg checkpoint folder, original .pth, or preset name")
-    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (or a Hugging Face name)")
-
-
-def run_info(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    model = load_model(args.checkpoint, tokenizer=args.tokenizer)
-    print(f"checkpoint: {args.checkpoint}")
-    fp = checkpoint_fingerprint(args.checkpoint)
-    if fp.get("sha256"):
-        print(f"sha256: {fp['sha256']}")
-    print("config:")
-    print("  " + OmegaConf.to_yaml(OmegaConf.create(model.config)).replace("\n", "\n  ").rstrip())
-    print(f"image size: {model.image_size} (patch {model.patch_size})")
-    print(f"temperature: {float(model.temperature()):.5f}")
-    print(f"tokenizer: {'none' if model.tokenizer is None else f'{model.tokenizer.vocab_size} tokens'}")
-    print("parameters:")
-    for k, v in parameter_counts(model).items():
-        print(f"  {k:<14}{v:>14,}")
-    return 0
-
-
-def _optional_default_tokenizer() -> Tokenizer | None:
-    """bert-base-uncased's vocabulary from the local Hugging Face cache, or None."""
+def default_tokenizer() -> Tokenizer | None:
+    """bert-base-uncased's vocabulary from the local Hugging Face cache, or None (never a download)."""
     try:
         return load_tokenizer("bert-base-uncased", local_only=True)
     except InputError:
         return None
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="original SimSeg checkpoint (simseg.vit-s.pth / simseg.vit-b.pth)")
-    parser.add_argument("out_dir", help="folder to write the simseg checkpoint into")
-    parser.add_argument("--tokenizer", default=None,
-                        help="folder with the BERT vocab.txt to store beside the weights (default: bert-base-uncased)")
-    parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise InputError(f"{out}: output folder exists and is not empty (use --force to overwrite)")
-    tok = load_tokenizer(args.tokenizer) if args.tokenizer else _optional_default_tokenizer()
-    model = import_original(args.src, tok)
-    save_model(model, out, meta={"converted_from": str(args.src), "source_sha256": file_sha256(args.src)})
-    counts = parameter_counts(model)
-    print(f"wrote {out} ({counts['total']:,} parameters; tokenizer: {'saved' if tok else 'none, pass --tokenizer'})")
-    return 0

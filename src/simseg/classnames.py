@@ -9,11 +9,12 @@ user's classes are 1..N and label maps always store the same indices as a benchm
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from simseg.errors import InputError
+from simseg.errors import ConfigError, InputError
 
 BACKGROUND = "background"
 
@@ -106,6 +107,42 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a photo of a small {}.",
     "a tattoo of the {}.",
 )
+
+#: A single prompt for quick use (``--templates single``).
+SINGLE_TEMPLATE: tuple[str, ...] = ("a photo of a {}.",)
+
+#: Prompt template sets by name (``--templates``); ``imagenet`` is the paper's.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"imagenet": IMAGENET_TEMPLATES, "single": SINGLE_TEMPLATE}
+
+
+def resolve_templates(templates: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Templates by set name (``imagenet``, ``single``) or as given; each must contain ``{}`` once.
+
+    Raises:
+        ConfigError: unknown set name, empty list, or a template without exactly one ``{}``.
+    """
+    if templates is None:
+        return IMAGENET_TEMPLATES
+    if isinstance(templates, str):
+        if templates in TEMPLATE_SETS:
+            return TEMPLATE_SETS[templates]
+        templates = [templates]
+    out = tuple(str(t) for t in templates)
+    if not out:
+        raise ConfigError("templates: empty list")
+    for t in out:
+        if t.count("{}") != 1:
+            raise ConfigError(f"templates: {t!r} must contain exactly one '{{}}' where the class name goes")
+    return out
+
+
+def templates_name(templates: Sequence[str]) -> str:
+    """The set name of ``templates`` (``imagenet``, ``single``), or ``custom(N)``."""
+    for name, value in TEMPLATE_SETS.items():
+        if tuple(templates) == value:
+            return name
+    return f"custom({len(templates)})"
+
 
 #: Every name :func:`benchmark_classes` accepts.
 BENCHMARK_NAMES: tuple[str, ...] = _LIST_FILES + tuple(_NO_BACKGROUND_VARIANTS)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from simseg.errors import ConfigError, InputError
+from simseg.files import atomic_write_text
 
 #: Mappings whose keys are passed on to a library (timm / transformers): overrides may add new keys there.
 FREEFORM = ("model.vision.kwargs", "model.text.config")
@@ -101,23 +102,7 @@ def save_config(cfg: DictConfig | dict, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def make_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create an output folder up front, so an unwritable path fails in one line before any long work."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".simseg-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
-    return path
+    return atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True))
 
 
 def to_dict(cfg: DictConfig | dict) -> dict:

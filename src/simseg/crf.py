@@ -1,8 +1,8 @@
-"""Post-processing of the ``simseg`` protocol: the 2-label dense CRF and the 7 x 7 closing (method.md §3.5).
+"""Post-processing of the ``simseg`` protocol: the 2-label dense CRF and the 7 x 7 closing.
 
 The CRF is the fully connected CRF of Krähenbühl & Koltun through ``pydensecrf2`` (an optional extra:
 ``pip install 'simseg[crf]'``); it is imported only when a CRF is actually run, so the rest of the package works
-without it. Its parameters default to the ones the paper's numbers were made with.
+without it. Its parameters default to the ones the paper's numbers were made with (:class:`simseg.protocols.CRFParams`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,7 @@ import cv2
 import numpy as np
 
 from simseg.errors import ConfigError
-
-#: The CRF settings of the paper (method.md §3.5), one name per parameter of :func:`dense_crf_binary`.
-CRF_DEFAULTS: dict[str, int] = {
-    "iterations": 3,
-    "gauss_sxy": 3,
-    "gauss_compat": 3,
-    "bilateral_sxy": 40,
-    "bilateral_srgb": 13,
-    "bilateral_compat": 10,
-}
+from simseg.protocols import CRFParams
 
 #: Added to the probabilities before the log, as in the original, so a probability of 0 gives a finite unary.
 _LOG_EPS = 1e-8
@@ -63,27 +54,13 @@ def binary_unary(prob: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(-np.log(probs + _LOG_EPS), dtype=np.float32)
 
 
-def dense_crf_binary(
-    image: np.ndarray,
-    prob: np.ndarray,
-    iterations: int = 3,
-    gauss_sxy: float = 3,
-    gauss_compat: float = 3,
-    bilateral_sxy: float = 40,
-    bilateral_srgb: float = 13,
-    bilateral_compat: float = 10,
-) -> np.ndarray:
+def dense_crf_binary(image: np.ndarray, prob: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
     """Refine a foreground probability map with a 2-label fully connected CRF.
 
     Args:
         image: (H, W, 3) uint8 RGB image the bilateral term compares colours on.
         prob: (H, W) foreground probability in [0, 1].
-        iterations: mean-field iterations.
-        gauss_sxy: spatial standard deviation of the Gaussian (smoothness) kernel, in pixels.
-        gauss_compat: weight of the Gaussian kernel (Potts compatibility).
-        bilateral_sxy: spatial standard deviation of the bilateral (appearance) kernel, in pixels.
-        bilateral_srgb: colour standard deviation of the bilateral kernel.
-        bilateral_compat: weight of the bilateral kernel.
+        params: the CRF's settings (default: the paper's).
 
     Returns:
         (H, W) bool foreground mask: the argmax of the CRF marginals (a tie goes to background, as ``np.argmax``).
@@ -94,29 +71,18 @@ def dense_crf_binary(
     """
     if prob.ndim != 2:
         raise ValueError(f"dense_crf_binary: probability map must be (H, W), got {prob.shape}")
-    return crf_from_unary(image, binary_unary(prob), iterations, gauss_sxy, gauss_compat, bilateral_sxy,
-                          bilateral_srgb, bilateral_compat)
+    return crf_from_unary(image, binary_unary(prob), params)
 
 
-def crf_from_unary(
-    image: np.ndarray,
-    unary: np.ndarray,
-    iterations: int = 3,
-    gauss_sxy: float = 3,
-    gauss_compat: float = 3,
-    bilateral_sxy: float = 40,
-    bilateral_srgb: float = 13,
-    bilateral_compat: float = 10,
-) -> np.ndarray:
+def crf_from_unary(image: np.ndarray, unary: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
     """The dense-CRF library's part of :func:`dense_crf_binary`: build, add the kernels, run mean-field, argmax.
 
-    Kept apart so a benchmark can time the library's calls separately from our own work (conventions.md).
+    Kept apart so a benchmark can time the library's calls separately from our own work.
 
     Args:
         image: (H, W, 3) uint8 RGB image.
         unary: (2, H*W) float32 unary energies (:func:`binary_unary`).
-        iterations, gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat: as
-            :func:`dense_crf_binary`.
+        params: the CRF's settings (default: the paper's).
 
     Returns:
         (H, W) bool foreground mask.
@@ -130,10 +96,10 @@ def crf_from_unary(
     dcrf = require_densecrf()
     crf = dcrf.DenseCRF2D(w, h, 2)
     crf.setUnaryEnergy(unary)
-    crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
-                             compat=bilateral_compat)
-    q = np.asarray(crf.inference(iterations), dtype=np.float32)
+    crf.addPairwiseGaussian(sxy=params.gauss_sxy, compat=params.gauss_compat)
+    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=np.ascontiguousarray(image),
+                             compat=params.bilateral_compat)
+    q = np.asarray(crf.inference(params.iterations), dtype=np.float32)
     # argmax over 2 labels with np.argmax's tie rule (first label wins) is "strictly greater".
     return (q[1] > q[0]).reshape(h, w)
 
@@ -142,7 +108,7 @@ def closing(mask: np.ndarray, kernel: int = 7) -> np.ndarray:
     """Morphological closing with a ``kernel`` x ``kernel`` square: one dilation, then one erosion.
 
     The original calls ``cv2.dilate(mask, ones((7, 7)), 5)`` then ``cv2.erode(..., 3)``; the 5 and the 3 land in
-    OpenCV's ``dst`` argument, not ``iterations``, so each operation runs once (method.md §3.5). OpenCV's default
+    OpenCV's ``dst`` argument, not ``iterations``, so each operation runs once . OpenCV's default
     border (``morphologyDefaultBorderValue``) is kept: dilation sees nothing outside the image and erosion sees
     foreground there, so objects touching the border are not eaten.
 

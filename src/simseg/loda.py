@@ -1,6 +1,6 @@
 """Token pooling: LoDA (locality-driven alignment), masked average, and CLS.
 
-LoDA pools each feature dimension independently: the mean of its top-k values over the token axis (method.md §1).
+LoDA pools each feature dimension independently: the mean of its top-k values over the token axis.
 k = 5 for image patches and k = 1 (a per-dimension max) for text tokens.
 
 All functions are pure: they never write into their inputs (the original wrote -10000 into its caller's tensor).
@@ -70,5 +70,5 @@ def pool_tokens(
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Divide by (norm + 1e-8), as the original does for pooled embeddings (method.md §7)."""
+    """Divide by (norm + 1e-8), as the original does for pooled embeddings."""
     return x / (x.norm(dim=-1, keepdim=True) + 1e-8)

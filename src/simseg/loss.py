@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE across ranks (method.md §2).
+"""Symmetric InfoNCE across ranks.
 
 Each rank scores its local image rows against the text embeddings of ALL ranks (and vice versa); the targets are
 the local rows' global indices. The gather passes gradients back (all-gather forward, reduce-sum + slice backward),

@@ -1,6 +1,6 @@
 """Semantic-segmentation metrics from a bincount confusion matrix.
 
-The matrix is accumulated over a whole dataset (method.md §3 point 7: per-class intersection and union summed
+The matrix is accumulated over a whole dataset (as the paper: per-class intersection and union summed
 over all images, label 255 ignored), so IoU is dataset-level, not an average of per-image IoUs. Under
 ``torchrun`` every rank accumulates its own shard and :meth:`ConfusionMatrix.all_reduce` sums them exactly
 (integer counts), as detectron2's ``SemSegEvaluator`` does.

@@ -1,5 +1,5 @@
 """The SimSeg dual encoder: a timm ViT image tower, a Hugging Face BERT text tower, bias-free projections to a shared
-space, LoDA pooling and a learnable temperature (method.md §1).
+space, LoDA pooling and a learnable temperature.
 
 The towers are the libraries' own modules (``timm.create_model`` / ``transformers.BertModel``); only the projection,
 pooling and temperature are ours.
@@ -21,11 +21,15 @@ from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_vision_tower(name: str, pretrained: bool, img_size: int, kwargs: dict | None = None) -> nn.Module:
-    """A timm ViT returning tokens (no classifier head)."""
+    """A timm ViT returning tokens (no classifier head), accepting any input size that is a multiple of its patch.
+
+    ``img_size`` is the native size (the position embedding's grid); other sizes get a resampled position embedding
+    per call (see :meth:`SimSegModel.position_embedding`), so the tower itself never changes with the input size.
+    """
     import timm
 
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **(kwargs or {}))
+        vit = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **(kwargs or {}))
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ConfigError(f"model.vision.name: unknown timm model {name!r}") from None
@@ -37,6 +41,10 @@ def build_vision_tower(name: str, pretrained: bool, img_size: int, kwargs: dict 
                 "set model.vision.pretrained=false or make the weights available offline"
             ) from None
         raise
+    if getattr(vit, "pos_embed", None) is None or getattr(vit, "patch_embed", None) is None:
+        raise ConfigError(f"model.vision.name: {name!r} is not a ViT with an absolute position embedding")
+    vit.patch_embed.strict_img_size = False  # other sizes are checked (multiple of the patch) and resampled by us
+    return vit
 
 
 def build_text_tower(name: str, pretrained: bool, config: dict | None, vocab_size: int | None) -> nn.Module:
@@ -145,8 +153,11 @@ class SimSegModel(nn.Module):
         return self.temperature_param.clamp(*self.temperature_range)
 
     def set_image_size(self, size: int) -> None:
-        """Rebuild the ViT for ``size`` x ``size`` inputs; the position embedding is resampled bicubically
-        (align_corners False, no antialias: method.md §3.1), prefix ([CLS]) positions kept as they are.
+        """Make ``size`` the ViT's native input size; the position embedding is resampled bicubically (align_corners
+        False, no antialias), prefix ([CLS]) positions kept as they are.
+
+        The model runs at any size without this (see :meth:`position_embedding`); it is for building a model at the
+        size it will be trained or exported at (:func:`simseg.checkpoint.load_model`'s ``image_size``).
 
         Resampling always starts from the native (trained) position embedding, so switching sizes back and forth
         (e.g. 288 for one protocol, 448 for another) never compounds interpolation error. Weights changed since the
@@ -202,9 +213,48 @@ class SimSegModel(nn.Module):
         return l2_normalize(pooled) if normalize else pooled
 
     # ---------------------------------------------------------------- image
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The ViT's position embedding for a ``grid`` of patches: the native one resampled bicubically (align_corners
+        False, no antialias, as the original's loader), prefix ([CLS]) positions kept as they are.
+
+        A new tensor on every call (differentiable, cheap next to the forward); the model is not changed.
+        """
+        from timm.layers import resample_abs_pos_embed
+
+        vit = self.image_encoder
+        native = tuple(vit.patch_embed.grid_size)
+        if tuple(grid) == native:
+            return vit.pos_embed
+        prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
+        return resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(native),
+                                      num_prefix_tokens=prefix, interpolation="bicubic", antialias=False)
+
     def _image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.image_encoder.forward_features(images)  # final LayerNorm applied
-        n_prefix = getattr(self.image_encoder, "num_prefix_tokens", 1)
+        """(patch tokens, first prefix token) after the ViT's final LayerNorm, for any multiple of the patch size.
+
+        At the native size this is timm's ``forward_features``. At another size it is the same sequence of timm's
+        modules with :meth:`position_embedding` of that grid added in place of the native one.
+        """
+        vit = self.image_encoder
+        p = self.patch_size
+        height, width = images.shape[-2:]
+        if height % p or width % p:
+            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+        grid = (height // p, width // p)
+        if grid == tuple(vit.patch_embed.grid_size):
+            feats = vit.forward_features(images)
+        else:
+            x = vit.patch_embed(images)  # (B, N, C)
+            pos = self.position_embedding(grid)
+            prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, getattr(vit, "reg_token", None))
+                      if t is not None]
+            if getattr(vit, "no_embed_class", False):
+                x = torch.cat(prefix + [x + pos], dim=1)
+            else:
+                x = torch.cat(prefix + [x], dim=1) + pos
+            x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
+            feats = vit.norm(vit.blocks(x))
+        n_prefix = getattr(vit, "num_prefix_tokens", 1)
         return feats[:, n_prefix:], feats[:, 0]
 
     def encode_image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

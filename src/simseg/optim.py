@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the paper's learning-rate schedule (method.md §2)."""
+"""AdamW parameter groups and the paper's learning-rate schedule."""
 
 from __future__ import annotations
 

@@ -4,14 +4,13 @@ Neither needs mmcv or the PASCAL-in-Detail API: Pillow reads and writes the PNGs
 
 - COCO-Object from COCO-Stuff 164k ``stuffthingmaps_trainval2017``: values are COCO ids - 1 (things 0..89 with
   COCO's gaps, stuff 91..181, 255 unlabeled); the 80 thing values map to 1..80 in order and everything else,
-  stuff and 255 included, to 0 (background). So COCO-Object ground truth has no ignored pixels (method.md §4).
+  stuff and 255 included, to 0 (background). So COCO-Object ground truth has no ignored pixels.
 - PASCAL Context from ``trainval_merged.json``: each annotation's mask painted with its category id, then the 60
   category ids of the benchmark mapped to 0..59 in sorted order.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -221,31 +220,3 @@ def convert_pascal_context(vocdevkit: str | os.PathLike, json_path: str | os.Pat
     for phase, names in stems.items():
         (list_dir / f"{phase}.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     return {phase: len(names) for phase, names in stems.items()}
-
-
-def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``coco-object`` and ``pascal-context`` sub-commands of ``simseg prepare``."""
-    sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    coco = sub.add_parser(
-        "coco-object", help="COCO-Stuff 164k stuffthingmaps -> COCO-Object <id>_labelTrainIds.png (81 classes)"
-    )
-    coco.add_argument("coco_stuff_dir", metavar="COCO_STUFF_DIR", help="the coco_stuff164k folder (annotations/...)")
-    coco.add_argument("--nproc", type=int, default=None, help="worker processes (default: all cores)")
-    ctx = sub.add_parser("pascal-context", help="PASCAL in Detail trainval_merged.json -> 60-class PNG labels")
-    ctx.add_argument("vocdevkit", metavar="VOCDEVKIT", help="the VOCdevkit folder holding VOC2010/")
-    ctx.add_argument("json", metavar="JSON", help="trainval_merged.json")
-
-
-def run_prepare(args: argparse.Namespace) -> int:
-    """Run ``simseg prepare``."""
-    if args.dataset == "coco-object":
-        if args.nproc is not None and args.nproc < 1:
-            raise InputError(f"--nproc: must be at least 1, got {args.nproc}")
-        counts = convert_coco_object(args.coco_stuff_dir, nproc=args.nproc)
-        where = Path(args.coco_stuff_dir) / "annotations"
-    else:
-        counts = convert_pascal_context(args.vocdevkit, args.json)
-        where = Path(args.vocdevkit) / "VOC2010"
-    summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    print(f"wrote {args.dataset} labels under {where} ({summary})")
-    return 0

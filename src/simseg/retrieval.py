@@ -1,4 +1,4 @@
-"""Zero-shot image-text retrieval on Flickr30K / MSCOCO (``simseg eval-retrieval``, method.md §5).
+"""Zero-shot image-text retrieval on Flickr30K / MSCOCO (``simseg eval-retrieval``).
 
 The data is ``<data-root>/<name>/valid.parquet``: one row per caption (columns ``imbytes``, ``caption``,
 ``image_id``, ``id``), so an image repeats over its ~5 captions. A folder of images described by a CSV / JSON /
@@ -22,7 +22,6 @@ and the numbers do not depend on batch size or world size through float rounding
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -40,16 +39,14 @@ import torch
 
 from simseg.errors import InputError
 from simseg.images import load_image
+from simseg.protocols import RetrievalParams
 
 #: The paper's evaluation transform: short side resized to 324, centre crop 288 (= the ViT's input size).
-DEFAULT_RESIZE_SIZE = 324
-DEFAULT_CROP_SIZE = 288
+DEFAULT_RESIZE_SIZE = RetrievalParams.resize_size
+DEFAULT_CROP_SIZE = RetrievalParams.crop_size
 
 #: Columns of the original release's ``valid.parquet`` files.
 PARQUET_COLUMNS = ("imbytes", "caption", "image_id", "id")
-
-#: How the built-in dataset names are shown in the table (the seed README's names).
-DATASET_TITLES = {"f30k": "Flickr30K", "coco": "MSCOCO"}
 
 #: Similarities closer than this are ties (float rounding noise from batching must not decide a rank).
 DEFAULT_TIE_TOLERANCE = 1e-6
@@ -306,7 +303,7 @@ def retrieval_metrics(
     Similarity is the dot product (cosine for L2-normalised embeddings). At most ``chunk_size`` x max(I, T)
     similarities exist at once, so a 5,000 x 25,000 evaluation never holds the full matrix.
 
-    Definitions (method.md §5):
+    Definitions:
         - ``I2T_R@K``: percent of images for which at least one of their captions is among the K most similar texts.
         - ``T2I_R@K``: percent of captions whose image is among the K most similar images.
         - ``RSUM``: the sum of all the recalls.
@@ -611,173 +608,3 @@ def evaluate_retrieval(
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Report and CLI
-
-
-def format_retrieval_table(rows: Sequence[dict], ks: Sequence[int] = (1, 5, 10)) -> str:
-    """A Markdown table in the layout of the seed README (Method | Backbone | Dataset | I2T R@K ... | RSUM).
-
-    Args:
-        rows: dicts with ``method``, ``backbone``, ``dataset`` and the metric keys.
-    """
-    headers = ["Method", "Backbone", "Dataset"] + [f"{d} R@{k}" for d in ("I2T", "T2I") for k in ks] + ["RSUM"]
-    body = [[str(r["method"]), str(r["backbone"]), str(r["dataset"])]
-            + [f"{r[f'{d}_R@{k}']:.1f}" for d in ("I2T", "T2I") for k in ks] + [f"{r['RSUM']:.1f}"] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.center(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else (":" + "-" * w + ":") for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(headers), rule] + [line(b) for b in body])
-
-
-def _backbone_name(model: Any) -> str:
-    """A short backbone name (ViT-S / ViT-B / the timm name) for the table."""
-    config = getattr(model, "config", None)
-    vision = config.get("vision") if isinstance(config, dict) else None
-    name = vision.get("name") if isinstance(vision, dict) else None
-    if not isinstance(name, str):
-        return "?"
-    if vision.get("kwargs"):  # widths or depths changed: not the named architecture
-        return f"{name.split('.')[0]} (custom)"
-    for key, short in (("vit_small", "ViT-S"), ("vit_base", "ViT-B"), ("vit_large", "ViT-L"), ("vit_tiny", "ViT-Ti")):
-        if key in name:
-            return short
-    return name
-
-
-def add_eval_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``simseg eval-retrieval``."""
-    parser.add_argument("--dataset", default=None,
-                        help="f30k, coco or another folder name: reads <data-root>/<dataset>/valid.parquet")
-    parser.add_argument("--data-root", default=None,
-                        help="folder holding <dataset>/valid.parquet (default: $SIMSEG_DATA)")
-    parser.add_argument("--csv", default=None, metavar="FILE",
-                        help="evaluate a CSV / JSON / JSONL file (image, caption[, image_id, id]) instead of a parquet")
-    parser.add_argument("--checkpoint", required=True, help="simseg checkpoint folder, original .pth, or preset")
-    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: the checkpoint's)")
-    parser.add_argument("--out", default=None, help="report folder (default: simseg-eval/retrieval-<dataset>)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images / captions encoded at once (default 64)")
-    parser.add_argument("--resize-size", type=int, default=DEFAULT_RESIZE_SIZE,
-                        help=f"short side after resizing (default {DEFAULT_RESIZE_SIZE})")
-    parser.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE,
-                        help=f"centre crop = model input size (default {DEFAULT_CROP_SIZE})")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once (default 1024)")
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
-    parser.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images instead of failing")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-
-
-def _resolve_source(args: argparse.Namespace) -> tuple[Path, str]:
-    """The caption file and the dataset name of the arguments."""
-    from simseg.segdata import DATA_ENV
-
-    if args.csv:
-        if args.dataset is None:
-            return Path(args.csv), Path(args.csv).stem
-        return Path(args.csv), args.dataset
-    if not args.dataset:
-        raise InputError("--dataset: required unless --csv is given (f30k, coco or a folder name under --data-root)")
-    root = args.data_root or os.environ.get(DATA_ENV, "")
-    if not root:
-        raise InputError(f"no data root: pass --data-root DIR or set {DATA_ENV}=DIR (the folder holding "
-                         f"{args.dataset}/valid.parquet)")
-    path = Path(root).expanduser() / args.dataset / "valid.parquet"
-    if not path.is_file():
-        raise InputError(f"{path}: not found (expected <data-root>/{args.dataset}/valid.parquet)")
-    return path, args.dataset
-
-
-def run_eval_retrieval(args: argparse.Namespace) -> int:
-    """Run ``simseg eval-retrieval``: evaluate, print the table, write ``metrics.json``; exit 1 on bad images."""
-    from simseg.checkpoint import checkpoint_fingerprint, load_model
-    from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
-    from simseg.evaluate import software_versions
-
-    for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
-                        ("--resize-size", args.resize_size), ("--crop-size", args.crop_size)):
-        if value < 1:
-            raise InputError(f"{flag}: must be at least 1, got {value}")
-    if args.crop_size > args.resize_size:
-        raise InputError(f"--crop-size {args.crop_size} is larger than --resize-size {args.resize_size}")
-    path, dataset = _resolve_source(args)
-    distributed = init_distributed()
-    rank, world_size = get_rank(), get_world_size()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and distributed:
-        device = f"cuda:{get_local_rank()}"
-    model = load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, image_size=args.crop_size)
-
-    # Unreadable images are always counted and reported; the exit status is decided below, after the report.
-    from simseg.config import make_output_dir
-
-    out = make_output_dir(Path(args.out) if args.out else Path("simseg-eval") / f"retrieval-{dataset}")
-    metrics = evaluate_retrieval(model, path, batch_size=args.batch_size, device=device, skip_bad=True,
-                                 resize_size=args.resize_size, crop_size=args.crop_size, chunk_size=args.chunk_size,
-                                 num_workers=args.workers, rank=rank, world_size=world_size)
-    if rank == 0:
-        keys = [k for k in metrics if k.startswith(("I2T_", "T2I_"))] + ["RSUM"]
-        checkpoint = checkpoint_fingerprint(args.checkpoint)
-        backbone = _backbone_name(model)
-        report = {
-            "dataset": dataset,
-            "source": str(path),
-            **{k: metrics[k] for k in keys},
-            "num_rows": metrics["num_rows"],
-            "num_images": metrics["num_images"],
-            "num_captions": metrics["num_captions"],
-            "num_bad_images": metrics["num_bad_images"],
-            "num_captions_dropped": metrics["num_captions_dropped"],
-            "bad_images": metrics["bad_images"],
-            "protocol": {
-                "name": "retrieval",
-                "transforms": [
-                    {"name": "resize", "size": args.resize_size, "side": "short", "interpolation": "bilinear"},
-                    {"name": "center_crop", "size": args.crop_size},
-                    {"name": "to_tensor"},
-                    {"name": "normalize", "mean": list(model.mean), "std": list(model.std)},
-                ],
-                "input_size": args.crop_size,
-                "pooling": {"method": getattr(model, "pooling", None), "variant": "masked (evaluation)",
-                            "image_topk": getattr(model, "image_topk", None),
-                            "text_topk": getattr(model, "text_topk", None), "normalize": "L2"},
-                "text_padding": "longest",
-                "similarity": "cosine",
-                "dedup": "images de-duplicated by image_id before encoding",
-                "ties": TIE_RULE,
-            },
-            "checkpoint": checkpoint,
-            "backbone": backbone,
-            "weights_hash": getattr(model, "weights_hash", None),
-            "versions": software_versions(),
-            "device": str(device),
-            "world_size": world_size,
-            "batch_size": args.batch_size,
-            "seconds": round(metrics["seconds"], 3),
-        }
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out / "metrics.json")
-        row = {"method": "SimSeg", "backbone": backbone, "dataset": DATASET_TITLES.get(dataset, dataset), **metrics}
-        print(f"Zero-shot image-text retrieval: {dataset}, {metrics['num_images']} images / "
-              f"{metrics['num_captions']} captions, resize {args.resize_size} + center crop {args.crop_size}, "
-              f"checkpoint {args.checkpoint}")
-        print(format_retrieval_table([row]))
-        sha = checkpoint["sha256"]
-        print(f"checkpoint sha256: {sha if sha else 'n/a (preset)'}")
-        print(f"report: {out / 'metrics.json'}")
-    if metrics["num_bad_images"]:
-        ids = ", ".join(repr(b["image_id"]) for b in metrics["bad_images"][:5])
-        more = ", ..." if metrics["num_bad_images"] > 5 else ""
-        message = (f"{metrics['num_bad_images']} unreadable image(s) (image_id {ids}{more}; "
-                   f"{metrics['num_captions_dropped']} captions left out), listed in the report")
-        if args.skip_bad:
-            print(f"warning: {message} (skipped with --skip-bad)", file=sys.stderr)
-        else:
-            print(f"error: {message}; pass --skip-bad to accept them", file=sys.stderr)
-            return 1
-    return 0

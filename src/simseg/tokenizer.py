@@ -1,7 +1,7 @@
 """BERT WordPiece tokenisation from a Hugging Face model name or a local folder holding ``vocab.txt``.
 
 Built on the ``tokenizers`` library's ``BertWordPieceTokenizer``, which reads the vocab file correctly (transformers 5's
-``BertTokenizer(vocab_file=...)`` silently builds a 5-token vocabulary: method.md §7).
+``BertTokenizer(vocab_file=...)`` silently builds a 5-token vocabulary).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from simseg.errors import InputError
+from simseg.files import atomic_write_bytes, atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -86,10 +87,8 @@ class Tokenizer:
         """Write ``vocab.txt`` into ``directory`` (created if needed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "vocab.txt"
-        tmp = directory / ".vocab.txt.tmp"
-        tmp.write_text("".join(tok + "\n" for tok in self.vocab), encoding="utf-8")  # from memory: the source
-        os.replace(tmp, target)  # file may be gone (e.g. a pruned training checkpoint)
+        # from memory: the source file may be gone (e.g. a pruned training checkpoint)
+        atomic_write_text(directory / "vocab.txt", "".join(tok + "\n" for tok in self.vocab))
         return directory
 
 
@@ -133,7 +132,6 @@ def train_wordpiece_vocab(texts: list[str], out_dir: str | os.PathLike, vocab_si
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS),
                             show_progress=False)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        written = tok.save_model(tmp)[0]
-        os.replace(written, out_dir / "vocab.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        atomic_write_bytes(out_dir / "vocab.txt", Path(tok.save_model(tmp)[0]).read_bytes())
     return out_dir

@@ -32,28 +32,24 @@ with a graph and back-propagated with the cached embedding gradients. Its gradie
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import copy
 import json
-import os
 import random
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from simseg import distributed as du
-from simseg.errors import CheckpointError, ConfigError, InputError
+from simseg.errors import ConfigError
+from simseg.files import atomic_write_bytes
 from simseg.loss import contrastive_loss
 from simseg.model import SimSegModel
 from simseg.optim import lr_scale, param_groups, set_lr
-
-STATE_NAME = "train_state.pt"
-LATEST_NAME = "latest"
+from simseg.train_state import (find_resume_checkpoint, read_training_state, restore_rng, rng_snapshot,
+                                save_training_checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -151,105 +147,6 @@ def broadcast_parameters(model: torch.nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-def _numpy_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _set_numpy_state(s: dict) -> None:
-    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
-
-
-def rng_snapshot(device: torch.device) -> dict:
-    """This process's random states (torch CPU, the device's CUDA generator, Python, NumPy)."""
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "python_pos": random.getstate()[2], "numpy": _numpy_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def save_training_checkpoint(
-    run_dir: Path, step: int, model: SimSegModel, optimizer: torch.optim.Optimizer, scaler: Any,
-    extra: dict, rng: list[dict], keep: int = 3,
-) -> Path:
-    """Write ``run_dir/checkpoints/step-XXXXXXXX/`` atomically (a temp folder renamed into place), then the
-    ``latest`` pointer, then prune old checkpoints. The folder is also a model checkpoint for ``load_model``.
-
-    ``rng`` holds every rank's :func:`rng_snapshot`, so each rank resumes its own dropout stream. Checkpoints of
-    later steps than this one (left by a run that was rewound to an earlier checkpoint) are removed."""
-    from simseg.checkpoint import atomic_write_bytes, save_model
-
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(model, tmp, meta={"step": step})
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng,
-        "extra": extra,
-    }
-    torch.save(state, tmp / STATE_NAME)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_bytes(root / LATEST_NAME, final.name.encode())
-    done = sorted(p for p in root.glob("step-*") if p.name <= final.name)
-    stale = [p for p in root.glob("step-*") if p.name > final.name]
-    for old in stale + (done[:-keep] if keep > 0 else []):
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _read_state(ckpt: Path) -> dict:
-    try:
-        return torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{ckpt}: no {STATE_NAME}") from None
-    except Exception as e:
-        raise CheckpointError(f"{ckpt / STATE_NAME}: unreadable ({type(e).__name__})") from None
-
-
-def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict, SimSegModel] | None:
-    """The newest complete checkpoint of a run: its folder, training state and model. Damaged ones are skipped
-    (reported), so a run killed while writing resumes from the previous complete checkpoint."""
-    from simseg.checkpoint import load_model
-
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return None
-    candidates = sorted(root.glob("step-*"), reverse=True)
-    latest = root / LATEST_NAME
-    if latest.is_file():
-        named = root / latest.read_text().strip()
-        if named in candidates:
-            candidates.remove(named)
-            candidates.insert(0, named)
-    for ckpt in candidates:
-        try:
-            state = _read_state(ckpt)
-            model = load_model(ckpt)
-            return ckpt, state, model
-        except (CheckpointError, InputError) as e:
-            print(f"warning: skipping damaged checkpoint {ckpt}: {e}")
-    return None
-
-
-def _restore_rng(rngs: list[dict], rank: int, world: int, device: torch.device) -> None:
-    """Restore this rank's random states (rank 0's when the world size changed: then resume is not exact)."""
-    rng = rngs[rank] if len(rngs) == world else rngs[0]
-    torch.set_rng_state(rng["torch"])
-    random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
-    _set_numpy_state(rng["numpy"])
-    if rng.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
-
-
 # ------------------------------------------------------------------------------------------------ logging
 class _Logger:
     """metrics.jsonl on rank 0, TensorBoard when installed, wandb when installed and asked for."""
@@ -261,8 +158,6 @@ class _Logger:
         if not enabled:
             return
         if self.path.exists():  # drop what a killed run logged after its last checkpoint (and a cut-off line)
-            from simseg.checkpoint import atomic_write_bytes
-
             kept = []
             for ln in self.path.read_text().splitlines():
                 try:
@@ -327,8 +222,7 @@ def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) ->
             s = dict(eval_cfg["segmentation"])
             bench = SegmentationBenchmark(s["dataset"], s["data_root"], class_names=s.get("classes"))
             params = dict(s.get("params") or {})
-            # a copy: the protocol may rebuild the ViT for its input size, which must not touch the trained model
-            seg = Segmenter(copy.deepcopy(model), bench.class_names, protocol=s.get("protocol", "simseg"),
+            seg = Segmenter(model, bench.class_names, protocol=s.get("protocol", "simseg"),
                             crf=bool(s.get("crf", False)), **params)
             metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), rank=du.get_rank(),
                                             world_size=du.get_world_size(), progress=False)
@@ -352,7 +246,7 @@ def _device(name: str) -> torch.device:
 def _precision(name: str, device: torch.device) -> str:
     if name == "auto":
         if device.type != "cuda":
-            return "fp32"  # bf16 matmul is ~100x slower than fp32 on plain CPUs (method.md §7)
+            return "fp32"  # bf16 matmul is ~100x slower than fp32 on plain CPUs
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if name not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision: {name!r} is not one of auto, fp32, bf16, fp16")
@@ -407,7 +301,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         from simseg.checkpoint import load_model
 
         ckpt = Path(resume)
-        found = (ckpt, _read_state(ckpt), load_model(ckpt))
+        found = (ckpt, read_training_state(ckpt), load_model(ckpt))
     if found is not None:
         ckpt, state, model = found
         start_step, extra = int(state["step"]), dict(state["extra"])
@@ -438,7 +332,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         batch_iter = iter(_build_loader(cfg, model, rank, world, local_batch, start_step))
     logger = _Logger(run_dir, du.is_main_process(), start_step, bool(tc.get("wandb", False)), cfg)
     if found is not None:  # last: building the loader iterator above draws from the global RNG
-        _restore_rng(found[1]["rng"], rank, world, device)
+        restore_rng(found[1]["rng"], rank, world, device)
 
     # ---- loop
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
@@ -528,29 +422,3 @@ def _build_loader(cfg: dict, model: SimSegModel, rank: int, world: int, local_ba
                               seed=int(tc.get("seed", 0)), num_workers=int(dc.get("num_workers", 0)),
                               start_batch=start_step, caption_fn=caption_fn,
                               pin_memory=torch.cuda.is_available())
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a preset (tiny, simseg-vit-s16, simseg-vit-b16) or a YAML file")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides (unknown keys are an error)")
-    parser.add_argument("--resume", default="none",
-                        help="'auto' (the output folder's newest complete checkpoint), a checkpoint folder, or none")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from simseg.config import load_config, to_dict
-
-    cfg = to_dict(load_config(args.config, args.overrides))
-    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    if du.is_main_process():
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``simseg train`` as a function of its argument list (for tests and ``python -m``)."""
-    from simseg.cli import main as cli_main
-
-    return cli_main(["train", *(argv or [])])

@@ -1,4 +1,4 @@
-"""Image transforms and caption augmentation (method.md §2 for training, §3 and §5 for evaluation).
+"""Image transforms and caption augmentation (the paper's training recipe and evaluation protocols).
 
 Training images: ``RandomResizedCrop(224, scale=(0.6, 1.0))`` -> ``AutoAugment`` (ImageNet policy) -> ``ToTensor`` ->
 ``Normalize`` (ImageNet mean / std). Evaluation images: a square resize to 288 for segmentation, or a short-side resize
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from torchvision import transforms as T
 
-#: ImageNet normalisation constants (method.md §2), also used by the released checkpoints.
+#: ImageNet normalisation constants, also used by the released checkpoints.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -63,9 +63,9 @@ def eval_transform(
 
     Args:
         size: output side in pixels.
-        mode: ``"square"``: ``Resize((size, size))``, the segmentation protocol (method.md §3, aspect ratio not
+        mode: ``"square"``: ``Resize((size, size))``, the segmentation protocol (aspect ratio not
             kept); ``"center_crop"``: ``Resize(resize or size)`` on the short side then ``CenterCrop(size)``, the
-            retrieval protocol (method.md §5 uses resize=324, size=288).
+            retrieval protocol (resize=324, size=288).
         resize: short-side size before the centre crop (``"center_crop"`` only); defaults to ``size``.
         mean: per-channel normalisation mean.
         std: per-channel normalisation standard deviation.
@@ -101,7 +101,7 @@ def _random_token(vocab: Sequence[str], rng: random.Random) -> str | None:
 
 
 def augment_caption(text: str, tokenizer: Any, rng: random.Random, prob: float = 0.2) -> str:
-    """Mask, replace or drop word pieces of a caption, as the paper's training recipe (method.md §2).
+    """Mask, replace or drop word pieces of a caption, as the paper's training recipe.
 
     Each word piece independently, with probability ``prob``: becomes the tokenizer's mask token (half of those
     cases), becomes a random non-special vocabulary token (a tenth), or is dropped (the remaining 0.4). The pieces are

@@ -9,9 +9,10 @@ with multipart parsing (python-multipart) and static files built in, and no fron
 
 Design:
 
-* One model shared by all requests. Model calls run in a one-thread executor, so requests are processed one at a
-  time (the model's input size is switched per protocol, which is not safe to overlap), off the event loop, so the
-  page, ``/health`` and refusals stay responsive while a segmentation runs.
+* One model shared by all requests; segmenters only read it (each protocol runs at its own input size without
+  changing the model). Model calls run in a one-thread executor, so requests are processed one at a time (the CPU
+  threads go to one forward at a time), off the event loop, so the page, ``/health`` and refusals stay responsive
+  while a segmentation runs.
 * At most ``queue`` requests are admitted (running or waiting); one more gets 503 "busy" with ``Retry-After``.
 * Each request waits at most ``timeout`` seconds, then gets 504; a job that has not started yet is cancelled.
 * Class embeddings live in the :class:`~simseg.segment.Segmenter` objects, kept in a small LRU cache keyed by
@@ -41,13 +42,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from simseg.app.options import add_cache_option, add_checkpoint_options, add_device_option
+from simseg.classnames import TEMPLATE_SETS
 from simseg.errors import InputError, SimSegError
+from simseg.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+
+HELP = "a local web page and JSON API to segment your own images"
 
 #: ``simseg demo``'s default output folder and where it puts the LoDA model's checkpoint.
 DEMO_CHECKPOINT = Path("simseg-demo") / "loda" / "checkpoint"
-
-PROTOCOLS = ("simseg", "dense")
-TEMPLATE_CHOICES = ("imagenet", "single")
 
 #: Multipart framing and the small text fields ride on top of the image's bytes.
 _FORM_SLACK_BYTES = 256 * 1024
@@ -370,7 +373,7 @@ class _BodyLimit:
 
 
 def _static_dir() -> Path:
-    return Path(str(resources.files("simseg") / "static"))
+    return Path(str(resources.files("simseg.app") / "static"))
 
 
 def create_app(
@@ -446,7 +449,7 @@ def create_app(
             "title": title,
             "default_classes": default_classes,
             "protocols": list(PROTOCOLS),
-            "templates": list(TEMPLATE_CHOICES),
+            "templates": list(TEMPLATE_SETS),
             "examples": [name for name, _ in service.examples],
             "crf_available": importlib.util.find_spec("pydensecrf") is not None,
             "limits": asdict(limits),
@@ -473,12 +476,12 @@ def create_app(
 
     async def _handle(form: Any) -> dict:
         names = service.parse_classes(_text(form, "classes"))
-        protocol = (_text(form, "protocol") or "simseg").strip()
+        protocol = (_text(form, "protocol") or DEFAULT_PROTOCOL).strip()
         if protocol not in PROTOCOLS:
             raise RequestError(400, f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
         templates = (_text(form, "templates") or "imagenet").strip()
-        if templates not in TEMPLATE_CHOICES:
-            raise RequestError(400, f"templates: {templates!r} is not one of {', '.join(TEMPLATE_CHOICES)}")
+        if templates not in TEMPLATE_SETS:
+            raise RequestError(400, f"templates: {templates!r} is not one of {', '.join(TEMPLATE_SETS)}")
         crf = parse_bool(_text(form, "crf"), "crf", default=True) and protocol == "simseg"
         upload = form.get("image")
         example_text = _text(form, "example")
@@ -536,12 +539,9 @@ def _check_can_listen(host: str, port: int) -> None:
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``simseg serve``."""
-    parser.add_argument("--checkpoint", default=None,
-                        help=f"simseg checkpoint folder, original .pth, or preset (with --demo, default "
-                             f"{DEMO_CHECKPOINT})")
-    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: the checkpoint's)")
+    add_checkpoint_options(parser, required=False)
     parser.add_argument("--demo", action="store_true",
                         help="serve the model 'simseg demo' trained, with its colour classes and synthetic examples")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
@@ -557,12 +557,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds a request may take, waiting included (default {ServeLimits.timeout_s:g})")
     parser.add_argument("--queue", type=int, default=ServeLimits.queue,
                         help=f"requests admitted at once, one running (default {ServeLimits.queue}); more get 'busy'")
-    parser.add_argument("--cache-dir", default=None, help="class-embedding cache folder (default: $SIMSEG_CACHE/text "
-                                                          "or ~/.cache/simseg/text)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    add_cache_option(parser)
+    add_device_option(parser, default="cpu")
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``simseg serve`` until interrupted."""
     import simseg
 
@@ -588,7 +587,7 @@ def run_serve(args: argparse.Namespace) -> int:
     protocol_params: dict[str, dict] = {}
     model = simseg.load_model(checkpoint, tokenizer=args.tokenizer, device=args.device)
     if args.demo:
-        from simseg.demo import segmentation_protocols
+        from simseg.app.demo import segmentation_protocols
         from simseg.synthetic import colour_class_names
 
         default_classes = default_classes or ", ".join(colour_class_names()[1:])

@@ -20,7 +20,7 @@ pytest.importorskip("multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from simseg.serve import ServeLimits, create_app, demo_examples  # noqa: E402
+from simseg.app.serve import ServeLimits, create_app, demo_examples  # noqa: E402
 from simseg.synthetic import generate_scenes  # noqa: E402
 
 CLASSES = "red, green, blue"
@@ -258,7 +258,7 @@ def test_health_config_examples_and_page(model):
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def test_cli_needs_a_checkpoint_or_a_demo_model(tmp_path, monkeypatch, capsys):
-    from simseg.cli import main
+    from simseg.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["serve"]) == 2
@@ -271,7 +271,7 @@ def test_cli_demo_serves_the_demo_model_with_colour_classes_and_examples(tmp_pat
     import uvicorn
 
     import simseg
-    from simseg.cli import main
+    from simseg.app.cli import main
     from simseg.synthetic import colour_class_names
 
     monkeypatch.chdir(tmp_path)

@@ -9,7 +9,7 @@ import os
 import pytest
 from PIL import Image
 
-from simseg.cli import main
+from simseg.app.cli import main
 
 #: Not among the seeds the demo's settings were tuned on (0-7).
 HELD_OUT_SEED = 11
@@ -108,7 +108,7 @@ def test_read_only_output_folder_is_refused(tmp_path, capsys):
 
 
 def test_force_replaces_only_the_demos_own_files(tmp_path):
-    from simseg.demo import OUTPUTS, clear_previous_outputs
+    from simseg.app.demo import OUTPUTS, clear_previous_outputs
 
     out = tmp_path / "demo"
     (out / "loda" / "checkpoint").mkdir(parents=True)

@@ -46,6 +46,8 @@ import numpy as np
 
 from simseg.errors import InputError
 
+HELP = "learn segmentation from captions on a built-in synthetic world, then report"
+
 #: Default output folder (``simseg serve --demo`` looks for ``<this>/loda/checkpoint``).
 DEFAULT_OUT = "simseg-demo"
 #: Held-out scenes come from ``seed + EVAL_SEED_OFFSET``, a stream disjoint from the training one.
@@ -104,7 +106,7 @@ def segmentation_protocols(input_size: int) -> dict[str, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``simseg demo``."""
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}); must not exist "
                                                            "unless --force")
@@ -526,7 +528,7 @@ def run_demo_pipeline(
 
     import simseg
     from simseg.checkpoint import checkpoint_fingerprint
-    from simseg.evaluate import software_versions
+    from simseg.app.report import software_versions, write_json
     from simseg.model import parameter_counts
 
     start, cpu_start = time.perf_counter(), time.process_time()  # CPU time of all this process's threads
@@ -593,9 +595,7 @@ def run_demo_pipeline(
         "versions": software_versions(),
     }
     write_report(out, report)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "results.json")
+    write_json(out / "results.json", report)
     return report
 
 
@@ -617,7 +617,7 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``simseg demo``; prints the metrics table and the verdict.
 
     Returns:

@@ -1,0 +1,66 @@
+"""``simseg info`` and ``simseg convert-checkpoint``: look into a checkpoint, import a released one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from simseg.errors import InputError
+
+INFO_HELP = "print a checkpoint's or preset's config and parameter counts"
+CONVERT_HELP = "convert an original SimSeg .pth checkpoint to the simseg format"
+
+
+def add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="simseg checkpoint folder, original .pth, or preset name")
+    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (or a Hugging Face name)")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print the config, sizes and parameter counts of a checkpoint."""
+    from omegaconf import OmegaConf
+
+    from simseg.checkpoint import checkpoint_fingerprint, load_model
+    from simseg.model import parameter_counts
+
+    model = load_model(args.checkpoint, tokenizer=args.tokenizer)
+    print(f"checkpoint: {args.checkpoint}")
+    fp = checkpoint_fingerprint(args.checkpoint)
+    if fp.get("sha256"):
+        print(f"sha256: {fp['sha256']}")
+    print("config:")
+    print("  " + OmegaConf.to_yaml(OmegaConf.create(model.config)).replace("\n", "\n  ").rstrip())
+    print(f"image size: {model.image_size} (patch {model.patch_size})")
+    print(f"temperature: {float(model.temperature().detach()):.5f}")
+    print(f"tokenizer: {'none' if model.tokenizer is None else f'{model.tokenizer.vocab_size} tokens'}")
+    print("parameters:")
+    for k, v in parameter_counts(model).items():
+        print(f"  {k:<14}{v:>14,}")
+    return 0
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="original SimSeg checkpoint (simseg.vit-s.pth / simseg.vit-b.pth)")
+    parser.add_argument("out_dir", help="folder to write the simseg checkpoint into")
+    parser.add_argument("--tokenizer", default=None,
+                        help="folder with the BERT vocab.txt to store beside the weights (default: bert-base-uncased)")
+    parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Import an original checkpoint (every key checked) and save it in the simseg format."""
+    from simseg.checkpoint import default_tokenizer, file_sha256, import_original, save_model
+    from simseg.model import parameter_counts
+    from simseg.tokenizer import load_tokenizer
+
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise InputError(f"{out}: output folder exists and is not empty (use --force to overwrite)")
+    tok = load_tokenizer(args.tokenizer) if args.tokenizer else default_tokenizer()
+    model = import_original(args.src, tok)
+    save_model(model, out, meta={"converted_from": str(args.src), "source_sha256": file_sha256(args.src)})
+    counts = parameter_counts(model)
+    print(f"wrote {out} ({counts['total']:,} parameters; tokenizer: {'saved' if tok else 'none, pass --tokenizer'})")
+    return 0

@@ -1,0 +1,89 @@
+"""The ``simseg`` command line: one row per command, naming the module that implements it.
+
+Each command module has ``add_arguments(parser)`` and ``run(args) -> exit status`` (``checkpoints`` has two
+commands). Command modules import only light modules at the top and the library inside ``run``, so
+``simseg --help`` and argument errors are instant.
+
+Expected failures (:class:`~simseg.errors.SimSegError`) print one ``simseg COMMAND: error: ...`` line and exit
+with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+from simseg.app import checkpoints, demo, eval_retrieval, eval_seg, prepare, segment, serve, train
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "info": Command(checkpoints.INFO_HELP, checkpoints.add_info_arguments, checkpoints.run_info),
+    "convert-checkpoint": Command(checkpoints.CONVERT_HELP, checkpoints.add_convert_arguments,
+                                  checkpoints.run_convert),
+    "segment": Command(segment.HELP, segment.add_arguments, segment.run),
+    "eval-seg": Command(eval_seg.HELP, eval_seg.add_arguments, eval_seg.run),
+    "prepare": Command(prepare.HELP, prepare.add_arguments, prepare.run),
+    "eval-retrieval": Command(eval_retrieval.HELP, eval_retrieval.add_arguments, eval_retrieval.run),
+    "train": Command(train.HELP, train.add_arguments, train.run),
+    "demo": Command(demo.HELP, demo.add_arguments, demo.run),
+    "serve": Command(serve.HELP, serve.add_arguments, serve.run),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<20}{command.help}" for name, command in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="simseg",
+        description="Text-supervised semantic segmentation (SimSeg, CVPR 2023).",
+        epilog=f"commands:\n{lines}\n\nRun 'simseg COMMAND --help' for the options of one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status."""
+    from simseg.errors import SimSegError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = top.parse_args(argv[:1])
+        if args.version:
+            from simseg import __version__
+
+            print(f"simseg {__version__}")
+            return 0
+        top.print_help()
+        return 0 if not argv else 2
+    name, rest = argv[0], argv[1:]
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"simseg {name}", description=command.help)
+    command.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(command.run(args) or 0)
+    except SimSegError as e:
+        print(f"simseg {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"simseg {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # pragma: no cover - console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

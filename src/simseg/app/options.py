@@ -1,0 +1,105 @@
+"""Option groups that several commands share, and the parsing of their values.
+
+Each ``add_*`` function adds one group of arguments to an ``argparse`` parser; the matching ``resolve_*`` / ``parse_*``
+function turns the parsed strings into plain values, raising :class:`~simseg.errors.SimSegError` with a one-line
+message that names the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from simseg.classnames import TEMPLATE_SETS
+from simseg.errors import ConfigError, InputError
+from simseg.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--checkpoint`` and ``--tokenizer``."""
+    parser.add_argument("--checkpoint", required=required, default=None,
+                        help="simseg checkpoint folder, original .pth, or preset")
+    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: the checkpoint's)")
+
+
+def add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """The segmentation protocol: ``--protocol``, ``--no-crf``, ``--templates``, ``--set``, ``--cache-dir``."""
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
+                        help="simseg: the paper's protocol (default); dense: sliding-window per-pixel protocol")
+    parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF (the paper's no-CRF variant)")
+    parser.add_argument("--templates", default="imagenet", choices=list(TEMPLATE_SETS),
+                        help="prompt templates: the 80 ImageNet ones (default) or a single 'a photo of a {}.'")
+    parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                        help="protocol parameter, e.g. --set threshold_std=1.5 (repeatable)")
+    add_cache_option(parser)
+
+
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--cache-dir``: where class embeddings are cached."""
+    parser.add_argument("--cache-dir", default=None,
+                        help="class-embedding cache folder (default: $SIMSEG_CACHE/text or ~/.cache/simseg/text)")
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--device``."""
+    shown = default or "cuda if available"
+    parser.add_argument("--device", default=default, help=f"cpu, cuda, cuda:1, ... (default: {shown})")
+
+
+def resolve_device(name: str | None, local_rank: int | None = None) -> str:
+    """The device to run on: ``name``, or cuda when available; ``cuda`` becomes ``cuda:<local rank>`` under torchrun.
+
+    Raises:
+        InputError: CUDA asked for on a machine without it, or an unknown device name.
+    """
+    import torch
+
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
+        if device.index is None and local_rank is not None:
+            return f"cuda:{local_rank}"
+    return name
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict; values are read as YAML scalars (``1.5``, ``null``, ``true``)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: cannot parse the value ({' '.join(str(e).split())})") from None
+    return params
+
+
+def check_at_least(option: str, value: int | float | None, minimum: int | float) -> None:
+    """One line naming ``option`` when ``value`` is below ``minimum`` (None passes)."""
+    if value is not None and value < minimum:
+        raise InputError(f"{option}: must be at least {minimum}, got {value}")
+
+
+def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create an output folder up front, so an unwritable path fails in one line before any long work."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".simseg-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
+    return path

@@ -1,0 +1,105 @@
+"""``simseg segment``: segment your own images with any class names; label PNGs, overlays with legends, a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from simseg.app.options import (add_checkpoint_options, add_device_option, add_protocol_options, output_dir,
+                                parse_set, resolve_device)
+from simseg.errors import InputError, SimSegError
+
+HELP = "segment your own images with any list of class names"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMG", help="image files to segment")
+    parser.add_argument("--classes", default=None, help='comma-separated class names, e.g. "cat,dog,grass"')
+    parser.add_argument("--classes-file", default=None, help="text file with class names (one per line or commas)")
+    add_checkpoint_options(parser)
+    add_protocol_options(parser)
+    parser.add_argument("--out", required=True, help="output folder for <stem>_labels.png and <stem>_overlay.png")
+    add_device_option(parser)
+
+
+def output_stems(paths: Sequence[str]) -> list[str]:
+    """File stems for the outputs, made unique when two inputs share a name (``a/x.jpg``, ``b/x.png``)."""
+    stems: list[str] = []
+    used: set[str] = set()
+    for p in paths:
+        stem = Path(p).stem or "image"
+        candidate, n = stem, 2
+        while candidate in used:
+            candidate, n = f"{stem}_{n}", n + 1
+        used.add(candidate)
+        stems.append(candidate)
+    return stems
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write a label PNG and an overlay per image, print the classes found, and write ``segment.json``.
+
+    ``segment.json`` holds per image the classes found with their scores and the image-level scores of every class,
+    plus the protocol and its parameters, the checkpoint (path and sha256) and the software versions.
+
+    Returns:
+        0 when every image was segmented, 1 when any could not be read or segmented (each is reported by name).
+    """
+    import simseg
+    from simseg.app.report import describe_protocol, provenance, short_sha, write_json
+    from simseg.classnames import parse_class_list, read_class_file
+    from simseg.images import load_image
+    from simseg.segment import Segmenter
+    from simseg.visualize import overlay, save_label_png
+
+    if (args.classes is None) == (args.classes_file is None):
+        raise InputError("give the class names with exactly one of --classes or --classes-file")
+    classes = read_class_file(args.classes_file) if args.classes_file else parse_class_list(args.classes)
+    if len(classes) > 256:
+        raise InputError(f"--classes: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
+                         "background)")
+    if args.protocol == "simseg" and not args.no_crf:
+        from simseg.crf import require_densecrf
+
+        require_densecrf()  # before loading a model: fail fast
+    params = parse_set(args.params)
+    device = resolve_device(args.device)
+    out = output_dir(args.out)
+    model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
+    segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,
+                          cache_dir=args.cache_dir, **params)
+    info = segmenter.protocol_info()
+    stamp = provenance(args.checkpoint, device)
+    print(f"protocol {describe_protocol(info)}; checkpoint {args.checkpoint} (sha256 {short_sha(stamp['checkpoint'])})")
+
+    records: list[dict[str, Any]] = []
+    failed = 0
+    for path, stem in zip(args.images, output_stems(args.images)):
+        try:
+            image = load_image(path)
+            result = segmenter(image)
+            save_label_png(result.labels, out / f"{stem}_labels.png")
+            overlay(image, result.labels, result.class_names, scores=result.scores).save(out / f"{stem}_overlay.png")
+        except SimSegError as e:
+            failed += 1
+            print(f"{path}: error: {e}", file=sys.stderr)
+            records.append({"image": str(path), "error": str(e)})
+            continue
+        found = ", ".join(f"{name} {score:.3f}" for name, score in result.found) or "nothing (all background)"
+        print(f"{path}: {found}")
+        records.append({
+            "image": str(path),
+            "labels": f"{stem}_labels.png",
+            "overlay": f"{stem}_overlay.png",
+            "size": [image.width, image.height],
+            "found": [{"class": name, "score": score} for name, score in result.found],
+            "scores": {name: float(v) for name, v in zip(result.class_names, result.scores)},
+            "details": result.details,
+        })
+    write_json(out / "segment.json", {"classes": segmenter.class_names, "protocol": info, **stamp,
+                                      "images": records, "num_failed": failed})
+    if failed:
+        print(f"{failed} of {len(args.images)} image(s) failed", file=sys.stderr)
+    return 1 if failed else 0
