@@ -1,8 +1,18 @@
-"""Benchmark class lists, prompt templates and the background convention of user class lists."""
+"""Benchmark class lists, synonym files, prompt templates and the background convention of user class lists."""
 
 import pytest
+import torch
 
-from simseg.classnames import IMAGENET_TEMPLATES, benchmark_classes, parse_class_list, read_class_file
+from simseg.classnames import (
+    BENCHMARK_NAMES,
+    IMAGENET_TEMPLATES,
+    benchmark_classes,
+    flatten_synonyms,
+    max_over_synonyms,
+    parse_class_list,
+    read_class_file,
+    read_synonym_file,
+)
 from simseg.errors import InputError
 
 
@@ -24,8 +34,8 @@ def test_background_free_variants_drop_only_background():
     # callers get their own copy
     benchmark_classes("pascal_voc").append("x")
     assert len(benchmark_classes("pascal_voc")) == 21
-    with pytest.raises(InputError, match="cityscapes"):
-        benchmark_classes("cityscapes")
+    with pytest.raises(InputError, match="ade847.*cityscapes"):
+        benchmark_classes("ade847")
 
 
 def test_imagenet_templates():
@@ -82,3 +92,111 @@ def test_read_class_file(tmp_path):
     dup.write_text("cat\ncat\n")
     with pytest.raises(InputError, match="dup.txt.*duplicate"):
         read_class_file(dup)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training-free family's benchmarks and synonym files
+
+
+def test_new_benchmark_lists_are_mmsegmentations():
+    assert {"coco_stuff", "cityscapes", "ade20k"} <= set(BENCHMARK_NAMES)
+    stuff = benchmark_classes("coco_stuff")
+    assert len(stuff) == 171 and len(set(stuff)) == 171
+    assert stuff[:80] == benchmark_classes("coco_object")[1:]  # the 80 things, in COCO id order
+    assert stuff[80:84] == ["banner", "blanket", "branch", "bridge"] and stuff[84] == "building-other"
+    assert stuff[145] == "sky-other"  # stuffthingmap value 156 (COCO id 157)
+    assert stuff[-1] == "wood"
+    ade = benchmark_classes("ade20k")
+    assert len(ade) == 150 and len(set(ade)) == 150
+    assert ade[:4] == ["wall", "building", "sky", "floor"] and ade[7] == "bed"  # MMSegmentation's "bed " stripped
+    assert ade[44] == "chest of drawers" and ade[136] == "traffic light" and ade[-1] == "flag"
+    city = benchmark_classes("cityscapes")
+    assert city == ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                    "bicycle"]
+    for names in (stuff, ade, city):
+        assert "background" not in names and all(n == n.strip() and n for n in names)
+        # the background convention gives them an implicit background at 0
+        assert parse_class_list(names) == ["background"] + names
+
+
+def test_read_synonym_file(tmp_path):
+    f = tmp_path / "cls_voc.txt"
+    # a BOM, CRLF line ends, SCLIP's ", " and ProxyCLIP's "; " separators, stray spaces, trailing blank lines
+    f.write_bytes("\ufeffsky, wall,tree\r\naeroplane\r\nperson;  person in shirt ; rider\r\n\r\n".encode("utf-8"))
+    groups = read_synonym_file(f, num_classes=3)
+    assert groups == [["sky", "wall", "tree"], ["aeroplane"], ["person", "person in shirt", "rider"]]
+    assert read_synonym_file(f) == groups
+    assert flatten_synonyms(groups) == (["sky", "wall", "tree", "aeroplane", "person", "person in shirt", "rider"],
+                                        [0, 0, 0, 1, 2, 2, 2])
+
+
+@pytest.mark.parametrize(
+    "text, num_classes, match",
+    [
+        ("a\nb\n", 3, r"2 lines of names for 3 classes"),
+        ("a\n\nb\n", None, r"line 2 is blank"),
+        ("a, ,b\n", None, r"line 1 has an empty name"),
+        ("a,b,\n", None, r"line 1 has an empty name"),
+        ("sky, wall\ncar, Sky\n", None, r"'Sky' appears on line 1 and line 2"),
+        ("\n \n", None, r"empty"),
+    ],
+)
+def test_read_synonym_file_errors(tmp_path, text, num_classes, match):
+    f = tmp_path / "names.txt"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=rf"names\.txt: .*{match}"):
+        read_synonym_file(f, num_classes=num_classes)
+
+
+def test_read_synonym_file_missing_or_unreadable(tmp_path):
+    with pytest.raises(InputError, match="missing.txt: synonym file not found"):
+        read_synonym_file(tmp_path / "missing.txt")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin.txt: cannot read"):
+        read_synonym_file(latin)
+    with pytest.raises(InputError, match="class 1 has no name"):
+        flatten_synonyms([["a"], []])
+
+
+def test_max_over_synonyms_takes_each_class_best_name():
+    # names: sky, wall | aeroplane | person, rider
+    class_of_name = [0, 0, 1, 2, 2]
+    scores = torch.tensor([0.1, 0.7, 0.3, 0.2, 0.9])
+    assert max_over_synonyms(scores, class_of_name).tolist() == pytest.approx([0.7, 0.3, 0.9])
+    # per-pixel maps with the name axis first, and patches x names with it last
+    maps = torch.rand(5, 3, 4)
+    out = max_over_synonyms(maps, class_of_name, dim=0)
+    assert out.shape == (3, 3, 4)
+    assert torch.equal(out[0], torch.maximum(maps[0], maps[1])) and torch.equal(out[1], maps[2])
+    assert torch.equal(out[2], torch.maximum(maps[3], maps[4]))
+    patches = torch.randn(7, 5)
+    assert torch.equal(max_over_synonyms(patches, torch.tensor(class_of_name)), out_last(patches, class_of_name))
+    # names need not be grouped: class 0's names may be anywhere
+    assert max_over_synonyms(torch.tensor([1.0, 5.0, 2.0]), [0, 1, 0]).tolist() == [2.0, 5.0]
+    # negative values are kept (a max, not a max with 0)
+    assert max_over_synonyms(torch.tensor([-3.0, -1.0]), [0, 0]).tolist() == [-1.0]
+
+
+def out_last(values, class_of_name):
+    """An independent reference: a Python loop over classes."""
+    cols = []
+    for k in range(max(class_of_name) + 1):
+        cols.append(values[:, [i for i, c in enumerate(class_of_name) if c == k]].amax(dim=1))
+    return torch.stack(cols, dim=1)
+
+
+def test_max_over_synonyms_one_name_per_class_is_a_copy():
+    values = torch.rand(2, 3)
+    out = max_over_synonyms(values, [0, 1, 2])
+    assert torch.equal(out, values) and out.data_ptr() != values.data_ptr()
+
+
+def test_max_over_synonyms_errors():
+    with pytest.raises(ValueError, match="3 entries for 2 names"):
+        max_over_synonyms(torch.zeros(2), [0, 1, 1])
+    with pytest.raises(ValueError, match=r"classes without a name: \[1\]"):
+        max_over_synonyms(torch.zeros(2), [0, 2])
+    with pytest.raises(ValueError, match="non-negative"):
+        max_over_synonyms(torch.zeros(2), [0, -1])

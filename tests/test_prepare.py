@@ -1,6 +1,9 @@
-"""The two converters on tiny hand-made inputs in the official formats, and their CLI."""
+"""The converters on tiny hand-made inputs in the official formats, and their CLI."""
 
 import json
+import sys
+import types
+from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -8,7 +11,16 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from simseg.errors import InputError
-from simseg.prepare import COCO_THING_VALUES, PASCAL_CONTEXT_IDS, convert_coco_object, convert_pascal_context
+from simseg.prepare import (
+    COCO_THING_VALUES,
+    PASCAL_CONTEXT_IDS,
+    cityscapes_lut,
+    convert_cityscapes,
+    convert_coco_object,
+    convert_coco_stuff,
+    convert_pascal_context,
+)
+from simseg.segdata import SegmentationBenchmark
 
 
 def test_coco_thing_table():
@@ -41,6 +53,7 @@ def test_convert_coco_object(tmp_path, nproc):
     # a second run skips its own outputs and rewrites the same labels
     assert convert_coco_object(root, nproc=1) == counts
     assert not list(root.rglob("*_labelTrainIds_labelTrainIds.png"))
+    assert not list(root.rglob("*.tmp"))
 
 
 def test_convert_coco_object_bad_input(tmp_path):
@@ -125,3 +138,141 @@ def test_convert_pascal_context_bad_input(tmp_path):
         convert_pascal_context(tmp_path / "VOCdevkit", bad)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# COCO-Stuff 171 and Cityscapes, each mapping checked pixel by pixel against a table written out here
+
+#: stuffthingmap value -> COCO-Stuff 171 label, written out as runs (COCO ids - 1 of the 80 things, then stuff).
+COCO_STUFF_RUNS = [(0, 10, 0), (12, 24, 11), (26, 27, 24), (30, 43, 26), (45, 64, 40), (66, 66, 60), (69, 69, 61),
+                   (71, 81, 62), (83, 89, 73), (91, 181, 80)]  # (first value, last value, label of the first)
+COCO_STUFF_EXPECTED = {v: label + (v - first) for first, last, label in COCO_STUFF_RUNS for v in range(first, last + 1)}
+COCO_STUFF_EXPECTED[255] = 255
+
+#: Cityscapes label id -> train id, written out (cityscapesscripts' labels.py); every other id 0..33 is 255.
+CITYSCAPES_EXPECTED = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                       26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+
+def test_independent_tables_are_complete():
+    assert len(COCO_STUFF_EXPECTED) == 172 and sorted(COCO_STUFF_EXPECTED.values())[:171] == list(range(171))
+    assert COCO_STUFF_EXPECTED[89] == 79 and COCO_STUFF_EXPECTED[91] == 80 and COCO_STUFF_EXPECTED[181] == 170
+    assert sorted(CITYSCAPES_EXPECTED.values()) == list(range(19))
+
+
+def _stuffthing_tree(tmp_path, values: np.ndarray, stem="000000000139"):
+    root = tmp_path / "coco_stuff164k"
+    (root / "annotations" / "val2017").mkdir(parents=True, exist_ok=True)
+    (root / "images" / "val2017").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values, mode="L").save(root / "annotations" / "val2017" / f"{stem}.png")
+    Image.new("RGB", (values.shape[1], values.shape[0])).save(root / "images" / "val2017" / f"{stem}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_convert_coco_stuff_pixel_by_pixel(tmp_path, nproc):
+    valid = np.array(sorted(COCO_STUFF_EXPECTED), dtype=np.uint8).reshape(4, 43)  # all 171 values and 255
+    root = _stuffthing_tree(tmp_path, valid)
+    (root / "annotations" / "train2017").mkdir()
+    Image.fromarray(valid[::-1], mode="L").save(root / "annotations" / "train2017" / "000000000009.png")
+    assert convert_coco_stuff(root, nproc=nproc) == {"train2017": 1, "val2017": 1}
+    out = Image.open(root / "annotations" / "val2017" / "000000000139_labelTrainIds171.png")
+    assert out.mode == "L"
+    got = np.asarray(out)
+    for (y, x), v in np.ndenumerate(valid):
+        assert got[y, x] == COCO_STUFF_EXPECTED[int(v)], (int(v), int(got[y, x]))
+    train = np.asarray(Image.open(root / "annotations" / "train2017" / "000000000009_labelTrainIds171.png"))
+    assert (train == got[::-1]).all()
+    # COCO-Object's converter and this one share the folder; neither takes the other's output for a stuffthingmap
+    assert convert_coco_object(root, nproc=1) == {"train2017": 1, "val2017": 1}
+    assert convert_coco_stuff(root, nproc=1) == {"train2017": 1, "val2017": 1}
+    names = sorted(p.name for p in (root / "annotations" / "val2017").iterdir())
+    assert names == ["000000000139.png", "000000000139_labelTrainIds.png", "000000000139_labelTrainIds171.png"]
+    stuff = SegmentationBenchmark("coco_stuff", tmp_path)[0][1]
+    obj = SegmentationBenchmark("coco_object", tmp_path)[0][1]
+    assert (stuff == got).all() and obj.max() == 80 and (obj[valid > 90] == 0).all()
+
+
+def test_convert_coco_stuff_bad_values_name_file_and_values(tmp_path):
+    root = _stuffthing_tree(tmp_path, np.array([[0, 11, 90, 182], [254, 11, 5, 255]], dtype=np.uint8), "000000000777")
+    val = root / "annotations" / "val2017"
+    Image.fromarray(np.array([[1, 200]], np.uint8), mode="L").save(val / "000000000778.png")
+    Image.fromarray(np.array([[1, 2]], np.uint8), mode="L").save(val / "000000000779.png")
+    with pytest.raises(InputError) as err:
+        convert_coco_stuff(root, nproc=1)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("2 bad files: ")
+    assert "000000000777.png: values 11, 90, 182, 254 are not stuffthingmap values" in msg
+    assert "000000000778.png: values 200 " in msg
+    # the bad files wrote nothing, the good one was converted
+    assert not (root / "annotations" / "val2017" / "000000000777_labelTrainIds171.png").exists()
+    assert (root / "annotations" / "val2017" / "000000000779_labelTrainIds171.png").exists()
+    with pytest.raises(InputError, match="missing"):
+        convert_coco_stuff(tmp_path / "missing")
+
+
+def _cityscapes_tree(tmp_path, label_ids: dict[str, np.ndarray]):
+    """``gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (+ the images, for reading the result back)."""
+    base = tmp_path / "cityscapes"
+    for key, ids in label_ids.items():
+        split, city, stem = key.split("/")
+        (base / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
+        (base / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ids, mode="L").save(base / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+        img = base / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+        Image.new("RGB", (ids.shape[1], ids.shape[0])).save(img)
+    return base
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_convert_cityscapes_pixel_by_pixel(tmp_path, nproc):
+    ids = np.arange(34, dtype=np.uint8).reshape(2, 17)
+    base = _cityscapes_tree(tmp_path, {"val/frankfurt/frankfurt_000000_000294": ids,
+                                       "val/lindau/lindau_000000_000019": ids.T.copy(),
+                                       "train/aachen/aachen_000000_000019": np.full((2, 2), 26, np.uint8)})
+    counts, table = convert_cityscapes(base, nproc=nproc)
+    assert counts == {"train": 1, "val": 2} and table == "built-in"
+    out = Image.open(base / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000294_gtFine_labelTrainIds.png")
+    assert out.mode == "L"
+    got = np.asarray(out)
+    for (y, x), v in np.ndenumerate(ids):
+        assert got[y, x] == CITYSCAPES_EXPECTED.get(int(v), 255), (int(v), int(got[y, x]))
+    aachen = base / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png"
+    assert (np.asarray(Image.open(aachen)) == 13).all()
+    # the written tree is the benchmark, nested by city
+    ds = SegmentationBenchmark("cityscapes", tmp_path)
+    assert ds.sample_ids == ["frankfurt/frankfurt_000000_000294", "lindau/lindau_000000_000019"]
+    assert (ds[1][1] == got.T).all()
+    assert convert_cityscapes(base, nproc=1)[0] == counts  # its own outputs are not sources
+    assert not list(base.rglob("*.tmp"))
+
+
+def test_convert_cityscapes_bad_input(tmp_path):
+    with pytest.raises(InputError, match="gtFine"):
+        convert_cityscapes(tmp_path)
+    base = _cityscapes_tree(tmp_path, {"val/ulm/ulm_000000_000019": np.array([[7, 34, 254, 255]], np.uint8)})
+    with pytest.raises(InputError, match=r"1 bad file: .*ulm_000000_000019_gtFine_labelIds\.png: values 34, 254 are"):
+        convert_cityscapes(base, nproc=1)
+
+
+def test_cityscapes_table_from_cityscapesscripts_when_installed(monkeypatch):
+    label = namedtuple("Label", ["name", "id", "trainId"])
+    fake = types.ModuleType("cityscapesscripts.helpers.labels")
+    fake.labels = [label("unlabeled", 0, 255), label("road", 7, 0), label("bicycle", 33, 18),
+                   label("lane", 34, 19), label("license plate", -1, -1)]
+    monkeypatch.setitem(sys.modules, "cityscapesscripts", types.ModuleType("cityscapesscripts"))
+    monkeypatch.setitem(sys.modules, "cityscapesscripts.helpers", types.ModuleType("cityscapesscripts.helpers"))
+    monkeypatch.setitem(sys.modules, "cityscapesscripts.helpers.labels", fake)
+    lut, table = cityscapes_lut()
+    assert table == "cityscapesscripts"
+    assert lut[0] == 255 and lut[7] == 0 and lut[33] == 18 and lut[255] == 255
+    assert lut[34] == 255  # a train id outside the 19 classes is ignored
+    assert lut[8] == -1  # not in that table: reported as a bad value
+
+
+def test_builtin_cityscapes_table_matches_the_installed_package():
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+    lut, table = cityscapes_lut()
+    assert table == "cityscapesscripts"
+    for entry in labels.labels:
+        if 0 <= entry.id <= 33:
+            assert lut[entry.id] == CITYSCAPES_EXPECTED.get(entry.id, 255)

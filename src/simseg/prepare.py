@@ -1,30 +1,54 @@
 """Converters that build the benchmark label folders from the official annotations (``simseg prepare``).
 
-Neither needs mmcv or the PASCAL-in-Detail API: Pillow reads and writes the PNGs and pycocotools decodes the RLEs.
+None needs mmcv, cityscapesscripts or the PASCAL-in-Detail API: Pillow reads and writes the PNGs and pycocotools
+decodes the RLEs. Every label file is written to a temporary name and moved into place, so an interrupted run never
+leaves a half-written label that a later run would trust; a file that cannot be converted is reported and the
+others are still converted.
 
 - COCO-Object from COCO-Stuff 164k ``stuffthingmaps_trainval2017``: values are COCO ids - 1 (things 0..89 with
   COCO's gaps, stuff 91..181, 255 unlabeled); the 80 thing values map to 1..80 in order and everything else,
-  stuff and 255 included, to 0 (background). So COCO-Object ground truth has no ignored pixels.
+  stuff and 255 included, to 0 (background). So COCO-Object ground truth has no ignored pixels. Written as
+  ``<id>_labelTrainIds.png``.
+- COCO-Stuff (171 classes) from the same stuffthingmaps: the 182 values minus the 11 that no COCO category uses,
+  in order, map to 0..170 (MMSegmentation's 164k conversion); 255 stays 255 (ignored). Written as
+  ``<id>_labelTrainIds171.png``, a name apart from COCO-Object's (see :mod:`simseg.segdata`).
 - PASCAL Context from ``trainval_merged.json``: each annotation's mask painted with its category id, then the 60
   category ids of the benchmark mapped to 0..59 in sorted order.
+- Cityscapes from ``gtFine/<split>/<city>/*_gtFine_labelIds.png``: the official label id -> train id table (19
+  classes, 255 for every id the benchmark ignores), from ``cityscapesscripts`` when it is installed, else the
+  copy below. Written as ``*_gtFine_labelTrainIds.png`` beside the source.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from simseg.errors import InputError
+from simseg.files import atomic_write_bytes, atomic_write_text
+from simseg.segdata import (
+    CITYSCAPES_LABELIDS_SUFFIX,
+    CITYSCAPES_TRAINIDS_SUFFIX,
+    COCO_OBJECT_SUFFIX,
+    COCO_STUFF_SUFFIX,
+    IGNORE_INDEX,
+)
 
 #: stuffthingmap values (COCO id - 1) that no COCO category uses.
 COCO_UNUSED_THING_VALUES = frozenset({11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90})
 #: The 80 stuffthingmap values of COCO's thing classes, in COCO category-id order: value -> label index - 1.
 COCO_THING_VALUES: tuple[int, ...] = tuple(v for v in range(91) if v not in COCO_UNUSED_THING_VALUES)
-COCO_LABEL_SUFFIX = "_labelTrainIds.png"
+#: The 171 stuffthingmap values of COCO-Stuff's classes (80 things, then the 91 stuff values 91..181), in order:
+#: value -> COCO-Stuff label index.
+COCO_STUFF_VALUES: tuple[int, ...] = COCO_THING_VALUES + tuple(range(91, 182))
+COCO_LABEL_SUFFIX = COCO_OBJECT_SUFFIX
 
 #: The 60 PASCAL Context category ids of the 459-category Detail annotations, sorted: id -> label index.
 PASCAL_CONTEXT_IDS: tuple[int, ...] = (
@@ -32,6 +56,23 @@ PASCAL_CONTEXT_IDS: tuple[int, ...] = (
     144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349,
     354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
 )  # fmt: skip
+
+#: The Cityscapes label ids of the 19 evaluated classes (cityscapesscripts' ``labels.py``), in train-id order:
+#: ``CITYSCAPES_TRAIN_LABEL_IDS[train_id] = label_id``. Every other id 0..33 has train id 255 (ignored).
+CITYSCAPES_TRAIN_LABEL_IDS: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+#: Label ids 0..33 of the official table (license plate's -1 is never drawn into the PNGs).
+CITYSCAPES_NUM_LABEL_IDS = 34
+
+#: How many bad files one error message names before it only counts the rest.
+_MAX_NAMED_ERRORS = 5
+
+
+def save_label_png(label: np.ndarray, path: Path) -> None:
+    """Write a grey (L) label PNG atomically: an interrupted run never leaves a half-written label a later run
+    would trust."""
+    buf = io.BytesIO()
+    Image.fromarray(label.astype(np.uint8), mode="L").save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def coco_object_lut() -> np.ndarray:
@@ -41,80 +82,162 @@ def coco_object_lut() -> np.ndarray:
     return lut
 
 
-def _convert_one_stuffthingmap(path: str) -> str | None:
-    """Convert one stuffthingmap PNG; returns an error message instead of raising (runs in a worker)."""
-    src = Path(path)
-    dst = src.with_name(src.name[: -len(".png")] + COCO_LABEL_SUFFIX)
+def coco_stuff_lut() -> np.ndarray:
+    """A 256-entry int16 lookup table from stuffthingmap value to COCO-Stuff label.
+
+    The 171 class values map to 0..170 in order, 255 (unlabeled) stays 255, and every other value (the 11 unused
+    thing ids, 182..254) maps to -1: it is not a stuffthingmap value, and the converter reports it.
+    """
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[list(COCO_STUFF_VALUES)] = np.arange(len(COCO_STUFF_VALUES), dtype=np.int16)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut
+
+
+def cityscapes_lut() -> tuple[np.ndarray, str]:
+    """The Cityscapes label id -> train id table as a 256-entry int16 lookup, and where it came from.
+
+    Uses ``cityscapesscripts.helpers.labels`` when that package is installed (``"cityscapesscripts"``), else the
+    built-in copy of its table (``"built-in"``). Ids of ignored classes map to 255, and 255 itself stays 255; values
+    that are no label id map to -1 (reported by the converter). A train id outside the 19 classes (some forks add
+    lane classes) is treated as ignored.
+    """
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    try:
+        from cityscapesscripts.helpers.labels import labels
+    except ImportError:
+        lut[:CITYSCAPES_NUM_LABEL_IDS] = IGNORE_INDEX
+        lut[list(CITYSCAPES_TRAIN_LABEL_IDS)] = np.arange(len(CITYSCAPES_TRAIN_LABEL_IDS), dtype=np.int16)
+        return lut, "built-in"
+    num_train = len(CITYSCAPES_TRAIN_LABEL_IDS)
+    for label in labels:
+        if 0 <= label.id < IGNORE_INDEX:
+            lut[label.id] = label.trainId if 0 <= label.trainId < num_train else IGNORE_INDEX
+    return lut, "cityscapesscripts"
+
+
+def _convert_label_png(job: tuple[str, str], lut: np.ndarray, kind: str) -> str | None:
+    """Map one single-channel PNG through ``lut`` and write the result atomically.
+
+    Returns an error message instead of raising (this runs in worker processes). A value the table maps to -1 is
+    an error naming every such value.
+    """
+    src, dst = Path(job[0]), Path(job[1])
     try:
         with Image.open(src) as img:
             img.load()
             if img.mode not in ("L", "P"):
-                return f"{src}: expected a single-channel stuffthingmap PNG, got mode {img.mode}"
+                return f"{src}: expected a single-channel {kind} PNG, got mode {img.mode}"
             values = np.asarray(img, dtype=np.uint8)
     except UnidentifiedImageError:
         return f"{src}: not a readable PNG"
     except (OSError, SyntaxError, ValueError) as e:
         return f"{src}: corrupt or truncated PNG ({e})"
-    out = Image.fromarray(coco_object_lut()[values], mode="L")
-    tmp = dst.with_name(dst.name + ".tmp")
-    out.save(tmp, format="PNG")
-    os.replace(tmp, dst)  # never leave a half-written label that a later run would trust
+    mapped = lut[values]
+    invalid = mapped < 0
+    if invalid.any():
+        bad = ", ".join(str(v) for v in np.unique(values[invalid]).tolist())
+        return f"{src}: values {bad} are not {kind} values"
+    save_label_png(mapped, dst)
     return None
 
 
-def convert_coco_object(coco_stuff_dir: str | os.PathLike, nproc: int | None = None) -> dict[str, int]:
-    """Write ``<id>_labelTrainIds.png`` next to every COCO-Stuff stuffthingmap PNG.
-
-    Args:
-        coco_stuff_dir: the ``coco_stuff164k`` folder holding ``annotations/{train2017,val2017}/*.png``.
-        nproc: worker processes (default: all cores); 1 converts in this process.
-
-    Returns:
-        Files converted per split, e.g. ``{"train2017": 118287, "val2017": 5000}``.
+def _run_conversions(worker: Callable[[tuple[str, str]], str | None], jobs: Sequence[tuple[str, str]], desc: str,
+                     nproc: int | None, progress: bool = True) -> None:
+    """Run ``worker`` over ``(source, destination)`` jobs in ``nproc`` processes with a progress bar.
 
     Raises:
-        InputError: the folder has no annotation split, or a PNG is unreadable (every other file is still
-            converted; the message names the first bad file and how many there were).
+        InputError: some files could not be converted (one line naming the first few and counting the rest); the
+            other files are converted all the same.
     """
     from tqdm import tqdm
 
+    nproc = max(1, min(nproc or os.cpu_count() or 1, len(jobs)))
+    errors: list[str] = []
+    with tqdm(total=len(jobs), desc=desc, unit="png", disable=not progress) as bar:
+        if nproc == 1:
+            for err in map(worker, jobs):
+                if err:
+                    errors.append(err)
+                bar.update()
+        else:
+            from multiprocessing import Pool
+
+            with Pool(nproc) as pool:
+                for err in pool.imap_unordered(worker, jobs, chunksize=16):
+                    if err:
+                        errors.append(err)
+                    bar.update()
+    if errors:
+        errors.sort()
+        named = "; ".join(errors[:_MAX_NAMED_ERRORS])
+        more = f" (and {len(errors) - _MAX_NAMED_ERRORS} more)" if len(errors) > _MAX_NAMED_ERRORS else ""
+        raise InputError(f"{len(errors)} bad file{'s' if len(errors) > 1 else ''}: {named}{more}")
+
+
+def _stuffthingmap_jobs(coco_stuff_dir: str | os.PathLike, suffix: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """The stuffthingmap PNGs of ``annotations/{train2017,val2017}`` and the label file each one becomes."""
     root = Path(coco_stuff_dir)
     if not root.is_dir():
         raise InputError(f"{root}: COCO-Stuff folder not found")
     splits = [s for s in ("train2017", "val2017") if (root / "annotations" / s).is_dir()]
     if not splits:
         raise InputError(f"{root / 'annotations'}: neither train2017/ nor val2017/ found (expected COCO-Stuff 164k)")
-    files: list[str] = []
+    jobs: list[tuple[str, str]] = []
     counts: dict[str, int] = {}
     for split in splits:
-        split_files = sorted(
-            str(p) for p in (root / "annotations" / split).glob("*.png") if not p.name.endswith(COCO_LABEL_SUFFIX)
-        )
-        counts[split] = len(split_files)
-        files.extend(split_files)
-    if not files:
+        # Converted labels (ours and the field's: *_labelTrainIds*.png, *_instanceTrainIds.png) all say "TrainIds";
+        # the stuffthingmaps are plain <id>.png.
+        sources = sorted(p for p in (root / "annotations" / split).glob("*.png") if "TrainIds" not in p.name)
+        counts[split] = len(sources)
+        jobs.extend((str(p), str(p.with_name(p.name[: -len(".png")] + suffix))) for p in sources)
+    if not jobs:
         raise InputError(f"{root / 'annotations'}: no stuffthingmap PNGs found in {', '.join(splits)}")
-    nproc = max(1, min(nproc or os.cpu_count() or 1, len(files)))
-    bar = tqdm(total=len(files), desc="coco-object", unit="png")
-    errors: list[str] = []
-    if nproc == 1:
-        results = map(_convert_one_stuffthingmap, files)
-        for err in results:
-            if err:
-                errors.append(err)
-            bar.update()
-    else:
-        from multiprocessing import Pool
+    return jobs, counts
 
-        with Pool(nproc) as pool:
-            for err in pool.imap_unordered(_convert_one_stuffthingmap, files, chunksize=16):
-                if err:
-                    errors.append(err)
-                bar.update()
-    bar.close()
-    if errors:
-        more = f" (and {len(errors) - 1} more bad files)" if len(errors) > 1 else ""
-        raise InputError(errors[0] + more)
+
+def convert_coco_object(coco_stuff_dir: str | os.PathLike, nproc: int | None = None,
+                        progress: bool = True) -> dict[str, int]:
+    """Write ``<id>_labelTrainIds.png`` (COCO-Object, 0..80) next to every COCO-Stuff stuffthingmap PNG.
+
+    Args:
+        coco_stuff_dir: the ``coco_stuff164k`` folder holding ``annotations/{train2017,val2017}/*.png``.
+        nproc: worker processes (default: all cores); 1 converts in this process.
+        progress: show a progress bar.
+
+    Returns:
+        Files converted per split, e.g. ``{"train2017": 118287, "val2017": 5000}``.
+
+    Raises:
+        InputError: the folder has no annotation split, or some PNGs are unreadable (every other file is still
+            converted; the message names the bad files).
+    """
+    jobs, counts = _stuffthingmap_jobs(coco_stuff_dir, COCO_OBJECT_SUFFIX)
+    worker = partial(_convert_label_png, lut=coco_object_lut().astype(np.int16), kind="stuffthingmap")
+    _run_conversions(worker, jobs, "coco-object", nproc, progress)
+    return counts
+
+
+def convert_coco_stuff(coco_stuff_dir: str | os.PathLike, nproc: int | None = None,
+                       progress: bool = True) -> dict[str, int]:
+    """Write ``<id>_labelTrainIds171.png`` (COCO-Stuff, 0..170, 255 ignored) next to every stuffthingmap PNG.
+
+    Args:
+        coco_stuff_dir: the ``coco_stuff164k`` folder holding ``annotations/{train2017,val2017}/*.png``.
+        nproc: worker processes (default: all cores); 1 converts in this process.
+        progress: show a progress bar.
+
+    Returns:
+        Files converted per split, e.g. ``{"train2017": 118287, "val2017": 5000}``.
+
+    Raises:
+        InputError: the folder has no annotation split, or some PNGs are unreadable or hold values that are no
+            stuffthingmap value (every other file is still converted; the message names the files and values).
+    """
+    jobs, counts = _stuffthingmap_jobs(coco_stuff_dir, COCO_STUFF_SUFFIX)
+    worker = partial(_convert_label_png, lut=coco_stuff_lut(), kind="stuffthingmap")
+    _run_conversions(worker, jobs, "coco-stuff", nproc, progress)
     return counts
 
 
@@ -215,8 +338,46 @@ def convert_pascal_context(vocdevkit: str | os.PathLike, json_path: str | os.Pat
             continue  # the Detail json may list test images; they have no labels
         label = _context_label(img, by_image.get(img["image_id"], []), json_path)
         stem = Path(img["file_name"]).stem
-        Image.fromarray(label, mode="L").save(label_dir / f"{stem}.png")
+        save_label_png(label, label_dir / f"{stem}.png")
         stems[phase].append(stem)
     for phase, names in stems.items():
-        (list_dir / f"{phase}.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+        atomic_write_text(list_dir / f"{phase}.txt", "".join(f"{n}\n" for n in names))
     return {phase: len(names) for phase, names in stems.items()}
+
+
+def convert_cityscapes(cityscapes_dir: str | os.PathLike, nproc: int | None = None,
+                       progress: bool = True) -> tuple[dict[str, int], str]:
+    """Write ``*_gtFine_labelTrainIds.png`` (19 classes, 255 ignored) next to every ``*_gtFine_labelIds.png``.
+
+    Args:
+        cityscapes_dir: the folder holding ``gtFine/{train,val,test}/<city>/``.
+        nproc: worker processes (default: all cores); 1 converts in this process.
+        progress: show a progress bar.
+
+    Returns:
+        Files converted per split (e.g. ``{"train": 2975, "val": 500, "test": 1525}``), and which id table was
+        used: ``"cityscapesscripts"`` (the package is installed) or ``"built-in"``.
+
+    Raises:
+        InputError: no ``gtFine`` split or no label-id PNG, or some PNGs are unreadable or hold values that are no
+            Cityscapes label id (every other file is still converted; the message names the files and values).
+    """
+    gtfine = Path(cityscapes_dir) / "gtFine"
+    if not gtfine.is_dir():
+        raise InputError(f"{gtfine}: folder not found (pass the Cityscapes folder that holds gtFine/)")
+    splits = [s for s in ("train", "val", "test") if (gtfine / s).is_dir()]
+    if not splits:
+        raise InputError(f"{gtfine}: none of train/, val/, test/ found")
+    jobs: list[tuple[str, str]] = []
+    counts: dict[str, int] = {}
+    for split in splits:
+        sources = sorted((gtfine / split).rglob(f"*{CITYSCAPES_LABELIDS_SUFFIX}"))
+        counts[split] = len(sources)
+        stems = (p.name[: -len(CITYSCAPES_LABELIDS_SUFFIX)] for p in sources)
+        jobs.extend((str(p), str(p.with_name(stem + CITYSCAPES_TRAINIDS_SUFFIX))) for p, stem in zip(sources, stems))
+    if not jobs:
+        raise InputError(f"{gtfine}: no *{CITYSCAPES_LABELIDS_SUFFIX} files in {', '.join(splits)}")
+    lut, table = cityscapes_lut()
+    worker = partial(_convert_label_png, lut=lut, kind="Cityscapes label-id")
+    _run_conversions(worker, jobs, "cityscapes", nproc, progress)
+    return counts, table
