@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from simseg.errors import CheckpointError, InputError
+from simseg.errors import CheckpointError, ConfigError, InputError
 from simseg.files import atomic_write_bytes
 from simseg.model import SimSegModel, build_model
+from simseg.schema import validate_model_config
 from simseg.tokenizer import Tokenizer, load_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -96,6 +97,10 @@ def _read_own_config(directory: Path) -> dict:
         raise CheckpointError(f"{cfg_path}: unreadable config ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or doc.get("format") != "simseg" or "model" not in doc:
         raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config")
+    try:
+        validate_model_config(doc["model"], where=str(cfg_path))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
     return doc
 
 

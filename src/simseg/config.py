@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from simseg.errors import ConfigError, InputError
 from simseg.files import atomic_write_text
+from simseg.schema import validate_config
 
 #: Mappings whose keys are passed on to a library (timm / transformers): overrides may add new keys there.
 FREEFORM = ("model.vision.kwargs", "model.text.config")
@@ -77,7 +78,14 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
 
 
 def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> DictConfig:
-    """A preset name or a YAML file, then overrides. An experiment YAML may name a ``base`` preset it extends."""
+    """A preset name or a YAML file, then overrides, validated (:func:`simseg.schema.validate_config`).
+
+    An experiment YAML may name a ``base`` preset it extends.
+
+    Raises:
+        ConfigError: unknown preset, invalid YAML, unknown key, or a value the schema does not allow (one line
+            naming the key, the value and what is allowed).
+    """
     path = Path(name_or_path)
     if str(name_or_path) in preset_names():
         cfg = load_preset(str(name_or_path))
@@ -95,7 +103,9 @@ def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = N
                 raise ConfigError(f"{path}: {e.msg if hasattr(e, 'msg') else e}") from None
     else:
         raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    validate_config(to_dict(cfg))
+    return cfg
 
 
 def save_config(cfg: DictConfig | dict, path: str | os.PathLike) -> Path:

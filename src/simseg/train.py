@@ -48,6 +48,7 @@ from simseg.files import atomic_write_bytes
 from simseg.loss import contrastive_loss
 from simseg.model import SimSegModel
 from simseg.optim import lr_scale, param_groups, set_lr
+from simseg.schema import validate_config
 from simseg.train_state import (find_resume_checkpoint, read_training_state, restore_rng, rng_snapshot,
                                 save_training_checkpoint)
 
@@ -270,10 +271,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     from simseg.model import build_model
     from simseg.tokenizer import load_tokenizer
 
-    missing = [k for k in ("model", "data", "train") if not isinstance(cfg.get(k), dict)]
-    if missing:
-        raise ConfigError(f"config lacks the section(s) {', '.join(missing)}: start from a preset, e.g. a YAML "
-                          "file beginning with 'base: tiny' (or simseg-vit-s16), and override what differs")
+    validate_config(cfg)
     tc, mc = cfg["train"], cfg["model"]
     du.init_distributed()
     rank, world = du.get_rank(), du.get_world_size()
