@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,28 @@ def _load_checked(model: SimSegModel, state: dict[str, torch.Tensor], label: str
 
 
 # ------------------------------------------------------------------------------------------------ original format
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence (or line) of a library's message, whole: never a message cut mid-word."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
+    return sentence if len(sentence) <= limit else sentence[: sentence.rfind(" ", 0, limit)] + " ..."
+
+
+def _file_kind(path: Path) -> str | None:
+    """What a file that is not a checkpoint looks like (an image format, text), for the error message."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return f"a {img.format} image"
+    except Exception:
+        pass
+    head = path.read_bytes()[:512]
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return None
+
+
 def read_torch_checkpoint(path: str | os.PathLike) -> Any:
     """``torch.load(weights_only=True)`` with only ``TorchVersion`` allow-listed, and readable errors."""
     path = Path(path)
@@ -156,22 +179,28 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: is a folder but not a simseg checkpoint (no {CONFIG_NAME})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80)
+    if not magic.startswith((b"PK\x03\x04", b"\x80")):
+        kind = _file_kind(path)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint" + (f" (it is {kind})" if kind else ""))
     from torch.torch_version import TorchVersion
 
     try:
         with torch.serialization.safe_globals([TorchVersion]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise CheckpointError(
-                f"{path}: refused: the pickle needs arbitrary code to load (only plain tensors are accepted; "
-                f"{msg[:160]})"
-            ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg[:160]})") from None
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(f"{path}: refused: the pickle needs arbitrary code to load{what}; only plain "
+                                  "tensors are accepted") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_sentence(text)})") from None
     except Exception as e:  # RuntimeError, EOFError, BadZipFile, KeyError from the legacy unpickler, ...
-        first = str(e).splitlines()[0][:160] if str(e) else ""
-        raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({type(e).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({type(e).__name__}: "
+                              f"{_first_sentence(str(e))})") from None
 
 
 def is_original_state_dict(state: dict) -> bool:

@@ -69,3 +69,18 @@ def test_bad_training_config_is_a_clear_error(vocab_dir, tmp_path, capsys):
     assert main(["train", "tiny", f"model.tokenizer={vocab_dir}", f"train.output_dir={tmp_path}", "train.steps=0"]) == 2
     assert "train.steps" in capsys.readouterr().err
 
+
+
+def test_options_may_come_before_between_or_after_overrides(vocab_dir, tmp_path, capsys):
+    from simseg.app.cli import main
+
+    out = tmp_path / "run"
+    base = ["tiny", f"model.tokenizer={vocab_dir}", f"train.output_dir={out}", "train.steps=1", "train.batch_size=2",
+            "data.image_size=32", "model.vision.img_size=32", "train.device=cpu"]
+    assert main(["train", "--resume", "auto", *base, "data.train=[{type: csv, path: missing.csv}]",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.csv" in err[0]
+    assert main(["train", base[0], "--no-progress", *base[1:3], "--resume", "auto", *base[3:],
+                 "train.lr=-1"]) == 2
+    assert "train.lr: -1 is not allowed" in capsys.readouterr().err

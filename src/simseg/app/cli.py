@@ -51,6 +51,13 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options may stand before, between or after positional arguments (``train CONFIG a=1 --resume auto b=2``);
+    a command with sub-commands (``prepare``) is parsed the ordinary way."""
+    has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+    return parser.parse_args(argv) if has_subcommands else parser.parse_intermixed_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
     from simseg.errors import SimSegError
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     parser = argparse.ArgumentParser(prog=f"simseg {name}", description=command.help)
     command.add_arguments(parser)
-    args = parser.parse_args(rest)
+    args = _parse(parser, rest)
     try:
         return int(command.run(args) or 0)
     except SimSegError as e:
