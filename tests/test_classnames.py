@@ -200,3 +200,23 @@ def test_max_over_synonyms_errors():
         max_over_synonyms(torch.zeros(2), [0, 2])
     with pytest.raises(ValueError, match="non-negative"):
         max_over_synonyms(torch.zeros(2), [0, -1])
+
+
+def test_class_file_with_bom_crlf_and_blank_lines(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_bytes(b"\xef\xbb\xbfcat\r\ndog\r\n\r\n  \r\nzebra\r\n")
+    assert read_class_file(path) == ["background", "cat", "dog", "zebra"]
+    path.write_bytes(b"cat\n\xff\xfedog\n")
+    with pytest.raises(InputError, match="classes.txt: class file is not UTF-8"):
+        read_class_file(path)
+
+
+def test_unknown_words_are_warned_about_by_class(tmp_path):
+    from simseg.embeddings import warn_unknown_words
+    from simseg.tokenizer import load_tokenizer, train_wordpiece_vocab
+
+    tok = load_tokenizer(train_wordpiece_vocab(["a photo of a cat", "the dog"], tmp_path, vocab_size=60))
+    assert tok.unknown_words("cat zebra") == ["zebra"]
+    with pytest.warns(UserWarning, match="class 'zebra crossing': the tokenizer does not know 'zebra'") as record:
+        assert warn_unknown_words(tok, ["cat", "zebra crossing", "dog"]) == ["zebra crossing"]
+    assert len(record) == 1

@@ -235,9 +235,11 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
     if not p.is_file():
         raise InputError(f"{p}: class file not found")
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read class file ({e})") from None
+        text = p.read_text(encoding="utf-8-sig")  # utf-8-sig drops a byte-order mark; splitlines takes CRLF
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: class file is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot read class file ({e.strerror or e})") from None
     entries = [part.strip() for line in text.splitlines() for part in line.split(",")]
     entries = [e for e in entries if e]
     if not entries:

@@ -76,6 +76,21 @@ def _write_cache(path: Path, arr: np.ndarray) -> None:
         warnings.warn(f"class-embedding cache not written to {path.parent} ({e})", stacklevel=3)
 
 
+def warn_unknown_words(tokenizer: Any, class_names: Sequence[str]) -> list[str]:
+    """Warn, naming the class, when a class name holds words the vocabulary cannot spell: they become ``[UNK]`` and
+    the class embedding then barely depends on them. Returns the class names warned about."""
+    if tokenizer is None or not hasattr(tokenizer, "unknown_words"):
+        return []
+    warned = []
+    for name in class_names:
+        unknown = tokenizer.unknown_words(name)
+        if unknown:
+            warned.append(name)
+            warnings.warn(f"class {name!r}: the tokenizer does not know {', '.join(map(repr, unknown))} (encoded as "
+                          "[UNK]); its embedding will hardly depend on that word", stacklevel=3)
+    return warned
+
+
 @torch.no_grad()
 def encode_class_names(
     model: Any, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
@@ -128,6 +143,7 @@ def class_embeddings(
     temps = resolve_templates(templates)
     if not names:
         raise InputError("class list: empty")
+    warn_unknown_words(getattr(model, "tokenizer", None), names)
     path = None
     if use_cache:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

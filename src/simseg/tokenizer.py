@@ -72,6 +72,17 @@ class Tokenizer:
         """Word pieces of ``text`` without [CLS] / [SEP] (e.g. ``["a", "photo", "of", "cat", "##s"]``)."""
         return self._tok.encode(text, add_special_tokens=False).tokens
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` the vocabulary cannot spell (they become ``[UNK]``)."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        words = {w for w, tok in zip(enc.word_ids, enc.tokens) if tok == "[UNK]" and w is not None}
+        spans = [enc.offsets[i] for i, w in enumerate(enc.word_ids) if w in words]
+        seen: list[str] = []
+        for start, end in spans:
+            if text[start:end] not in seen:
+                seen.append(text[start:end])
+        return seen
+
     @staticmethod
     def join_wordpieces(pieces: list[str]) -> str:
         """Inverse of :meth:`wordpieces`: "##" pieces are glued to the previous piece."""

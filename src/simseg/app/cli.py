@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -78,8 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"simseg {name}", description=command.help)
     command.add_arguments(parser)
     args = _parse(parser, rest)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"simseg {name}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(command.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            return int(command.run(args) or 0)
     except SimSegError as e:
         print(f"simseg {name}: error: {e}", file=sys.stderr)
         return 2
