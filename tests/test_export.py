@@ -160,6 +160,16 @@ def test_exports_of_other_models_or_versions_are_one_line_errors(onnx_checkpoint
     (incomplete / "text.onnx").unlink()
     fails(incomplete, "text.onnx: missing")
 
+    # an export that records no checkpoint file (made from a model in memory) is matched by the weights themselves
+    same = save_model(tiny_model, tmp_path / "same-ck")
+    shutil.copytree(onnx_checkpoint / "onnx", same / "onnx")
+    manifest = json.loads((same / "onnx" / MANIFEST_NAME).read_text())
+    (same / "onnx" / MANIFEST_NAME).write_text(json.dumps({**manifest, "source": {**manifest["source"],
+                                                                                   "checkpoint": None}}))
+    assert simseg.load_model(same, backend="onnx").weights_hash == tiny_model.weights_hash
+    (same / "model.safetensors").unlink()
+    fails(same, "cannot tell whether it was exported from this checkpoint")
+
     # a checkpoint whose onnx/ subfolder was exported from another model (same config, other random weights)
     from simseg.model import build_model
 

@@ -4,7 +4,7 @@
     from simseg.segment import segment, Segmenter           # one image in, one label map out
 """
 
-__version__ = "0.1.0"
+from simseg.version import __version__  # noqa: F401 (re-exported: the version is set in version.py)
 
 
 def load_model(path_or_preset, tokenizer=None, device="cpu", image_size=None, backend="torch"):

@@ -246,7 +246,7 @@ def export_onnx(
         CheckpointError: a model the exporter does not support, an export that fails or differs from torch.
         InputError: the ONNX packages are missing, a bad input size.
     """
-    from simseg import __version__
+    from simseg.version import __version__
 
     _require("onnx", "onnxscript", *(("onnxruntime",) if verify else ()))
     import onnx
@@ -336,7 +336,7 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: no manifest, an unreadable one, or one of another format version.
     """
-    from simseg import __version__
+    from simseg.version import __version__
 
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
@@ -365,17 +365,18 @@ def _check_source(checkpoint: Path, export: Path, manifest: dict, label: str) ->
     source = manifest["source"]
     recorded = (source.get("checkpoint") or {}).get("sha256")
     file_sha = read_config(checkpoint / CONFIG_NAME).get("weights_sha256")
-    if recorded and file_sha:
-        same, theirs, ours = recorded == file_sha, recorded, file_sha
-    elif (checkpoint / WEIGHTS_NAME).is_file():
+    if recorded and recorded == file_sha:
+        return  # exported from this very weights file
+    if (checkpoint / WEIGHTS_NAME).is_file():  # another file (e.g. the .pth it was converted from): the tensors decide
         from safetensors.torch import load_file
 
         theirs, ours = source.get("weights_sha256"), state_sha256(load_file(str(checkpoint / WEIGHTS_NAME)))
-        same = theirs == ours
+    elif recorded and file_sha:
+        theirs, ours = recorded, file_sha
     else:
         raise CheckpointError(f"{label}/onnx: cannot tell whether it was exported from this checkpoint (the manifest "
                               f"records no checkpoint sha256): export it with simseg export {label} {label}/onnx")
-    if not same:
+    if theirs != ours:
         raise CheckpointError(f"{label}/onnx: exported from another model (weights sha256 {str(theirs)[:12]}; this "
                               f"checkpoint's {str(ours)[:12]}): export it again")
 

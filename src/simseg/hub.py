@@ -157,7 +157,7 @@ def resolve(
             while offline, the Hub unreachable.
         CheckpointError: the repository holds no simseg model (no simseg config, a required file missing).
     """
-    from simseg import __version__
+    from simseg.version import __version__
 
     repo_id, revision = parse_hub_name(name)
     _require_hub()
