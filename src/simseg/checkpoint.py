@@ -318,13 +318,10 @@ def load_model(
                                    device=device, label=str(path_or_preset))
         return load_onnx_model(path_or_preset, tokenizer=tokenizer, device=device)
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
+    p = Path(path_or_preset)
     if is_hub_name(path_or_preset):
         model = _load_own(resolve(str(path_or_preset)), tok)
-        if image_size is not None:
-            model.set_image_size(int(image_size))
-        return model.to(device).eval()
-    p = Path(path_or_preset)
-    if str(path_or_preset) in preset_names() and not p.exists():
+    elif str(path_or_preset) in preset_names() and not p.exists():
         cfg = to_dict(load_preset(str(path_or_preset)).model)
         if tok is None and cfg.get("tokenizer"):
             try:
