@@ -1,12 +1,13 @@
 """ONNX Runtime against torch on the CPU: images/s of the image tower and prompts/s of the text tower, for the tiny
 preset and ViT-S/16 + BERT-base at 288 (random weights), from one export made here.
 
-    python benchmarks/onnx_speed.py [--models tiny simseg-vit-s16] [--size 288] [--repeat 5]
+    python benchmarks/onnx_speed.py [--models tiny simseg-vit-s16] [--size 288] [--repeat 5] [--threads 1]
 
 Both backends compute the same outputs (patch tokens and the pooled embedding; the masked, pooled text embedding)
-with the same number of threads, in the same process, one after the other, so the ratio is the number to read; the
-machine's load is printed with it. Also printed: the export's wall time and file sizes, and the largest difference
-between the backends' outputs.
+with the same number of threads (``--threads``, default 1: on a shared machine a second thread mostly waits for a
+busy core, which slows torch's small operations by an order of magnitude), in the same process, one after the other,
+so the ratio is the number to read; the machine's load is printed with it. Also printed: the export's wall time
+and file sizes, and the largest difference between the backends' outputs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _rate(fn, items: int, repeat: int) -> float:
     return items / best
 
 
-def bench(name: str, size: int, repeat: int, tmp: str) -> None:
+def bench(name: str, size: int, repeat: int, tmp: str, threads: int) -> None:
     import torch
 
     from simseg.classnames import IMAGENET_TEMPLATES
@@ -53,7 +54,7 @@ def bench(name: str, size: int, repeat: int, tmp: str) -> None:
     t0 = time.perf_counter()
     manifest = export_onnx(model, out, input_sizes=[size])
     export_s = time.perf_counter() - t0
-    onnx_model = load_onnx_model(out)
+    onnx_model = load_onnx_model(out, threads=threads)
     image_mb = manifest["image"]["graphs"][str(size)]["bytes"] / 1e6
     text_mb = manifest["text"]["bytes"] / 1e6
     print(f"\n{name} ({parameter_counts(model)['total'] / 1e6:.1f}M parameters) at {size} x {size}: export "
@@ -92,12 +93,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny", "simseg-vit-s16"])
     parser.add_argument("--size", type=int, default=288)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="threads of both backends")
     args = parser.parse_args()
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} thread(s) each, "
           f"{os.cpu_count()} CPUs; load average before: {open('/proc/loadavg').read().split()[:3]}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            bench(name, args.size, args.repeat, tmp)
+            bench(name, args.size, args.repeat, tmp, args.threads)
     print(f"\nload average after: {open('/proc/loadavg').read().split()[:3]} (ratios of one run; absolute rates "
           "depend on the machine and its load)")
 

@@ -63,9 +63,9 @@ def test_export_folder_graphs_and_manifest(onnx_checkpoint, tiny_model):
 
 
 def test_onnx_model_outputs_equal_torch(onnx_checkpoint, tiny_model):
-    import simseg
+    from simseg.export import load_onnx_model
 
-    onnx_model = simseg.load_model(onnx_checkpoint, backend="onnx")
+    onnx_model = load_onnx_model(onnx_checkpoint, threads=1)
     gen = torch.Generator().manual_seed(3)
     for size, batch in ((288, 1), (288, 3), (64, 5)):
         x = torch.randn(batch, 3, size, size, generator=gen)

@@ -191,11 +191,14 @@ def _export_graph(module: nn.Module, args: tuple, input_names: Sequence[str], ou
     return proto.SerializeToString()
 
 
-def _session(blob_or_path: bytes | str, providers: Sequence[Any] = ("CPUExecutionProvider",)) -> Any:
+def _session(blob_or_path: bytes | str, providers: Sequence[Any] = ("CPUExecutionProvider",),
+             threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's notes on initializers are not for users
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(blob_or_path, sess_options=options, providers=list(providers))
 
 
@@ -525,13 +528,14 @@ class OnnxModel:
         return torch.from_numpy(self._text.run(list(TEXT_OUTPUTS), feeds)[0])
 
 
-def _open_graph(path: Path, entry: dict, manifest: dict, role: str, size: int | None, providers: list[Any]) -> Any:
+def _open_graph(path: Path, entry: dict, manifest: dict, role: str, size: int | None, providers: list[Any],
+                threads: int | None = None) -> Any:
     """An ONNX Runtime session of one graph, after checking it belongs to the manifest's model and export."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (the export is incomplete)")
     blob = path.read_bytes()
     try:
-        session = _session(blob, providers)
+        session = _session(blob, providers, threads)
     except Exception as e:  # ORT's InvalidProtobuf / Fail / ...
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise CheckpointError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {first})") from None
@@ -561,7 +565,8 @@ def _open_graph(path: Path, entry: dict, manifest: dict, role: str, size: int | 
 
 
 def load_onnx_model(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
-                    device: str | torch.device = "cpu", label: str | None = None) -> OnnxModel:
+                    device: str | torch.device = "cpu", label: str | None = None,
+                    threads: int | None = None) -> OnnxModel:
     """An :class:`OnnxModel` from an export folder (or a checkpoint folder with the export in ``onnx/``).
 
     Every graph is checked against the manifest (format version, source weights, role and size, sha256) before it
@@ -572,6 +577,7 @@ def load_onnx_model(path: str | os.PathLike, tokenizer: str | os.PathLike | Toke
         tokenizer: a folder with ``vocab.txt`` or a Tokenizer; default the export's own ``tokenizer/``.
         device: ``cpu``, or ``cuda`` with onnxruntime-gpu.
         label: how messages name the model (default ``path``).
+        threads: ONNX Runtime's intra-op threads (default: its own choice, the physical cores).
 
     Raises:
         CheckpointError: not an export, another format version, graphs of another model or changed since export.
@@ -584,10 +590,12 @@ def load_onnx_model(path: str | os.PathLike, tokenizer: str | os.PathLike | Toke
     providers = _providers(device)
     sessions = {}
     for key, entry in manifest["image"].get("graphs", {}).items():
-        sessions[int(key)] = _open_graph(folder / entry["file"], entry, manifest, "image", int(key), providers)
+        sessions[int(key)] = _open_graph(folder / entry["file"], entry, manifest, "image", int(key), providers,
+                                         threads)
     if not sessions:
         raise CheckpointError(f"{folder / MANIFEST_NAME}: lists no image graph")
-    text = _open_graph(folder / manifest["text"]["file"], manifest["text"], manifest, "text", None, providers)
+    text = _open_graph(folder / manifest["text"]["file"], manifest["text"], manifest, "text", None, providers,
+                       threads)
     tok = None
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
