@@ -34,3 +34,17 @@ def tiny_model(vocab_dir):
 
     torch.manual_seed(0)
     return simseg.load_model("tiny", tokenizer=vocab_dir)
+
+
+@pytest.fixture(scope="session")
+def onnx_checkpoint(tiny_model, tmp_path_factory):
+    """A checkpoint folder of the tiny model with its ONNX export (image graphs at 288 and 64) in ``onnx/``, made by
+    ``simseg export``. Skipped without the ONNX packages."""
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(name, reason=f"the ONNX tests need {name} (pip install 'simseg[onnx]')")
+    from simseg.app.cli import main
+    from simseg.checkpoint import save_model
+
+    ck = save_model(tiny_model, tmp_path_factory.mktemp("onnx") / "ck")
+    assert main(["export", str(ck), str(ck / "onnx"), "--image-size", "288", "--image-size", "64"]) == 0
+    return ck

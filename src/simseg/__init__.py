@@ -1,18 +1,19 @@
 """simseg: text-supervised semantic segmentation (SimSeg, CVPR 2023) as a library and a command line.
 
-    model = simseg.load_model("ckpt")                       # simseg.checkpoint.load_model
+    model = simseg.load_model("ckpt")                       # simseg.checkpoint.load_model (also "hf-hub:ORG/NAME")
     from simseg.segment import segment, Segmenter           # one image in, one label map out
 """
 
-__version__ = "0.1.0"
+from simseg.version import __version__  # noqa: F401 (re-exported: the version is set in version.py)
 
 
-def load_model(path_or_preset, tokenizer=None, device="cpu", image_size=None):
-    """Load a model in eval mode from a preset name, a simseg checkpoint folder, or an original .pth file.
+def load_model(path_or_preset, tokenizer=None, device="cpu", image_size=None, backend="torch"):
+    """Load a model in eval mode from a preset name, a simseg checkpoint folder, an original .pth file, or
+    ``hf-hub:ORG/NAME``; ``backend="onnx"`` runs an ONNX export (``simseg export``) in ONNX Runtime.
 
     See :func:`simseg.checkpoint.load_model`.
     """
     from simseg.checkpoint import load_model as _load_model
 
-    return _load_model(path_or_preset, tokenizer=tokenizer, device=device, image_size=image_size)
+    return _load_model(path_or_preset, tokenizer=tokenizer, device=device, image_size=image_size, backend=backend)
 

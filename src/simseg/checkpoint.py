@@ -20,16 +20,12 @@ from typing import Any
 
 import torch
 
+# the folder format lives below the model (so SimSegModel.save_pretrained can write it); re-exported here
+from simseg.checkpoint_format import CONFIG_NAME, FORMAT_VERSION, TOKENIZER_DIR, WEIGHTS_NAME, save_model  # noqa: F401
 from simseg.errors import CheckpointError, ConfigError, InputError
-from simseg.files import atomic_write_bytes
 from simseg.model import SimSegModel, build_model
 from simseg.schema import validate_model_config
 from simseg.tokenizer import Tokenizer, load_tokenizer
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
-FORMAT_VERSION = 1
 
 _ORIG_IMAGE = "image_encoder.model.model."
 _ORIG_TEXT = "text_encoder.model.model."
@@ -52,8 +48,34 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def checkpoint_fingerprint(path_or_preset: str | os.PathLike) -> dict[str, Any]:
-    """``{"path", "sha256"}`` identifying a checkpoint for reports (sha256 of the weights file; None for presets)."""
+def checkpoint_fingerprint(path_or_preset: str | os.PathLike, backend: str = "torch") -> dict[str, Any]:
+    """``{"path", "sha256"}`` identifying a checkpoint for reports (sha256 of the weights file; None for presets).
+
+    An ``hf-hub:`` name is looked up in the local Hugging Face cache (where loading it put it) and also records the
+    repository and commit. With ``backend="onnx"`` the ONNX export is identified (the sha256 of its manifest, which
+    records the sha256 of every graph) together with the weights it was exported from.
+    """
+    from simseg.hub import is_hub_name, resolve
+
+    name = str(path_or_preset)
+    if backend == "onnx":
+        from simseg.export import MANIFEST_NAME, find_onnx_folder, read_manifest
+
+        if is_hub_name(name):
+            from simseg.hub import ONNX_FILES
+
+            folder = find_onnx_folder(resolve(name, ONNX_FILES, required=(), local_only=True), label=name)
+        else:
+            folder = find_onnx_folder(Path(path_or_preset))
+        manifest = read_manifest(folder)
+        source = manifest.get("source") or {}
+        return {"path": name, "sha256": file_sha256(folder / MANIFEST_NAME), "format": "onnx",
+                "source_weights_sha256": (source.get("checkpoint") or {}).get("sha256"),
+                "source_state_sha256": source.get("weights_sha256"),
+                **(_hub_stamp(folder) if is_hub_name(name) else {})}
+    if is_hub_name(name):
+        folder = resolve(name, local_only=True)
+        return {"path": name, "sha256": file_sha256(folder / WEIGHTS_NAME), **_hub_stamp(folder)}
     p = Path(path_or_preset)
     if p.is_dir() and (p / WEIGHTS_NAME).is_file():
         return {"path": str(p), "sha256": file_sha256(p / WEIGHTS_NAME)}
@@ -62,30 +84,15 @@ def checkpoint_fingerprint(path_or_preset: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(path_or_preset), "sha256": None, "note": "preset: randomly initialised weights"}
 
 
+def _hub_stamp(folder: Path) -> dict[str, Any]:
+    """``{"hub": {"repo_id", "commit"}}`` for a folder in (or a subfolder of) a Hugging Face cache snapshot."""
+    from simseg.hub import snapshot_info
+
+    info = snapshot_info(folder) or snapshot_info(folder.parent)
+    return {"hub": info} if info else {}
+
+
 # ------------------------------------------------------------------------------------------------ own format
-def save_model(model: SimSegModel, out_dir: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write ``model`` in simseg's format into ``out_dir`` (weights, config with hash, tokenizer)."""
-    from omegaconf import OmegaConf
-    from safetensors.torch import save
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = save(tensors)
-    atomic_write_bytes(out / WEIGHTS_NAME, blob)
-    if model.tokenizer is not None:
-        model.tokenizer.save(out / TOKENIZER_DIR)
-    doc = {
-        "format": "simseg",
-        "format_version": FORMAT_VERSION,
-        "weights_sha256": hashlib.sha256(blob).hexdigest(),
-        "model": model.config,
-        "meta": dict(meta or {}),
-    }
-    atomic_write_bytes(out / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.create(doc)).encode("utf-8"))
-    return out
-
-
 def _read_own_config(directory: Path) -> dict:
     from omegaconf import OmegaConf
 
@@ -307,24 +314,48 @@ def load_model(
     tokenizer: str | os.PathLike | Tokenizer | None = None,
     device: str | torch.device = "cpu",
     image_size: int | None = None,
+    backend: str = "torch",
 ) -> SimSegModel:
-    """A model in eval mode from a simseg checkpoint folder, an original ``.pth``, or a preset name.
+    """A model in eval mode from a simseg checkpoint folder, an original ``.pth``, a preset name, or the Hub.
 
     Args:
         path_or_preset: a folder written by :func:`save_model` (or a training checkpoint folder), an original SimSeg
-            ``.pth`` file, or a preset name ("tiny", "simseg-vit-s16", "simseg-vit-b16": randomly initialised).
+            ``.pth`` file, a preset name ("tiny", "simseg-vit-s16", "simseg-vit-b16": randomly initialised), or
+            ``hf-hub:ORG/NAME[@revision]``: a simseg folder on the Hugging Face Hub, fetched into its standard cache
+            (only the cache is read when ``HF_HUB_OFFLINE=1``).
         tokenizer: a folder with ``vocab.txt``, a Hugging Face name (downloaded if needed), or a Tokenizer.
             Default: the checkpoint's own tokenizer folder; for an original ``.pth``, bert-base-uncased if it is in
             the local Hugging Face cache (otherwise text calls ask for a tokenizer).
         device: where to put the model.
         image_size: rebuild the ViT for this input size (position embedding resized bicubically); None keeps the
             checkpoint's size.
+        backend: ``"torch"``, or ``"onnx"``: the towers of an ONNX export (``simseg export``) run by ONNX Runtime,
+            behind the same interface (:class:`simseg.export.OnnxModel`). The path is then an export folder, or a
+            checkpoint folder (or Hub name) with the export in its ``onnx/`` subfolder, which must have been made
+            from that folder's weights.
     """
     from simseg.config import load_preset, preset_names, to_dict
+    from simseg.hub import is_hub_name, resolve
 
+    if backend not in ("torch", "onnx"):
+        raise InputError(f"backend {backend!r}: choose torch or onnx")
+    if backend == "onnx":
+        from simseg.export import load_onnx_model
+
+        if image_size is not None:
+            raise InputError("image_size: an ONNX export runs at the sizes it was exported at (simseg export "
+                             "--image-size); it cannot be changed when loading")
+        if is_hub_name(path_or_preset):
+            from simseg.hub import ONNX_FILES
+
+            return load_onnx_model(resolve(str(path_or_preset), ONNX_FILES, required=()), tokenizer=tokenizer,
+                                   device=device, label=str(path_or_preset))
+        return load_onnx_model(path_or_preset, tokenizer=tokenizer, device=device)
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
     p = Path(path_or_preset)
-    if str(path_or_preset) in preset_names() and not p.exists():
+    if is_hub_name(path_or_preset):
+        model = _load_own(resolve(str(path_or_preset)), tok)
+    elif str(path_or_preset) in preset_names() and not p.exists():
         cfg = to_dict(load_preset(str(path_or_preset)).model)
         if tok is None and cfg.get("tokenizer"):
             try:

@@ -148,7 +148,9 @@ def class_embeddings(
     if use_cache:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         path = folder / f"{cache_key(model, names, temps)}.npy"
-        embed_dim = int(model.text_projection.weight.shape[0]) if hasattr(model, "text_projection") else None
+        embed_dim = getattr(model, "embed_dim", None)  # any model with the interface (the ONNX one has no layers)
+        if embed_dim is None and hasattr(model, "text_projection"):
+            embed_dim = int(model.text_projection.weight.shape[0])
         if embed_dim is not None:
             cached = _read_cache(path, (len(names), embed_dim))
             if cached is not None:

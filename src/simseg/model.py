@@ -8,6 +8,9 @@ pooling and temperature are ours.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +21,16 @@ from simseg.loda import l2_normalize, pool_tokens
 from simseg.tokenizer import Tokenizer
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+
+def state_sha256(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] | None = None) -> str:
+    """sha256 over a state dict's names and raw tensor bytes in name order (optionally only names with one of
+    ``prefixes``): :attr:`SimSegModel.weights_hash` of a model, computable from a weights file alone."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        if prefixes is None or name.startswith(prefixes):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def build_vision_tower(name: str, pretrained: bool, img_size: int, kwargs: dict | None = None) -> nn.Module:
@@ -129,24 +142,20 @@ class SimSegModel(nn.Module):
         return int(self.image_encoder.patch_embed.patch_size[0])
 
     @property
+    def embed_dim(self) -> int:
+        """Width of the shared embedding space (512)."""
+        return int(self.image_projection.out_features)
+
+    @property
     def weights_hash(self) -> str:
         """sha256 of the current weights (recomputed on every access, so never stale)."""
-        h = hashlib.sha256()
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return state_sha256(self.state_dict())
 
     @property
     def text_weights_hash(self) -> str:
         """sha256 of the text tower and text projection only: what class embeddings depend on (the image tower,
         and its input size, do not change them)."""
-        h = hashlib.sha256()
-        for name, t in sorted(self.state_dict().items()):
-            if name.startswith(("text_encoder.", "text_projection.")):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return state_sha256(self.state_dict(), prefixes=("text_encoder.", "text_projection."))
 
     def temperature(self) -> torch.Tensor:
         """The learnable temperature clamped to its range; logits = similarity / temperature."""
@@ -229,11 +238,13 @@ class SimSegModel(nn.Module):
         return resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(native),
                                       num_prefix_tokens=prefix, interpolation="bicubic", antialias=False)
 
-    def _image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image_features(self, images: torch.Tensor,
+                        pos_embed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(patch tokens, first prefix token) after the ViT's final LayerNorm, for any multiple of the patch size.
 
         At the native size this is timm's ``forward_features``. At another size it is the same sequence of timm's
-        modules with :meth:`position_embedding` of that grid added in place of the native one.
+        modules with :meth:`position_embedding` of that grid added in place of the native one; ``pos_embed`` gives
+        that position embedding when it was computed beforehand (the ONNX export holds it as a constant).
         """
         vit = self.image_encoder
         p = self.patch_size
@@ -241,11 +252,11 @@ class SimSegModel(nn.Module):
         if height % p or width % p:
             raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
         grid = (height // p, width // p)
-        if grid == tuple(vit.patch_embed.grid_size):
+        if pos_embed is None and grid == tuple(vit.patch_embed.grid_size):
             feats = vit.forward_features(images)
         else:
             x = vit.patch_embed(images)  # (B, N, C)
-            pos = self.position_embedding(grid)
+            pos = self.position_embedding(grid) if pos_embed is None else pos_embed
             prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, getattr(vit, "reg_token", None))
                       if t is not None]
             if getattr(vit, "no_embed_class", False):
@@ -270,6 +281,37 @@ class SimSegModel(nn.Module):
         cls_proj = self.image_projection(cls) if self.pooling == "cls" else None
         pooled = pool_tokens(tokens, self.pooling, self.image_topk, None, cls_token=cls_proj)
         return l2_normalize(pooled) if normalize else pooled
+
+    # ---------------------------------------------------------------- sharing
+    def save_pretrained(self, out_dir: str | os.PathLike, repo_id: str | None = None, license: str = "mit",
+                        meta: dict | None = None, metrics: Sequence[str | os.PathLike] = (),
+                        training_config: dict | None = None) -> Path:
+        """Write a folder the Hugging Face Hub can serve: the simseg checkpoint
+        (:func:`simseg.checkpoint_format.save_model`), evaluation reports in ``metrics/``, and a model card
+        (``README.md``, :func:`simseg.hub.model_card`; one a person wrote is kept).
+
+        Args:
+            out_dir: the folder (created if needed).
+            repo_id: the Hub repository (``ORG/NAME``) the card names for loading; None names the folder.
+            license: the card's ``license`` field.
+            meta: metadata stored in ``config.yaml`` (and shown in the card).
+            metrics: ``metrics.json`` reports of ``simseg eval-seg`` / ``eval-retrieval`` to store and tabulate.
+            training_config: the training run's merged config, for the card.
+
+        Returns:
+            The folder. ``simseg push-to-hub`` (or :func:`simseg.hub.upload_folder`) uploads it.
+        """
+        from simseg.checkpoint_format import save_model
+        from simseg.hub import check_license, check_repo_id, store_metrics, write_model_card
+
+        check_license(license)
+        if repo_id is not None:
+            check_repo_id(repo_id)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        store_metrics(out_dir, metrics)  # first: a bad report fails before anything big is written
+        out = save_model(self, out_dir, meta=meta)
+        write_model_card(out, repo_id=repo_id, license=license, training_config=training_config)
+        return out
 
     def forward(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool = False

@@ -12,7 +12,7 @@ CONVERT_HELP = "convert an original SimSeg .pth checkpoint to the simseg format"
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="simseg checkpoint folder, original .pth, or preset name")
+    parser.add_argument("checkpoint", help="simseg checkpoint folder, original .pth, preset name, or hf-hub:ORG/NAME")
     parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (or a Hugging Face name)")
 
 

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
-from simseg.app import checkpoints, demo, eval_retrieval, eval_seg, prepare, segment, serve, train
+from simseg.app import checkpoints, demo, eval_retrieval, eval_seg, export, hub, prepare, segment, serve, train
 
 
 class Command(NamedTuple):
@@ -36,6 +36,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command(train.HELP, train.add_arguments, train.run),
     "demo": Command(demo.HELP, demo.add_arguments, demo.run),
     "serve": Command(serve.HELP, serve.add_arguments, serve.run),
+    "export": Command(export.HELP, export.add_arguments, export.run),
+    "push-to-hub": Command(hub.HELP, hub.add_arguments, hub.run),
 }
 
 

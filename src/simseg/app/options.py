@@ -20,7 +20,7 @@ from simseg.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 def add_checkpoint_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--checkpoint`` and ``--tokenizer``."""
     parser.add_argument("--checkpoint", required=required, default=None,
-                        help="simseg checkpoint folder, original .pth, or preset")
+                        help="simseg checkpoint folder, original .pth, preset, or hf-hub:ORG/NAME[@revision]")
     parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: the checkpoint's)")
 
 

@@ -12,7 +12,7 @@ from simseg.files import atomic_write_json
 
 #: Distributions whose versions can change a number.
 VERSIONED = ("simseg", "torch", "torchvision", "timm", "transformers", "tokenizers", "numpy", "pillow",
-             "opencv-python-headless", "pydensecrf2")
+             "opencv-python-headless", "pydensecrf2", "onnxruntime")
 
 
 def software_versions() -> dict[str, str | None]:
@@ -29,11 +29,16 @@ def software_versions() -> dict[str, str | None]:
     return versions
 
 
-def provenance(checkpoint: str | os.PathLike, device: Any = None, **extra: Any) -> dict[str, Any]:
-    """The block every report ends with: the checkpoint (path and sha256), software versions, the device."""
+def provenance(checkpoint: str | os.PathLike, device: Any = None, backend: str = "torch",
+               **extra: Any) -> dict[str, Any]:
+    """The block every report ends with: the checkpoint (path and sha256), software versions, the device, and the
+    backend when it is not torch (the ONNX export's fingerprint then stands for the checkpoint)."""
     from simseg.checkpoint import checkpoint_fingerprint
 
-    out: dict[str, Any] = {"checkpoint": checkpoint_fingerprint(checkpoint), "versions": software_versions()}
+    out: dict[str, Any] = {"checkpoint": checkpoint_fingerprint(checkpoint, backend=backend),
+                           "versions": software_versions()}
+    if backend != "torch":
+        out["backend"] = backend
     if device is not None:
         out["device"] = str(device)
     out.update(extra)

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_options(parser)
     add_protocol_options(parser)
     parser.add_argument("--out", required=True, help="output folder for <stem>_labels.png and <stem>_overlay.png")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                        help="torch (default), or onnx: the towers of a 'simseg export' folder in ONNX Runtime")
     add_device_option(parser)
 
 
@@ -67,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     params = parse_set(args.params)
     device = resolve_device(args.device)
     out = output_dir(args.out)
-    model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
+    model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, backend=args.backend)
     segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,
                           cache_dir=args.cache_dir, **params)
+    if args.backend == "onnx":
+        model.require_input_size(segmenter.protocol.input_size)  # one line now, not one per image
     info = segmenter.protocol_info()
-    stamp = provenance(args.checkpoint, device)
+    stamp = provenance(args.checkpoint, device, backend=args.backend)
     print(f"protocol {describe_protocol(info)}; checkpoint {args.checkpoint} (sha256 {short_sha(stamp['checkpoint'])})")
 
     records: list[dict[str, Any]] = []

@@ -1,0 +1,57 @@
+"""``simseg export``: a checkpoint's towers as ONNX graphs for ONNX Runtime (``simseg segment --backend onnx``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from simseg.errors import InputError
+
+HELP = "export a checkpoint's image and text towers as ONNX graphs (run them with --backend onnx)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="simseg checkpoint folder, original .pth, hf-hub:ORG/NAME")
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        help="folder for the graphs and simseg_onnx.json (CKPT/onnx keeps them with the checkpoint)")
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    parser.add_argument("--image-size", dest="image_sizes", type=int, action="append", default=None, metavar="S",
+                        help="square input size of an image graph, repeatable (default: 288, the simseg protocol's; "
+                             "add the dense protocol's crop size, e.g. 448, to run it too)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: the checkpoint's)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip running the graphs in ONNX Runtime against torch after the export")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, check with onnx.checker and against torch in ONNX Runtime, print the files and the differences."""
+    from simseg.checkpoint import checkpoint_fingerprint, load_model
+    from simseg.export import DEFAULT_OPSET, MANIFEST_NAME, export_onnx
+
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise InputError(f"{out}: output folder exists and is not empty (use --force to overwrite)")
+    if args.opset is not None and not 14 <= args.opset <= 23:
+        raise InputError(f"--opset {args.opset}: choose an opset from 14 to 23")
+    model = load_model(args.checkpoint, tokenizer=args.tokenizer)
+    fingerprint = checkpoint_fingerprint(args.checkpoint)
+    source = fingerprint if fingerprint.get("sha256") else {"path": str(args.checkpoint)}
+    manifest = export_onnx(model, out, input_sizes=args.image_sizes or [288], opset=args.opset or DEFAULT_OPSET,
+                           source=source, verify=not args.no_verify)
+    files = [(g["file"], g["bytes"]) for g in manifest["image"]["graphs"].values()]
+    files.append((manifest["text"]["file"], manifest["text"]["bytes"]))
+    print(f"wrote {out}: " + ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in files)
+          + f", {MANIFEST_NAME}" + (", tokenizer/" if manifest["tokenizer"] else " (no tokenizer: pass --tokenizer)"))
+    print(f"image graphs: input (batch, 3, S, S) for S in {manifest['image']['sizes']}, outputs patch_tokens "
+          f"(batch, N, {manifest['embed_dim']}) and image_embedding; text graph: input_ids and attention_mask "
+          f"(batch, length), output text_embedding; opset {manifest['opset']}, checked by onnx.checker")
+    verified = manifest.get("verified")
+    if verified:
+        worst = max(verified["max_abs_diff"].values())
+        print(f"ONNX Runtime vs torch: max |difference| {worst:.1e} (tolerance {verified['tolerance']:g}); "
+              f"run it with: simseg segment IMG --checkpoint {out} --backend onnx ...")
+    return 0
