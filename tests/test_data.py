@@ -166,9 +166,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_shard(path: Path, samples, stats: int | None = None, cut: int | None = None) -> Path:
+def _write_shard(path: Path, samples, stats: int | None = None) -> Path:
     """A tar shard of (key, image bytes or None, caption bytes or None) samples, img2dataset's ``*_stats.json``
-    beside it when ``stats`` is given, and the last ``cut`` bytes cut off."""
+    beside it when ``stats`` is given."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for key, image, caption in samples:
@@ -176,8 +176,7 @@ def _write_shard(path: Path, samples, stats: int | None = None, cut: int | None 
                 _add(tar, f"{key}.jpg", image)
             if caption is not None:
                 _add(tar, f"{key}.txt", caption)
-    data = buf.getvalue()
-    path.write_bytes(data[:-cut] if cut else data)
+    path.write_bytes(buf.getvalue())
     if stats is not None:
         stem = path.name.split(".")[0]
         (path.parent / f"{stem}_stats.json").write_text(json.dumps({"count": stats + 3, "successes": stats}))
@@ -279,7 +278,9 @@ def test_loader_on_disk_sources_with_bad_samples(tmp_path):
     captions = [c for b in batches for c in b["captions"]]
     assert all(c.startswith(("good caption", "parquet caption")) for c in captions)
     assert len(captions) == 32
-    assert sum(b["skipped"] for b in batches) >= 7  # each epoch meets every bad row once, replacements aside
+    # each epoch meets each of the 4 + 3 bad rows once, whatever their replacements drew
+    assert sum(b["skipped"] for b in batches) == 14
+    assert [sum(b["skipped_by_source"][i] for b in batches) for i in (0, 1)] == [8, 6]
     assert batches[0]["images"].dtype == torch.float32
 
 
@@ -487,6 +488,23 @@ def test_streamed_lost_samples_are_counted_exactly(tmp_path):
     assert sorted(c for c in batch["captions"] if c.startswith("good")) == sorted(
         [f"good a{i}" for i in range(4)] + [f"good b{i}" for i in range(4)])
     assert batch["skipped"] == BROKEN_LOST and batch["skipped_by_source"] == [BROKEN_LOST, 0]
+
+
+def test_shard_losses_without_stats_and_short_shards(tmp_path):
+    samples = [(f"k{i}", _jpeg(i), f"c {i}".encode()) for i in range(5)]
+    # cut inside the last sample, no stats: the one sample being read is lost (all that can be known)
+    path = _write_shard(tmp_path / "cut-0.tar", samples)
+    sample_bytes = 512 * 2 + 512 * 2 + 512 * -(-len(_jpeg(0)) // 512)
+    path.write_bytes(path.read_bytes()[: 4 * sample_bytes + 600])
+    stream = WebDatasetSource(str(path), shuffle_buffer=1).samples()
+    items = [next(stream) for _ in range(5)]
+    assert [it.count for it in items if isinstance(it, Skipped)] == [1]
+    assert sum(1 for it in items if not isinstance(it, Skipped)) == 4
+    # a complete tar holding fewer samples than its stats say: the difference is lost
+    _write_shard(tmp_path / "short-0.tar", samples[:3], stats=5)
+    stream = WebDatasetSource(str(tmp_path / "short-0.tar"), shuffle_buffer=1).samples()
+    items = [next(stream) for _ in range(4)]
+    assert isinstance(items[3], Skipped) and items[3].count == 2 and "its stats say 5" in items[3].reason
 
 
 def test_stream_resume_is_exact_and_rereads_at_most_one_shard(tmp_path, monkeypatch):

@@ -106,16 +106,11 @@ def _grads(model):
 
 def test_decoupled_accumulation_equals_full_batch(vocab_dir):
     torch.manual_seed(0)
-    model = build_model(_cfg(vocab_dir, "x")["model"], load_tokenizer(vocab_dir)).train()  # dropout active
+    model = build_model(_cfg(vocab_dir, "x")["model"], load_tokenizer(vocab_dir))
     batch = next(_batches(n=12))
     tok = model.tokenize(batch["captions"])
-    results = []
-    for chunk in (0, 5, 4):
-        model.zero_grad()
-        torch.manual_seed(123)
-        loss = contrastive_step(model, batch["images"], tok["input_ids"], tok["attention_mask"], chunk_size=chunk)
-        results.append((loss, _grads(model)))
-    # dropout makes a chunked forward differ from the full one, so compare with dropout off as well
+    # dropout draws different masks for a chunk than for the full batch, so compare with dropout off (the replay of
+    # each chunk's own masks is the next test)
     model.eval()
     ref = []
     for chunk in (0, 5):
@@ -127,8 +122,6 @@ def test_decoupled_accumulation_equals_full_batch(vocab_dir):
     assert g0.keys() == g1.keys() and len(g0) > 10
     for k in g0:
         assert torch.allclose(g0[k], g1[k], atol=1e-5), k
-    for loss, grads in results[1:]:
-        assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
 
 
 def test_accumulation_replays_each_chunks_dropout(vocab_dir):

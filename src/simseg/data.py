@@ -1052,7 +1052,9 @@ class TrainBatches(torch.utils.data.IterableDataset):
             seed = _derive_seed(self.seed, _STREAM, i)
             start = saved.get(i)
             if start is not None:
-                problem = source.position_problem(start, self.rank, self.world_size, stream, num_streams)
+                check = getattr(source, "position_problem", None)
+                problem = check(start, self.rank, self.world_size, stream, num_streams) if check else \
+                    "this source cannot continue a saved position"
                 if problem:
                     logger.warning("%r: the saved position of rank %d stream %d cannot be continued (%s): a fresh "
                                    "stream seeded by the resume step %d is used instead", source, self.rank, stream,
