@@ -505,12 +505,19 @@ def test_deterministic_mode_steps_are_reproducible_and_equal_a_plain_step(vocab_
     img, txt = model(images, tokens["input_ids"], tokens["attention_mask"], masked=True)
     loss = contrastive_loss(img, txt, model.temperature())
     loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
     opt.step()
     assert losses[0][0] == loss.item()
     first = weights(runs[0], 1)
     for name, p in model.state_dict().items():
         assert torch.equal(first[name], p), name
+    # the step's gradients, as a cross-check reads them: Adam's first moment after one step is (1 - beta1) * grad
+    state = torch.load(runs[0] / "checkpoints" / "step-00000001" / "train_state.pt", weights_only=True)
+    moments = state["optimizer"]["state"]
+    assert len(moments) == len(grads)
+    for i, g in enumerate(grads):
+        assert torch.allclose(moments[i]["exp_avg"] / (1 - 0.9), g, rtol=1e-5, atol=1e-9), i
 
 
 # ------------------------------------------------------------------------------------------------ resume robustness

@@ -29,7 +29,9 @@ key checked, the position embedding resampled to ``model.vision.img_size``; noth
 
 Deterministic mode, for debugging and cross-implementation checks: ``data.augment=false data.shuffle=false
 train.schedule=constant model.dropout=0`` (square resize, source order, constant learning rate, no dropout), with
-``train.checkpoint_every=1 train.keep_checkpoints=0`` to keep every step's weights.
+``train.checkpoint_every=1 train.keep_checkpoints=0`` to keep every step's weights. Each step's loss is in
+``metrics.jsonl``, its updated weights in ``checkpoints/step-N/model.safetensors`` and its gradients in AdamW's first
+moments (``train_state.pt``): ``g_1 = m_1 / (1 - beta1)``, ``g_n = (m_n - beta1 * m_(n-1)) / (1 - beta1)``.
 
 The loop is one function, :func:`train`. Data parallelism: each rank embeds its share of the global batch, the
 contrastive loss gathers embeddings with gradients (:mod:`simseg.loss`), and gradients are averaged over ranks with an
