@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import pickle
 import random
 import tarfile
@@ -165,6 +166,23 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _write_shard(path: Path, samples, stats: int | None = None) -> Path:
+    """A tar shard of (key, image bytes or None, caption bytes or None) samples, img2dataset's ``*_stats.json``
+    beside it when ``stats`` is given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for key, image, caption in samples:
+            if image is not None:
+                _add(tar, f"{key}.jpg", image)
+            if caption is not None:
+                _add(tar, f"{key}.txt", caption)
+    path.write_bytes(buf.getvalue())
+    if stats is not None:
+        stem = path.name.split(".")[0]
+        (path.parent / f"{stem}_stats.json").write_text(json.dumps({"count": stats + 3, "successes": stats}))
+    return path
+
+
 def _write_shards(root: Path) -> str:
     """Two img2dataset-style shards: one with bad samples, one cut short in the middle of a member."""
     with tarfile.open(root / "shard-000.tar", "w") as tar:
@@ -201,16 +219,35 @@ def test_webdataset_source_skips_and_counts(tmp_path):
     joined = "\n".join(reasons)
     for problem in ["not a readable image", "UTF-8", "empty caption"]:
         assert problem in joined
-    assert any(r.startswith("webdataset:") for r in reasons)  # the truncated tar is counted too
+    assert any("shard-001.tar: truncated" in r for r in reasons)  # the truncated tar is counted too
     for item in items:
         if not isinstance(item, Skipped):
             assert item[0].mode == "RGB"
 
 
+def test_webdataset_shards_are_dealt_by_rank_and_worker(tmp_path):
+    for k in range(8):
+        _write_shard(tmp_path / f"s-{k}.tar", [(f"{k}-{i}", _jpeg(i), f"shard {k} sample {i}".encode())
+                                              for i in range(2)])
+    src = WebDatasetSource(str(tmp_path / "s-{0..7}.tar"), shuffle_buffer=4)
+    for epoch in range(3):
+        dealt = [src.shard_order(epoch, rank, 2, worker, 2, seed=5) for rank in range(2) for worker in range(2)]
+        flat = [k for order in dealt for k in order]
+        assert sorted(flat) == list(range(8))  # every shard once per epoch, no two streams share one
+    assert src.shard_order(0, 0, 2, 0, 2, seed=5) != src.shard_order(1, 0, 2, 0, 2, seed=5) or \
+        src.shard_order(0, 0, 2, 0, 2, seed=5) != src.shard_order(2, 0, 2, 0, 2, seed=5)  # reshuffled per epoch
+    # source order: the listed shards dealt rank::world_size then worker::num_workers
+    assert [src.shard_order(0, r, 2, w, 2, shuffle=False) for r in range(2) for w in range(2)] == \
+        [[0, 4], [1, 5], [2, 6], [3, 7]]
+    stream = src.samples(rank=1, world_size=2, worker=0, num_workers=2, shuffle=False)
+    assert [next(stream)[1] for _ in range(4)] == ["shard 2 sample 0", "shard 2 sample 1", "shard 6 sample 0",
+                                                   "shard 6 sample 1"]
+
+
 def test_webdataset_rank_split_and_errors(tmp_path):
     pattern = _write_shards(tmp_path)
     src = WebDatasetSource(pattern, shuffle_buffer=1, resampled=False)
-    rank1 = [it for _, it in zip(range(12), src.samples(rank=1, world_size=2))]
+    rank1 = [it for _, it in zip(range(12), src.samples(rank=1, world_size=2, shuffle=False))]
     assert {it[1] for it in rank1 if not isinstance(it, Skipped)} <= {f"web caption {i}" for i in range(20, 24)}
     with pytest.raises(InputError, match="cannot be dealt"):
         next(src.samples(rank=1, world_size=2, worker=1, num_workers=2))
@@ -241,7 +278,9 @@ def test_loader_on_disk_sources_with_bad_samples(tmp_path):
     captions = [c for b in batches for c in b["captions"]]
     assert all(c.startswith(("good caption", "parquet caption")) for c in captions)
     assert len(captions) == 32
-    assert sum(b["skipped"] for b in batches) >= 7  # each epoch meets every bad row once, replacements aside
+    # each epoch meets each of the 4 + 3 bad rows once, whatever their replacements drew
+    assert sum(b["skipped"] for b in batches) == 14
+    assert [sum(b["skipped_by_source"][i] for b in batches) for i in (0, 1)] == [8, 6]
     assert batches[0]["images"].dtype == torch.float32
 
 
@@ -333,3 +372,184 @@ def test_source_from_spec(tmp_path):
         source_from_spec({"type": "webdataset"})
     with pytest.raises(ConfigError, match="weight"):
         build_sources([{"type": "csv", "path": str(csv_path), "weight": -1}])
+
+
+# ---------------------------------------------------------------- the original's mixing, exact counts, streams
+
+
+def test_unweighted_sources_are_the_originals_concatenation():
+    """No weights: every pair once per epoch, in the order of torch's DistributedSampler over a ConcatDataset."""
+    from torch.utils.data import ConcatDataset, DistributedSampler
+
+    a, b = ListSource("a", 30), ListSource("b", 10)
+    concat = ConcatDataset([a, b])
+    world, batch = 2, 4
+    for rank in range(world):
+        loader = build_train_loader([a, b], None, batch_size=batch, transform=SMALL, rank=rank, world_size=world,
+                                    seed=7)
+        got = [c for _, bt in zip(range(10), loader) for c in bt["captions"]]  # two epochs of 20 per rank
+        want = []
+        for epoch in range(2):
+            sampler = DistributedSampler(concat, num_replicas=world, rank=rank, shuffle=True, seed=7, drop_last=True)
+            sampler.set_epoch(epoch)
+            want += [concat[i][1] for i in sampler]
+        assert got == want
+        first_epoch = got[:20]
+        assert sum(c.startswith("a ") for c in first_epoch) == 15  # shares proportional to size: 30 : 10
+    in_order = build_train_loader([a, b], None, batch_size=batch, transform=SMALL, shuffle=False)
+    assert [c for _, bt in zip(range(10), in_order) for c in bt["captions"]] == [concat[i][1] for i in range(40)]
+
+
+def _sized_shards(root: Path, name: str, shards: int, per_shard: int) -> str:
+    for k in range(shards):
+        _write_shard(root / f"{name}-{k}.tar", [(f"{k:03d}{i:03d}", _jpeg(i), f"{name} {k} {i}".encode())
+                                               for i in range(per_shard)], stats=per_shard)
+    return str(root / f"{name}-{{0..{shards - 1}}}.tar")
+
+
+def test_webdataset_sources_mix_by_their_sample_counts(tmp_path):
+    big = WebDatasetSource(_sized_shards(tmp_path, "big", 3, 10), shuffle_buffer=4)  # stats: 30 samples
+    small = WebDatasetSource(_sized_shards(tmp_path, "small", 1, 10), shuffle_buffer=4)  # 10
+    assert (big.num_samples, small.num_samples) == (30, 10)
+    loader = build_train_loader([big, small], None, batch_size=6, transform=SMALL)
+    assert [m["share"] for m in loader.dataset.mixing()] == [0.75, 0.25]
+    captions = [c for _, bt in zip(range(10), loader) for c in bt["captions"]]
+    assert sum(c.startswith("big ") for c in captions) == 45 and sum(c.startswith("small ") for c in captions) == 15
+    for n in range(1, 11):  # a pure function of the batch index, within one sample of the share at every batch
+        big_so_far = sum(c.startswith("big ") for c in captions[: 6 * n])
+        assert abs(big_so_far - 0.75 * 6 * n) <= 1
+    # a size the user gives replaces the stats; a map-style source counts its rows
+    told = WebDatasetSource(_sized_shards(tmp_path, "told", 1, 10), num_samples=90)
+    rows = ListSource("rows", 10)
+    mixed = build_train_loader([rows, told], None, batch_size=10, transform=SMALL)
+    assert [m["share"] for m in mixed.dataset.mixing()] == [0.1, 0.9]
+    captions = [c for _, bt in zip(range(10), mixed) for c in bt["captions"]]
+    assert sum(c.startswith("rows ") for c in captions) == 10
+    # without stats or num_samples the share is unknown: a clear message, unless weights are given
+    (tmp_path / "bare").mkdir()
+    _write_shard(tmp_path / "bare" / "x-0.tar", [("a", _jpeg(0), b"bare caption")])
+    bare = WebDatasetSource(str(tmp_path / "bare" / "x-0.tar"))
+    with pytest.raises(InputError, match=r"size of WebDatasetSource.*x-0\.tar.*unknown.*num_samples"):
+        build_train_loader([rows, bare], None, batch_size=4, transform=SMALL)
+    build_train_loader([rows, bare], [1.0, 1.0], batch_size=4, transform=SMALL)
+    build_train_loader([bare], None, batch_size=4, transform=SMALL)  # alone, its size does not matter
+
+
+def test_map_style_lost_samples_are_counted_exactly():
+    src = ListSource("s", 40, bad={3, 17, 18, 29})
+    loader = build_train_loader([src], None, batch_size=8, transform=SMALL, seed=2)
+    batches = [b for _, b in zip(range(5), loader)]  # exactly one epoch
+    assert sum(b["skipped"] for b in batches) == 4  # one per broken row, whatever the replacements drew
+    assert [sum(b["skipped_by_source"][0] for b in batches)] == [4]
+    assert all(not c.endswith((" 3", " 17", " 18", " 29")) for b in batches for c in b["captions"])
+
+
+def _broken_shards(root: Path) -> str:
+    """Three shards, each broken in one way (stats beside every one), 8 good and 10 lost samples in all. In source
+    order every loss comes before the epoch's last good sample, so one batch of 8 meets each loss exactly once."""
+    # a shard img2dataset wrote (its stats are there) that is gone: 5 lost
+    (root / "w-0_stats.json").write_text(json.dumps({"successes": 5}))
+    # 6 samples, cut inside the 5th: the 5th and 6th are lost (stats say 6)
+    b = [(f"b{i}", _jpeg(10 + i), f"good b{i}".encode()) for i in range(6)]
+    path = _write_shard(root / "w-1.tar", b, stats=6)
+    sample_bytes = 512 * 2 + 512 * 2 + 512 * -(-len(_jpeg(10)) // 512)  # two headers, caption and image blocks
+    path.write_bytes(path.read_bytes()[: 4 * sample_bytes + 700])
+    # a sample without its image, one without its caption, one with a corrupt image: 3 lost
+    good = [(f"a{i}", _jpeg(i), f"good a{i}".encode()) for i in range(4)]
+    _write_shard(root / "w-2.tar", good[:2] + [("a-noimg", None, b"lost: no image"), ("a-nocap", _jpeg(9), None),
+                                               ("a-bad", NOT_AN_IMAGE, b"lost: corrupt")] + good[2:], stats=7)
+    return str(root / "w-{0..2}.tar")
+
+
+BROKEN_GOOD, BROKEN_LOST = 8, 3 + 2 + 5
+
+
+def test_streamed_lost_samples_are_counted_exactly(tmp_path):
+    pattern = _broken_shards(tmp_path)
+    with pytest.raises(InputError, match=r"w-0\.tar: shard not found.*allow_missing_shards"):
+        WebDatasetSource(pattern)
+    src = WebDatasetSource(pattern, allow_missing_shards=True, shuffle_buffer=3)
+    # the stream itself: one epoch holds the 8 good samples and markers worth exactly the 10 lost ones
+    stream = src.samples()
+    items = []
+    while stream.epoch == 0:
+        items.append(next(stream))
+    items.pop()  # the first item of epoch 1
+    assert sum(1 for it in items if not isinstance(it, Skipped)) == BROKEN_GOOD
+    assert sum(it.count for it in items if isinstance(it, Skipped)) == BROKEN_LOST
+    reasons = " | ".join(it.reason for it in items if isinstance(it, Skipped))
+    for what in ("w-0.tar: not found; 5 sample(s) lost", "w-1.tar: truncated", "2 sample(s) lost", "no image member",
+                 "no caption member", "not a readable image"):
+        assert what in reasons
+    # the loader: one batch of one epoch's good samples reports every loss once, in all and for its source
+    loader = build_train_loader([src, ListSource("rows", 8)], [1.0, 1.0], batch_size=2 * BROKEN_GOOD,
+                                transform=SMALL, shuffle=False)
+    batch = next(iter(loader))
+    assert sorted(c for c in batch["captions"] if c.startswith("good")) == sorted(
+        [f"good a{i}" for i in range(4)] + [f"good b{i}" for i in range(4)])
+    assert batch["skipped"] == BROKEN_LOST and batch["skipped_by_source"] == [BROKEN_LOST, 0]
+
+
+def test_shard_losses_without_stats_and_short_shards(tmp_path):
+    samples = [(f"k{i}", _jpeg(i), f"c {i}".encode()) for i in range(5)]
+    # cut inside the last sample, no stats: the one sample being read is lost (all that can be known)
+    path = _write_shard(tmp_path / "cut-0.tar", samples)
+    sample_bytes = 512 * 2 + 512 * 2 + 512 * -(-len(_jpeg(0)) // 512)
+    path.write_bytes(path.read_bytes()[: 4 * sample_bytes + 600])
+    stream = WebDatasetSource(str(path), shuffle_buffer=1).samples()
+    items = [next(stream) for _ in range(5)]
+    assert [it.count for it in items if isinstance(it, Skipped)] == [1]
+    assert sum(1 for it in items if not isinstance(it, Skipped)) == 4
+    # a complete tar holding fewer samples than its stats say: the difference is lost
+    _write_shard(tmp_path / "short-0.tar", samples[:3], stats=5)
+    stream = WebDatasetSource(str(tmp_path / "short-0.tar"), shuffle_buffer=1).samples()
+    items = [next(stream) for _ in range(4)]
+    assert isinstance(items[3], Skipped) and items[3].count == 2 and "its stats say 5" in items[3].reason
+
+
+def test_stream_resume_is_exact_and_rereads_at_most_one_shard(tmp_path, monkeypatch):
+    import simseg.data as data_module
+
+    src = WebDatasetSource(_sized_shards(tmp_path, "r", 4, 7), shuffle_buffer=5, seed=1)
+
+    def loader(start=0, positions=None, workers=0):
+        return build_train_loader([src], None, batch_size=3, transform=train_transform(size=16), seed=4,
+                                  start_batch=start, num_workers=workers, stream_positions=positions)
+
+    fresh = [b for _, b in zip(range(14), loader())]  # 42 samples: more than one epoch of 28
+    positions = {fresh[8]["stream"]: fresh[8]["positions"]}
+    opened = []
+    original = data_module._open_shard
+    monkeypatch.setattr(data_module, "_open_shard", lambda url: opened.append(url) or original(url))
+    resumed = [b for _, b in zip(range(5), loader(start=9, positions=positions))]
+    assert _same(fresh[9:], resumed)
+    # Only the shards the resumed samples come from were opened, each once per visit: the one the position is in (its
+    # first samples replayed to the offset without decoding), then the following ones; no earlier shard.
+    shards = [int(c.split()[1]) for b in resumed for c in b["captions"]]
+    visits = [k for i, k in enumerate(shards) if i == 0 or shards[i - 1] != k]
+    assert [Path(u).name for u in opened] == [f"r-{k}.tar" for k in visits]
+    assert fresh[8]["positions"][0]["offset"] > 0  # the position was inside a shard
+    monkeypatch.setattr(data_module, "_open_shard", original)
+    # with two loader workers: one stream per worker, each continuing from its own saved position
+    two = [b for _, b in zip(range(12), loader(workers=2))]
+    saved = {}
+    for b in two[:7]:
+        saved[b["stream"]] = b["positions"]
+    again = [b for _, b in zip(range(5), loader(start=7, positions=saved, workers=2))]
+    assert _same(two[7:], again)
+
+
+def test_a_stream_position_that_no_longer_fits_falls_back_to_a_fresh_stream(tmp_path, caplog):
+    pattern = _sized_shards(tmp_path, "p", 3, 5)
+    src = WebDatasetSource(pattern, shuffle_buffer=2)
+    first = [b for _, b in zip(range(4), build_train_loader([src], None, batch_size=2, transform=SMALL))]
+    positions = {first[3]["stream"]: first[3]["positions"]}
+    fewer = WebDatasetSource(str(tmp_path / "p-{0..1}.tar"), shuffle_buffer=2)  # a shard removed since
+    with pytest.raises(InputError, match="shard list differs"):
+        fewer.samples(start=positions[0][0])
+    with caplog.at_level("WARNING", logger="simseg.data"):
+        loader = build_train_loader([fewer], None, batch_size=2, transform=SMALL, start_batch=4,
+                                    stream_positions=positions)
+        batch = next(iter(loader))
+    assert len(batch["captions"]) == 2
+    assert any("cannot be continued" in r.message and "fresh stream" in r.message for r in caplog.records)

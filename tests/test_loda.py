@@ -54,3 +54,20 @@ def test_l2_normalize_uses_eps():
     v = l2_normalize(torch.tensor([[3.0, 4.0]]))
     assert torch.allclose(v, torch.tensor([[0.6, 0.8]]), atol=1e-6)
     assert torch.all(l2_normalize(torch.zeros(1, 3)) == 0)
+
+
+def test_l2_normalize_is_the_originals_formula_bit_for_bit():
+    """x / (sqrt(sum(x ** 2)) + 1e-8) computed as pow(2).sum().sqrt(): embeddings and gradients bit-identical to that
+    expression; torch.norm rounds differently in the last bits (so the formula is not a detail)."""
+    g = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(64, 512, generator=g)).requires_grad_(True)
+    ref = x.detach().clone().requires_grad_(True)
+    got = l2_normalize(x)
+    want = ref / (ref.pow(2).sum(dim=-1, keepdim=True).sqrt() + 1e-8)
+    assert torch.equal(got, want)
+    weights = torch.randn(64, 512, generator=g)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert torch.equal(x.grad, ref.grad)
+    with_norm = x.detach() / (x.detach().norm(dim=-1, keepdim=True) + 1e-8)
+    assert not torch.equal(got.detach(), with_norm)

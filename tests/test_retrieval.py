@@ -248,16 +248,40 @@ def test_metrics_reject_bad_inputs():
         retrieval_metrics(images, texts, targets[:-1])
 
 
-def test_eval_transform_resizes_short_side_then_center_crops():
+def test_eval_transform_is_the_originals_square_resize_then_center_crop():
+    """The paper's transform on a non-square image: torchvision's Resize((324, 324)) (squashed), CenterCrop(288)."""
+    from torchvision import transforms as T
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 70, 3), dtype=np.uint8))
+    mean, std = (0.48, 0.45, 0.4), (0.23, 0.22, 0.22)
+    want = T.Compose([T.Resize((324, 324)), T.CenterCrop(288), T.ToTensor(), T.Normalize(mean, std)])(image)
+    got = eval_transform(mean, std)(image)  # the defaults are the paper's
+    assert got.shape == (3, 288, 288) and torch.equal(got, want)
+    assert (retrieval.DEFAULT_RESIZE_SIZE, retrieval.DEFAULT_CROP_SIZE, retrieval.DEFAULT_RESIZE_MODE) == (
+        324, 288, "square")
+    # squashed, nearly the whole width is seen: a white band at 10-20 % of a wide image's width is in the crop,
+    # while the short-side variant crops it away
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, 4:8] = 255
+    square = eval_transform((0.0,) * 3, (1.0,) * 3, resize_size=36, crop_size=32)(Image.fromarray(arr))
+    short = eval_transform((0.0,) * 3, (1.0,) * 3, resize_size=36, crop_size=32, resize_mode="short")(
+        Image.fromarray(arr))
+    assert float(square[:, :, 2:5].min()) > 0.9 and float(short.max()) == 0.0
+
+
+def test_eval_transform_short_side_variant():
     # 40 x 20 image: left half black, right half white. Short side 20 -> 36, so the width becomes 72; the central
     # 32 x 32 crop spans the boundary in its middle.
     arr = np.zeros((20, 40, 3), dtype=np.uint8)
     arr[:, 20:] = 255
-    x = eval_transform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), resize_size=36, crop_size=32)(Image.fromarray(arr))
+    x = eval_transform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), resize_size=36, crop_size=32,
+                       resize_mode="short")(Image.fromarray(arr))
     assert x.shape == (3, 32, 32)
     assert float(x[:, :, :14].max()) == 0.0 and float(x[:, :, 18:].min()) == 1.0
-    y = eval_transform((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 36, 32)(Image.fromarray(arr))
+    y = eval_transform((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 36, 32, "short")(Image.fromarray(arr))
     assert torch.allclose(y, (x - 0.5) / 0.25, atol=1e-6)
+    with pytest.raises(InputError, match="resize mode"):
+        eval_transform((0.0,) * 3, (1.0,) * 3, 36, 32, "long")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -452,10 +476,33 @@ def test_missing_image_file_is_a_bad_image_and_empty_sources_fail(tmp_path):
         evaluate_retrieval(FakeModel(), tmp_path / "empty.csv", progress=False)
 
 
-def test_crop_size_must_match_the_model(tmp_path):
+def test_crop_size_must_suit_the_model(tmp_path):
     path = write_parquet(tmp_path / "valid.parquet", toy_rows(2, 1))
-    with pytest.raises(ValueError, match="image_size=16"):
+    with pytest.raises(ValueError, match="image_size=8"):  # a model without a patch size runs at its own size only
         evaluate_retrieval(FakeModel(), path, crop_size=16, progress=False)
+    patched = FakeModel()
+    patched.patch_size = 3
+    with pytest.raises(ValueError, match="not a multiple of the model's patch size 3"):
+        evaluate_retrieval(patched, path, crop_size=16, progress=False)
+
+
+def test_a_model_runs_at_any_crop_size_without_being_rebuilt(vocab_dir, tmp_path):
+    """A ViT built for 224 evaluates at 48: position embeddings resampled per call, the model unchanged, the same
+    numbers as a model rebuilt at 48 (load_model(image_size=48))."""
+    import simseg
+
+    from simseg.checkpoint import save_model
+
+    path = write_parquet(tmp_path / "valid.parquet", toy_rows(4, 2))
+    torch.manual_seed(0)
+    ckpt = save_model(simseg.load_model("tiny", tokenizer=vocab_dir), tmp_path / "ckpt")
+    native = simseg.load_model(ckpt)
+    before = native.weights_hash
+    got = evaluate_retrieval(native, path, crop_size=48, resize_size=54, progress=False)
+    assert native.weights_hash == before and native.image_size == 224
+    rebuilt = evaluate_retrieval(simseg.load_model(ckpt, image_size=48), path, crop_size=48, resize_size=54,
+                                 progress=False)
+    assert metric_values(got) == pytest.approx(metric_values(rebuilt))
 
 
 def test_bad_images_are_reported_counted_and_skipped_on_request(tmp_path):

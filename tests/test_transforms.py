@@ -64,6 +64,23 @@ def test_train_transform_switches():
     assert [type(t).__name__ for t in steps] == ["RandomResizedCrop", "AutoAugment", "ToTensor", "Normalize"]
     assert steps[0].size == (224, 224) and steps[0].scale == (0.6, 1.0)
     assert steps[1].policy == T.AutoAugmentPolicy.IMAGENET
+    assert list(steps[1].fill) == [128, 128, 128]
+
+
+def test_autoaugment_fills_with_the_originals_grey():
+    """On a uniform (128, 128, 128) image the grey fill is invisible: every op of the policy keeps the image uniform.
+    torchvision's default black fill shows up in the corners of rotated, sheared or translated images."""
+    ours = train_transform(size=32, scale=(1.0, 1.0)).transforms[1]
+    black = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)
+    grey = Image.new("RGB", (32, 32), (128, 128, 128))
+    black_marks = 0
+    for seed in range(60):
+        torch.manual_seed(seed)
+        out = np.asarray(ours(grey))
+        assert (out == out[0, 0]).all(), seed  # uniform: no black (or any other) fill anywhere
+        torch.manual_seed(seed)
+        black_marks += int((np.asarray(black(grey)) == 0).all(axis=-1).any())
+    assert black_marks > 0  # the same draws with a black fill do paint black pixels
 
 
 def test_normalisation_uses_imagenet_constants():
@@ -80,9 +97,16 @@ def test_eval_transform_modes():
     # "square" ignores the aspect ratio, exactly as torchvision Resize((s, s)) (the segmentation protocol).
     expected = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.Resize((32, 32))(img)))
     assert torch.equal(square, expected)
+    # "center_crop": the original's retrieval transform squashes the image to (36, 36) before the crop ...
     crop = eval_transform(32, mode="center_crop", resize=36)(img)
-    expected = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.CenterCrop(32)(T.Resize(36)(img))))
+    expected = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.CenterCrop(32)(T.Resize((36, 36))(img))))
     assert torch.equal(crop, expected)
+    # ... and the short-side variant keeps the aspect ratio
+    short = eval_transform(32, mode="center_crop", resize=36, resize_mode="short")(img)
+    expected = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.CenterCrop(32)(T.Resize(36)(img))))
+    assert torch.equal(short, expected) and not torch.equal(short, crop)
+    with pytest.raises(ValueError, match="resize_mode"):
+        eval_transform(32, mode="center_crop", resize_mode="long")
     with pytest.raises(ValueError, match="mode"):
         eval_transform(32, mode="letterbox")
 

@@ -39,6 +39,7 @@ from simseg.errors import CheckpointError, ConfigError, InputError
 from simseg.files import atomic_write_bytes, atomic_write_json
 from simseg.loda import _PAD_FILL, avg_pool, l2_normalize, pool_tokens
 from simseg.model import SimSegModel, state_sha256
+from simseg.schema import POOLINGS
 from simseg.tokenizer import Tokenizer, load_tokenizer
 
 MANIFEST_NAME = "simseg_onnx.json"
@@ -151,7 +152,7 @@ def check_exportable(model: Any, input_sizes: Sequence[int]) -> list[int]:
     if not isinstance(bert, BertModel):
         raise CheckpointError(f"cannot export the text tower {type(bert).__name__}: the ONNX exporter supports "
                               "transformers' BertModel")
-    if model.pooling not in ("loda", "avg", "cls"):
+    if model.pooling not in POOLINGS:
         raise CheckpointError(f"cannot export pooling {model.pooling!r}")
     sizes = []
     for size in input_sizes:

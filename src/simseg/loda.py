@@ -22,7 +22,7 @@ def loda_pool(tokens: torch.Tensor, k: int, mask: torch.Tensor | None = None) ->
         k: how many of the largest values to average per dimension.
         mask: optional (B, N) with 1/True for real tokens and 0/False for padding. When given ("masked" variant, used
             at evaluation), padding tokens never enter the top-k and k is capped at the shortest real length in the
-            batch. Without it ("vanilla" variant, used in training) every token counts.
+            batch. Without it ("vanilla" variant) every token counts. Training uses either (``model.train_pooling``).
 
     Returns:
         (B, D) pooled features (not normalised).
@@ -70,5 +70,10 @@ def pool_tokens(
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Divide by (norm + 1e-8), as the original does for pooled embeddings."""
-    return x / (x.norm(dim=-1, keepdim=True) + 1e-8)
+    """Divide by (norm + 1e-8), as the original does for pooled embeddings.
+
+    The norm is computed as the original computes it, ``x.pow(2).sum(-1, keepdim=True).sqrt()``: ``torch.norm``
+    rounds differently in the last bits, and with this formula embeddings and their gradients are bit-identical to
+    the original's.
+    """
+    return x / (x.pow(2).sum(dim=-1, keepdim=True).sqrt() + 1e-8)

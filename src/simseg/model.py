@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from simseg.errors import CheckpointError, ConfigError
 from simseg.loda import l2_normalize, pool_tokens
+from simseg.schema import POOLINGS, TRAIN_POOLINGS
 from simseg.tokenizer import Tokenizer
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -91,7 +92,14 @@ class SimSegModel(nn.Module):
         tokenizer: the tokenizer whose vocabulary matches ``text`` (may be None for image-only use).
         max_length: caption length in tokens (25).
         config: the model config this was built from (saved with checkpoints).
+        train_pooling: the LoDA variant of the training forward: ``"masked"`` (padding excluded, what the released
+            code trains with: its training forward passes the attention mask to the same top-k pooling used at
+            evaluation) or ``"vanilla"`` (every token counts, what the author's answer in the original tracker
+            describes). Evaluation always uses the masked variant.
     """
+
+    #: The LoDA variants a training forward may use (see ``train_pooling``).
+    TRAIN_POOLINGS = TRAIN_POOLINGS
 
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
@@ -110,10 +118,14 @@ class SimSegModel(nn.Module):
         tokenizer: Tokenizer | None = None,
         max_length: int = 25,
         config: dict | None = None,
+        train_pooling: str = "masked",
     ):
         super().__init__()
-        if pooling not in ("loda", "avg", "cls"):
+        if pooling not in POOLINGS:
             raise ConfigError(f"model.pooling: unknown pooling {pooling!r}: choose loda, avg or cls")
+        if train_pooling not in self.TRAIN_POOLINGS:
+            raise ConfigError(f"model.train_pooling: {train_pooling!r} is not one of {', '.join(self.TRAIN_POOLINGS)}")
+        self.train_pooling = train_pooling
         self.image_encoder = vision
         self.text_encoder = text
         self.image_projection = nn.Linear(vision.num_features, embed_dim, bias=False)
@@ -314,16 +326,49 @@ class SimSegModel(nn.Module):
         return out
 
     def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool = False
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training forward: normalised image and text embeddings (vanilla LoDA by default, as the author trained)."""
+        """Training forward: normalised image and text embeddings.
+
+        ``masked`` chooses the text pooling's variant (True: padding excluded; False: vanilla); None uses the model's
+        ``train_pooling`` (``"masked"`` unless built otherwise, as the released code trains).
+        """
+        if masked is None:
+            masked = self.train_pooling == "masked"
         return self.encode_image(images, masked=masked), self.encode_text(input_ids, attention_mask, masked=masked)
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set the probability of every dropout of both towers (every ``nn.Dropout`` module: BERT's embedding, attention
+    and hidden dropouts, timm's position, attention, projection and MLP dropouts) to ``p``; returns how many.
+
+    The attention kernels of both libraries read their dropout probability from these modules (``dropout.p`` /
+    ``attn_drop.p``), so ``p = 0`` makes a training-mode forward deterministic. Stochastic depth (timm's
+    ``drop_path``) is not a dropout and stays as built (off in every preset).
+
+    Raises:
+        ConfigError: ``p`` outside [0, 1].
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        raise ConfigError(f"model.dropout: must be a number in [0, 1] or null, got {p!r}")
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = float(p)
+            count += 1
+    text = getattr(model, "text_encoder", None)
+    if text is not None and hasattr(text, "config"):  # keep the saved BERT config truthful
+        text.config.hidden_dropout_prob = float(p)
+        text.config.attention_probs_dropout_prob = float(p)
+    return count
 
 
 def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained: bool | None = None) -> SimSegModel:
     """Build a model from the ``model`` section of a config.
 
     ``pretrained`` overrides both towers' ``pretrained`` flags (False when weights come from a checkpoint).
+    ``train_pooling`` ("masked" by default) is the training forward's LoDA variant; ``dropout`` (None: the towers' own
+    dropout) sets every dropout of both towers (:func:`set_dropout`).
     """
     cfg = dict(model_cfg)
     vision, text = dict(cfg["vision"]), dict(cfg["text"])
@@ -337,7 +382,7 @@ def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained:
             f"tokenizer has {tokenizer.vocab_size} tokens but the text tower only {bert.config.vocab_size} embeddings"
         )
     cfg["text"] = {**text, "config": {**(text.get("config") or {}), "vocab_size": bert.config.vocab_size}}
-    return SimSegModel(
+    model = SimSegModel(
         vit,
         bert,
         embed_dim=int(cfg.get("embed_dim", 512)),
@@ -350,7 +395,11 @@ def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained:
         tokenizer=tokenizer,
         max_length=int(cfg.get("max_length", 25)),
         config=cfg,
+        train_pooling=str(cfg.get("train_pooling") or "masked"),
     )
+    if cfg.get("dropout") is not None:
+        set_dropout(model, cfg["dropout"])
+    return model
 
 
 def parameter_counts(model: SimSegModel) -> dict[str, int]:

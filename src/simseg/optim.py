@@ -7,32 +7,60 @@ import math
 import torch
 import torch.nn as nn
 
+from simseg.errors import ConfigError
+from simseg.schema import SCHEDULES
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: weight decay on matrices and embeddings; none on norms, biases and the temperature."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2:  # biases, norm scales and shifts, the (0-d) temperature
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+#: Learning-rate schedules: ``cosine`` (the paper's: linear warm-up, cosine to a floor) and ``constant``.
 
 
-def lr_scale(step: int, total_steps: int, warmup: float = 0.025, floor: float = 0.1) -> float:
+def param_groups(model: nn.Module, weight_decay: float, exclude_1d: bool = False) -> list[dict]:
+    """AdamW parameter groups.
+
+    Args:
+        model: the model whose trainable parameters are grouped.
+        weight_decay: the decoupled weight decay.
+        exclude_1d: False (the original's optimizer, whose parameter-group rules are empty): ONE group, every
+            parameter decayed, biases, LayerNorm weights and the temperature included. True (the open_clip
+            convention): 0-d and 1-d parameters (biases, norm scales and shifts, the temperature) in a second group
+            without decay.
+
+    Returns:
+        The groups, ``[{"params", "weight_decay"}, ...]`` (empty groups are left out).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_1d:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_steps(total_steps: int, warmup: float) -> int:
+    """Number of warm-up steps: ``int(total_steps * warmup)``, truncated as the original's scheduler does."""
+    return int(total_steps * warmup)
+
+
+def lr_scale(step: int, total_steps: int, warmup: float = 0.025, floor: float = 0.1, schedule: str = "cosine") -> float:
     """Multiplier of the base learning rate at ``step`` (0-based).
 
-    Linear warm-up from 0 over the first ``warmup`` fraction of the steps (``step / warmup_steps``, as the
-    original's scheduler), then a cosine from 1 down to ``floor``:
+    ``cosine``: linear warm-up from 0 over the first ``int(total_steps * warmup)`` steps (``step / warmup_steps``, as
+    the original's scheduler), then a cosine from 1 down to ``floor``:
     ``floor + (1 - floor) * 0.5 * (1 + cos(pi * progress))`` (with floor 0.1: the original's 0.1 + 0.9 * ...).
+    ``constant``: 1 at every step (no warm-up, no decay), for debugging and cross-implementation checks.
+
+    Raises:
+        ConfigError: an unknown schedule.
     """
-    warmup_steps = int(round(warmup * total_steps))
-    if step < warmup_steps:
-        return step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ConfigError(f"train.schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    n_warm = warmup_steps(total_steps, warmup)
+    if step < n_warm:
+        return step / n_warm
+    span = max(1, total_steps - n_warm)
+    progress = min(1.0, (step - n_warm) / span)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

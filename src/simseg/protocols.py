@@ -119,10 +119,13 @@ class RetrievalParams:
     Attributes:
         resize_size: side the image is resized to before cropping.
         crop_size: side of the centre crop (the network input).
+        resize_mode: ``square`` resizes to (resize_size, resize_size), squashing the image, as the original's
+            ``resize`` transform; ``short`` resizes the short side, keeping the aspect ratio.
     """
 
     resize_size: int = 324
     crop_size: int = 288
+    resize_mode: str = "square"
 
 
 #: Protocol name -> its parameters' class. ``simseg`` (the paper's) is the default everywhere.

@@ -4,8 +4,10 @@ The data is ``<data-root>/<name>/valid.parquet``: one row per caption (columns `
 ``image_id``, ``id``), so an image repeats over its ~5 captions. A folder of images described by a CSV / JSON /
 JSON-lines file (``image`` path relative to that file, ``caption``, optional ``image_id`` and ``id``) works the same.
 
-The protocol of the paper: Resize(324) on the short side, CenterCrop(288), ImageNet normalisation, LoDA-pooled
-L2-normalised embeddings, images de-duplicated by ``image_id`` before encoding. I2T R@K counts an image when any of
+The protocol of the paper: a SQUARE ``Resize((324, 324))`` (the image is squashed, aspect ratio not kept: the
+original's ``resize`` transform), ``CenterCrop(288)``, ImageNet normalisation, LoDA-pooled (masked) L2-normalised
+embeddings, images de-duplicated by ``image_id`` before encoding. ``resize_mode="short"`` resizes the short side to 324
+instead (aspect ratio kept), an option; :func:`protocol_info` states which one produced a number. I2T R@K counts an image when any of
 its captions is among its top K texts; T2I R@K counts a caption when its image is among its top K images; RSUM is
 the sum of the six recalls, all in percent. Examples::
 
@@ -41,9 +43,10 @@ from simseg.errors import InputError
 from simseg.images import load_image
 from simseg.protocols import RetrievalParams
 
-#: The paper's evaluation transform: short side resized to 324, centre crop 288 (= the ViT's input size).
+#: The paper's evaluation transform: resized to 324 x 324 (square), centre crop 288 (the ViT's input size).
 DEFAULT_RESIZE_SIZE = RetrievalParams.resize_size
 DEFAULT_CROP_SIZE = RetrievalParams.crop_size
+DEFAULT_RESIZE_MODE = RetrievalParams.resize_mode
 
 #: Columns of the original release's ``valid.parquet`` files.
 PARQUET_COLUMNS = ("imbytes", "caption", "image_id", "id")
@@ -386,13 +389,51 @@ def eval_transform(
     std: Sequence[float],
     resize_size: int = DEFAULT_RESIZE_SIZE,
     crop_size: int = DEFAULT_CROP_SIZE,
+    resize_mode: str = DEFAULT_RESIZE_MODE,
 ):
-    """The paper's retrieval transform: Resize(short side, bilinear), CenterCrop, ToTensor, Normalize."""
+    """The paper's retrieval transform: ``Resize((resize_size, resize_size))`` (bilinear; ``resize_mode="short"``:
+    the short side only), ``CenterCrop(crop_size)``, ``ToTensor``, ``Normalize``.
+
+    Raises:
+        InputError: the crop is larger than the resize, or an unknown ``resize_mode``.
+    """
+    from simseg.transforms import RESIZE_MODES
     from simseg.transforms import eval_transform as image_eval_transform
 
     if crop_size > resize_size:
         raise InputError(f"crop size {crop_size} is larger than the resize size {resize_size}")
-    return image_eval_transform(size=crop_size, mode="center_crop", resize=resize_size, mean=mean, std=std)
+    if resize_mode not in RESIZE_MODES:
+        raise InputError(f"resize mode {resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+    return image_eval_transform(size=crop_size, mode="center_crop", resize=resize_size, mean=mean, std=std,
+                                resize_mode=resize_mode)
+
+
+def protocol_info(model: Any, resize_size: int = DEFAULT_RESIZE_SIZE, crop_size: int = DEFAULT_CROP_SIZE,
+                  resize_mode: str = DEFAULT_RESIZE_MODE) -> dict[str, Any]:
+    """The retrieval protocol that produced a number, as reports and training logs record it: every transform
+    with its parameters (the resize mode among them), the input size, the pooling, padding, similarity, de-duplication
+    and tie rule."""
+    resize = ({"name": "resize", "size": [resize_size, resize_size], "mode": "square", "interpolation": "bilinear"}
+              if resize_mode == "square" else
+              {"name": "resize", "size": resize_size, "mode": "short", "interpolation": "bilinear"})
+    return {
+        "name": "retrieval",
+        "resize_mode": resize_mode,
+        "transforms": [
+            resize,
+            {"name": "center_crop", "size": crop_size},
+            {"name": "to_tensor"},
+            {"name": "normalize", "mean": list(model.mean), "std": list(model.std)},
+        ],
+        "input_size": crop_size,
+        "pooling": {"method": getattr(model, "pooling", None), "variant": "masked (evaluation)",
+                    "image_topk": getattr(model, "image_topk", None), "text_topk": getattr(model, "text_topk", None),
+                    "normalize": "L2"},
+        "text_padding": "longest",
+        "similarity": "cosine",
+        "dedup": "images de-duplicated by image_id before encoding",
+        "ties": TIE_RULE,
+    }
 
 
 def _decode(image: Any, name: str):
@@ -436,6 +477,7 @@ def evaluate_retrieval(
     skip_bad: bool = False,
     resize_size: int | None = None,
     crop_size: int | None = None,
+    resize_mode: str = DEFAULT_RESIZE_MODE,
     chunk_size: int = 1024,
     ks: Sequence[int] = (1, 5, 10),
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
@@ -459,10 +501,11 @@ def evaluate_retrieval(
         device: where inputs are sent (default: the model's device).
         skip_bad: an unreadable image is always reported and counted, and its captions left out; when False the
             call raises :class:`InputError` after the whole source was read, listing the bad images.
-        resize_size, crop_size: the transform (short side resize, centre crop). The crop defaults to the model's
-            input size and must equal it: build the model for the paper's 288 with ``load_model(...,
-            image_size=288)``; this function never rebuilds a model (an optimizer may hold its parameters). The
-            resize defaults to the paper's ratio, ``round(crop * 324 / 288)``.
+        resize_size, crop_size: the transform (resize, centre crop). The crop is the network's input size; it
+            defaults to the model's native size and may be any multiple of its patch size: the model runs at that size
+            with its position embedding resampled per call (never rebuilt or changed: an optimizer may hold its
+            parameters). The resize defaults to the paper's ratio, ``round(crop * 324 / 288)``.
+        resize_mode: ``"square"`` (the paper's: resize to (resize, resize)) or ``"short"`` (short side).
         chunk_size: queries scored at once by :func:`retrieval_metrics`.
         ks: recall cut-offs.
         tie_tolerance: see :func:`retrieval_metrics`.
@@ -488,13 +531,16 @@ def evaluate_retrieval(
     device = torch.device(device) if device is not None else _model_device(model)
     model_size = getattr(model, "image_size", None)
     crop_size = int(crop_size if crop_size is not None else model_size or DEFAULT_CROP_SIZE)
-    if model_size is not None and crop_size != model_size:
-        raise ValueError(f"crop size {crop_size} differs from the model's input size {model_size}: load the model "
-                         f"with image_size={crop_size}")
+    patch = getattr(model, "patch_size", None)
+    if patch is not None and crop_size % int(patch):
+        raise ValueError(f"crop size {crop_size} is not a multiple of the model's patch size {patch}")
+    if patch is None and model_size is not None and crop_size != model_size:
+        raise ValueError(f"crop size {crop_size} differs from the model's input size {model_size} (a model without "
+                         f"a patch size runs at image_size={model_size} only)")
     if resize_size is None:
         resize_size = round(crop_size * DEFAULT_RESIZE_SIZE / DEFAULT_CROP_SIZE)
     start_time = time.perf_counter()
-    transform = eval_transform(model.mean, model.std, resize_size, crop_size)
+    transform = eval_transform(model.mean, model.std, resize_size, crop_size, resize_mode)
 
     total_rows = None
     if isinstance(source, (str, os.PathLike)):

@@ -25,6 +25,8 @@ from simseg.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 POOLINGS = ("loda", "avg", "cls")
+TRAIN_POOLINGS = ("masked", "vanilla")
+SCHEDULES = ("cosine", "constant")
 SOURCE_TYPES = ("csv", "tsv", "parquet", "webdataset")
 
 
@@ -65,7 +67,7 @@ class ModelSchema:
     temperature_min: float = _optional(0.001, gt=0)
     temperature_max: float = _optional(0.5, gt=0)
     init: Optional[str] = _optional(None)
-    train_pooling: str = _optional("masked", choices=("masked", "vanilla"))
+    train_pooling: str = _optional("masked", choices=TRAIN_POOLINGS)
     dropout: Optional[float] = _optional(None, ge=0, le=1)
 
 
@@ -74,6 +76,7 @@ class SourceSchema:
     type: str = _rule(choices=SOURCE_TYPES)
     weight: Optional[float] = _optional(None, gt=0)
     num_samples: Optional[int] = _optional(None, ge=1)
+    allow_missing_shards: bool = _optional(False)
 
 
 #: Sections whose other keys are checked elsewhere: a source's keys differ per type (simseg.data.source_from_spec).
@@ -113,7 +116,7 @@ class TrainSchema:
     eval_every: int = _optional(0, ge=0)
     device: str = _optional("auto", pattern=r"auto|cpu|cuda(:\d+)?", allowed="auto, cpu, cuda or cuda:N")
     wandb: bool = _optional(False)
-    schedule: str = _optional("cosine", choices=("cosine", "constant"))
+    schedule: str = _optional("cosine", choices=SCHEDULES)
     decay_exclude_1d: bool = _optional(False)
 
 
@@ -121,7 +124,8 @@ class TrainSchema:
 class RetrievalEvalSchema:
     path: str = _rule()
     batch_size: int = _optional(64, ge=1)
-    max_images: Optional[int] = _optional(None, ge=1)
+    resize_size: Optional[int] = _optional(None, ge=1)
+    crop_size: Optional[int] = _optional(None, ge=1)
     resize_mode: Optional[str] = _optional(None, choices=("square", "short"))
 
 
@@ -132,8 +136,10 @@ class SegmentationEvalSchema:
     classes: Optional[list] = _optional(None, items=str)
     limit: Optional[int] = _optional(None, ge=1)
     protocol: str = _optional("simseg", choices=("simseg", "dense"))
-    crf: bool = _optional(False)
+    crf: bool = _optional(True)
     params: dict = _optional(None, freeform=True)
+    templates: Optional[str] = _optional(None)
+    cache_dir: Optional[str] = _optional(None)
 
 
 @dataclass(kw_only=True)

@@ -19,8 +19,19 @@ SLURM (one task per node; torchrun starts the per-GPU processes)::
         --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST \
         | head -n1):29500 -m simseg train simseg-vit-s16'
 
-Add ``--resume auto`` to continue a killed run from its last complete checkpoint (model, optimizer, scaler,
-schedule, step, data position and RNG states: the loss curve continues exactly).
+Add ``--resume auto`` to continue a killed run from its last valid checkpoint (model, optimizer, scaler, schedule,
+step, RNG states and the data position of every rank and loader worker, webdataset streams included: the loss
+curve continues exactly when the world size and ``data.num_workers`` are unchanged). Rank 0 decides the checkpoint;
+a rank on a node without it (no shared file system) receives the state from rank 0.
+
+Fine-tuning: ``model.init=PATH`` (a simseg folder or an original ``.pth``) starts at step 0 from those weights, every
+key checked, the position embedding resampled to ``model.vision.img_size``; nothing is downloaded.
+
+Deterministic mode, for debugging and cross-implementation checks: ``data.augment=false data.shuffle=false
+train.schedule=constant model.dropout=0`` (square resize, source order, constant learning rate, no dropout), with
+``train.checkpoint_every=1 train.keep_checkpoints=0`` to keep every step's weights. Each step's loss is in
+``metrics.jsonl``, its updated weights in ``checkpoints/step-N/model.safetensors`` and its gradients in AdamW's first
+moments (``train_state.pt``): ``g_1 = m_1 / (1 - beta1)``, ``g_n = (m_n - beta1 * m_(n-1)) / (1 - beta1)``.
 
 The loop is one function, :func:`train`. Data parallelism: each rank embeds its share of the global batch, the
 contrastive loss gathers embeddings with gradients (:mod:`simseg.loss`), and gradients are averaged over ranks with an
@@ -33,24 +44,24 @@ with a graph and back-propagated with the cached embedding gradients. Its gradie
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from simseg import distributed as du
-from simseg.errors import ConfigError
+from simseg.errors import CheckpointError, ConfigError
 from simseg.files import atomic_write_bytes
 from simseg.loss import contrastive_loss
 from simseg.model import SimSegModel
 from simseg.optim import lr_scale, param_groups, set_lr
 from simseg.schema import validate_config
-from simseg.train_state import (find_resume_checkpoint, read_training_state, restore_rng, rng_snapshot,
-                                save_training_checkpoint)
+from simseg.train_state import resume_checkpoint, restore_rng, rng_snapshot, save_training_checkpoint
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -80,6 +91,7 @@ def contrastive_step(
     chunk_size: int = 0,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     loss_scale: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    masked: bool | None = None,
 ) -> torch.Tensor:
     """Forward and backward of one contrastive step on this rank's share of the global batch.
 
@@ -87,13 +99,14 @@ def contrastive_step(
     accumulation: (1) embed every chunk without a graph, remembering the RNG state (dropout) of each; (2) one loss on
     all embeddings (gathered over ranks), backward to the embeddings and the temperature; (3) per chunk, restore its
     RNG state, embed again with a graph, and back-propagate the cached embedding gradients. Gradients accumulate in
-    ``.grad`` (not averaged over ranks: see :func:`average_gradients`). Returns the loss (detached).
+    ``.grad`` (not averaged over ranks: see :func:`average_gradients`). ``masked`` is the text pooling's variant
+    (None: the model's ``train_pooling``). Returns the loss (detached).
     """
     n = images.shape[0]
     temperature = model.temperature()
     if chunk_size <= 0 or chunk_size >= n:
         with autocast():
-            img, txt = model(images, input_ids, attention_mask)
+            img, txt = model(images, input_ids, attention_mask, masked=masked)
         loss = contrastive_loss(img.float(), txt.float(), temperature, rank, world_size)
         loss_scale(loss).backward()
         return loss.detach()
@@ -105,7 +118,7 @@ def contrastive_step(
         for s in parts:
             states.append(_rng_state(device))
             with autocast():
-                i, t = model(images[s], input_ids[s], attention_mask[s])
+                i, t = model(images[s], input_ids[s], attention_mask[s], masked=masked)
             img_parts.append(i.float())
             txt_parts.append(t.float())
     after = _rng_state(device)
@@ -116,7 +129,7 @@ def contrastive_step(
     for s, state in zip(parts, states):
         _set_rng_state(state, device)
         with autocast():
-            i, t = model(images[s], input_ids[s], attention_mask[s])
+            i, t = model(images[s], input_ids[s], attention_mask[s], masked=masked)
         surrogate = (i.float() * img.grad[s]).sum() + (t.float() * txt.grad[s]).sum()
         surrogate.backward()
     _set_rng_state(after, device)
@@ -199,38 +212,71 @@ class _Logger:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation hooks
-def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device) -> dict:
-    """The periodic evaluations of the config's ``eval`` section, as plain calls. Returns flat metrics.
+def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device,
+                    cache_dir: str | Path | None = None) -> dict:
+    """The periodic evaluations of the config's ``eval`` section, with the code and parameters of ``simseg
+    eval-retrieval`` / ``simseg eval-seg``. Returns flat metrics, and beside each evaluation's numbers the protocol
+    that produced them (``retrieval/protocol``, ``seg/protocol``: names and every parameter).
 
-    Called on every rank at the same step: both evaluations shard their data over the ranks and combine results.
+    ``eval.retrieval``: ``{path, batch_size: 64, resize_size: 324, crop_size: 288, resize_mode: square}`` (the
+    paper's transform unless set). ``eval.segmentation``: ``{dataset, data_root ($SIMSEG_DATA if unset), protocol:
+    simseg, crf: true, params: {}, limit: null, classes: null, templates: null}``; the benchmark's paper settings
+    (e.g. N = 30 for PASCAL Context) apply unless ``params`` sets them, as in ``eval-seg``. Called on every rank at
+    the same step: both evaluations shard their data over the ranks and combine results.
     """
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     was_training = model.training
     model.eval()
     try:
         if eval_cfg.get("retrieval"):
-            from simseg.retrieval import evaluate_retrieval
+            from simseg.protocols import RetrievalParams
+            from simseg.retrieval import evaluate_retrieval, protocol_info
 
             r = dict(eval_cfg["retrieval"])
+            sizes = (int(r.get("resize_size", RetrievalParams.resize_size)),
+                     int(r.get("crop_size", RetrievalParams.crop_size)), str(r.get("resize_mode",
+                                                                                  RetrievalParams.resize_mode)))
             metrics = evaluate_retrieval(model, r["path"], device=device, batch_size=int(r.get("batch_size", 64)),
-                                         skip_bad=True, crop_size=model.image_size, progress=False)
+                                         skip_bad=True, resize_size=sizes[0], crop_size=sizes[1],
+                                         resize_mode=sizes[2], progress=False)
             out.update({f"retrieval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            out["retrieval/protocol"] = protocol_info(model, *sizes)
         if eval_cfg.get("segmentation"):
-            from simseg.evaluate import evaluate_segmentation
-            from simseg.segdata import SegmentationBenchmark
+            from simseg.evaluate import evaluate_segmentation, evaluation_classes
+            from simseg.protocols import DEFAULT_PROTOCOL, benchmark_parameters
+            from simseg.segdata import SegmentationBenchmark, resolve_data_root
             from simseg.segment import Segmenter
 
             s = dict(eval_cfg["segmentation"])
-            bench = SegmentationBenchmark(s["dataset"], s["data_root"], class_names=s.get("classes"))
-            params = dict(s.get("params") or {})
-            seg = Segmenter(model, bench.class_names, protocol=s.get("protocol", "simseg"),
-                            crf=bool(s.get("crf", False)), **params)
+            protocol = s.get("protocol", DEFAULT_PROTOCOL)
+            bench = SegmentationBenchmark(s["dataset"], resolve_data_root(s.get("data_root")),
+                                          class_names=s.get("classes"))
+            classes, _ = evaluation_classes(bench.class_names)
+            params = benchmark_parameters(s["dataset"], protocol, dict(s.get("params") or {}))
+            seg = Segmenter(model, classes, protocol=protocol, crf=bool(s.get("crf", True)),
+                            templates=s.get("templates"), cache_dir=s.get("cache_dir", cache_dir), **params)
             metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), rank=du.get_rank(),
                                             world_size=du.get_world_size(), progress=False)
             out.update({f"seg/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            out["seg/dataset"] = s["dataset"]
+            out["seg/protocol"] = seg.protocol_info()
     finally:
         model.train(was_training)
     return out
+
+
+def _describe_evaluations(step: int, metrics: dict) -> str:
+    """One log line per evaluation: its headline numbers and the protocol that produced them."""
+    lines = []
+    for prefix, keys in (("retrieval", ("I2T_R@1", "T2I_R@1", "RSUM")), ("seg", ("mIoU",))):
+        info = metrics.get(f"{prefix}/protocol")
+        if info is None:
+            continue
+        numbers = ", ".join(f"{k} {metrics[f'{prefix}/{k}']:.2f}" for k in keys if f"{prefix}/{k}" in metrics)
+        params = ", ".join(f"{k}={v}" for k, v in info.items() if k != "name" and not isinstance(v, (dict, list)))
+        where = f" on {metrics['seg/dataset']}" if prefix == "seg" else ""
+        lines.append(f"eval at step {step}{where}: {numbers} (protocol {info.get('name')}: {params})")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -244,22 +290,66 @@ def _device(name: str) -> torch.device:
     return torch.device(name if name != "cuda" else f"cuda:{du.get_local_rank()}")
 
 
-def _precision(name: str, device: torch.device) -> str:
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``train.precision``: ``auto`` is fp16 mixed precision on CUDA (what the original trained with) and fp32 on
+    CPU (bf16 matmul is ~100x slower than fp32 on plain CPUs); fp32, fp16 and bf16 are taken as given."""
     if name == "auto":
-        if device.type != "cuda":
-            return "fp32"  # bf16 matmul is ~100x slower than fp32 on plain CPUs
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision: {name!r} is not one of auto, fp32, bf16, fp16")
+        return "fp16" if device.type == "cuda" else "fp32"
     return name
 
 
+def initial_model(model_cfg: dict, load_init: bool = True) -> SimSegModel:
+    """The model a fresh run starts from: built from the ``model`` section (pretrained towers as configured) or,
+    with ``model.init``, built without any download and given that checkpoint's weights
+    (:func:`simseg.train_state.load_init_weights`: every key checked, the position embedding resampled).
+    ``load_init=False`` builds the architecture only (ranks other than 0 receive rank 0's weights).
+
+    Raises:
+        ConfigError: no tokenizer (``model.tokenizer``, or a simseg ``model.init`` folder holding one).
+        InputError, CheckpointError: ``model.init`` is missing, not a checkpoint, or of another architecture.
+    """
+    from simseg.model import build_model
+    from simseg.tokenizer import load_tokenizer
+    from simseg.train_state import load_init_weights
+
+    init = model_cfg.get("init")
+    tok_source = model_cfg.get("tokenizer")
+    if not tok_source and init and (Path(init) / "tokenizer" / "vocab.txt").is_file():
+        tok_source = Path(init) / "tokenizer"
+    if not tok_source:
+        raise ConfigError("model.tokenizer: give a Hugging Face name or a folder with vocab.txt")
+    tokenizer = load_tokenizer(tok_source)
+    if not init:
+        return build_model(model_cfg, tokenizer)
+    model = build_model(model_cfg, tokenizer, pretrained=False)
+    if load_init:
+        load_init_weights(model, init)
+    return model
+
+
+def _initial_model_everywhere(model_cfg: dict) -> SimSegModel:
+    """:func:`initial_model` on every rank as a collective: rank 0 reads ``model.init`` (the other ranks get its
+    weights by the broadcast that follows, so a node without the file trains too), and an error on any rank is
+    raised on every rank instead of leaving the others waiting."""
+    from simseg.errors import InputError, SimSegError
+
+    model, problem = None, None
+    try:
+        model = initial_model(model_cfg, load_init=du.is_main_process())
+    except SimSegError as e:
+        problem = (type(e).__name__, f"{e}" if du.get_world_size() == 1 else f"rank {du.get_rank()}: {e}")
+    first = next((p for p in du.all_gather_object(problem) if p), None)
+    if first is not None:
+        raise {"InputError": InputError, "CheckpointError": CheckpointError}.get(first[0], ConfigError)(first[1])
+    return model
+
+
 def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = None, progress: bool = True) -> dict:
-    """Train with a resolved config (a plain dict). Returns a summary (final loss, steps, bad samples, paths).
+    """Train with a resolved config (a plain dict). Returns a summary (final loss, steps, lost samples, paths).
 
     Args:
-        cfg: the merged config (``model``, ``data``, ``train``, ``eval`` sections).
-        resume: "none", "auto" (newest complete checkpoint in the output folder, if any), or a checkpoint folder.
+        cfg: the merged config (``model``, ``data``, ``train``, ``eval`` sections); not changed.
+        resume: "none", "auto" (newest valid checkpoint in the output folder, if any), or a checkpoint folder.
         batch_iter: batches to use instead of the configured data sources (tests, the demo): an iterator of
             ``{"images", "captions", "skipped"}`` for THIS rank, starting at the resume step.
         progress: show a tqdm bar on rank 0.
@@ -268,67 +358,81 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
 
     from simseg.checkpoint import save_model
     from simseg.config import save_config
-    from simseg.model import build_model
-    from simseg.tokenizer import load_tokenizer
+    from simseg.model import set_dropout
 
     validate_config(cfg)
-    tc, mc = cfg["train"], cfg["model"]
+    tc, mc, dc = cfg["train"], cfg["model"], cfg["data"]
     du.init_distributed()
     rank, world = du.get_rank(), du.get_world_size()
     device = _device(tc.get("device", "auto"))
-    precision = _precision(tc.get("precision", "auto"), device)
+    precision = resolve_precision(tc.get("precision", "auto"), device)
+    schedule = str(tc.get("schedule", "cosine"))  # values checked by the schema
+    train_pooling = str(mc.get("train_pooling") or "masked")
     run_dir = Path(tc["output_dir"])
     total_steps, global_batch = int(tc["steps"]), int(tc["batch_size"])
-    if total_steps < 1:
-        raise ConfigError(f"train.steps must be >= 1, got {total_steps}")
-    if global_batch < 1 or global_batch % world:
+    if global_batch % world:
         raise ConfigError(f"train.batch_size ({global_batch}) must be a positive multiple of the world size ({world})")
     local_batch = global_batch // world
+    num_streams = max(1, int(dc.get("num_workers", 0)))
 
     seed = int(tc.get("seed", 0))
     torch.manual_seed(seed + rank)
     random.seed(seed + rank)
     np.random.seed((seed + rank) % (1 << 32))
 
-    # ---- model, optimizer, resume
-    start_step, extra = 0, {"bad_samples": [0] * world}
-    found = None
-    if resume == "auto":
-        found = find_resume_checkpoint(run_dir)
-    elif resume not in ("none", "", None):
-        from simseg.checkpoint import load_model
-
-        ckpt = Path(resume)
-        found = (ckpt, read_training_state(ckpt), load_model(ckpt))
+    # ---- model, optimizer, resume (a collective: rank 0 decides, every rank ends with the same state)
+    found = resume_checkpoint(run_dir, resume)
+    start_step, extra = 0, {}
     if found is not None:
         ckpt, state, model = found
         start_step, extra = int(state["step"]), dict(state["extra"])
         if du.is_main_process():
-            print(f"resuming from {ckpt} (step {start_step})")
+            print(f"resuming from {ckpt} (step {start_step})", flush=True)
+        if mc.get("dropout") is not None:
+            set_dropout(model, mc["dropout"])
     else:
-        if not mc.get("tokenizer"):
-            raise ConfigError("model.tokenizer: give a Hugging Face name or a folder with vocab.txt")
-        model = build_model(mc, load_tokenizer(mc["tokenizer"]))
+        model = _initial_model_everywhere(mc)
     model.to(device).train()
     broadcast_parameters(model)
-    opt = torch.optim.AdamW(param_groups(model, float(tc["weight_decay"])), lr=float(tc["lr"]),
-                            betas=tuple(tc["betas"]), eps=float(tc["eps"]))
+    opt = torch.optim.AdamW(param_groups(model, float(tc["weight_decay"]), bool(tc.get("decay_exclude_1d", False))),
+                            lr=float(tc["lr"]), betas=tuple(tc["betas"]), eps=float(tc["eps"]))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if found is not None:
-        opt.load_state_dict(found[1]["optimizer"])
+        try:
+            opt.load_state_dict(found[1]["optimizer"])
+        except ValueError as e:
+            raise CheckpointError(f"{found[0]}: its optimizer state does not fit this run ({e}); resume with the "
+                                  "train.decay_exclude_1d it was saved with") from None
         if scaler is not None and found[1].get("scaler"):
             scaler.load_state_dict(found[1]["scaler"])
+    resolved = copy.deepcopy(cfg)
+    resolved["train"]["precision"] = precision  # what was chosen, not "auto"
     if du.is_main_process():
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(resolved, run_dir / "config.yaml")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
     # ---- data
+    saved_data = extra.get("data") or {}
+    positions: dict = {}
+    if found is not None and saved_data:
+        if saved_data.get("world_size") == world and saved_data.get("num_streams") == num_streams:
+            positions = dict(saved_data["positions"][rank])
+        elif du.is_main_process():
+            print(f"warning: the checkpoint's data positions were saved with {saved_data.get('world_size')} rank(s) "
+                  f"x {saved_data.get('num_streams')} loader stream(s), this run has {world} x {num_streams}: "
+                  "streamed sources restart from fresh seeded streams (map-style sources stay exact)", flush=True)
+    mixing: list[dict] = []
     if batch_iter is None:
-        batch_iter = iter(_build_loader(cfg, model, rank, world, local_batch, start_step))
-    logger = _Logger(run_dir, du.is_main_process(), start_step, bool(tc.get("wandb", False)), cfg)
+        loader = _build_loader(cfg, model, rank, world, local_batch, start_step, positions)
+        mixing = loader.dataset.mixing()
+        if du.is_main_process():
+            print("data: " + "; ".join(f"{m['source']} size {m['size']} share {m['share']:.3f}" for m in mixing),
+                  flush=True)
+        batch_iter = iter(loader)
+    logger = _Logger(run_dir, du.is_main_process(), start_step, bool(tc.get("wandb", False)), resolved)
     if found is not None:  # last: building the loader iterator above draws from the global RNG
         restore_rng(found[1]["rng"], rank, world, device)
 
@@ -336,29 +440,49 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
                desc="train", dynamic_ncols=True)
     loss_value, t_last, n_last = float("nan"), time.perf_counter(), 0
-    per_rank_bad = extra.get("bad_samples", [0] * world)
-    local_bad = per_rank_bad[rank] if isinstance(per_rank_bad, list) and len(per_rank_bad) == world else 0
+    saved_bad = extra.get("bad_samples")
+    local_bad = int(saved_bad[rank]) if isinstance(saved_bad, list) and len(saved_bad) == world else 0
+    saved_by_source = extra.get("bad_samples_by_source")
+    n_sources = len(mixing) or len(dc.get("train") or [])
+    local_by_source = (list(saved_by_source[rank]) if isinstance(saved_by_source, list)
+                       and len(saved_by_source) == world and len(saved_by_source[rank]) == n_sources
+                       else [0] * n_sources)
     keep = int(tc.get("keep_checkpoints", 3))
+    masked = train_pooling == "masked"
+
+    def by_source_total() -> list[int]:
+        rows = du.all_gather_object(local_by_source)
+        return [sum(col) for col in zip(*rows)] if rows and rows[0] else []
 
     def checkpoint(step_done: int) -> None:  # a collective: every rank calls it, rank 0 writes
         rngs = du.all_gather_object(rng_snapshot(device))
-        extra["bad_samples"] = du.all_gather_object(local_bad)
+        state = {"bad_samples": du.all_gather_object(local_bad),
+                 "bad_samples_by_source": du.all_gather_object(local_by_source),
+                 "data": {"world_size": world, "num_streams": num_streams,
+                          "positions": du.all_gather_object(positions)}}
         if du.is_main_process():
-            save_training_checkpoint(run_dir, step_done, model, opt, scaler, extra, rngs, keep)
+            save_training_checkpoint(run_dir, step_done, model, opt, scaler, state, rngs, keep)
 
     ckpt_every, log_every = int(tc.get("checkpoint_every", 0)), max(1, int(tc.get("log_every", 10)))
     eval_every = int(tc.get("eval_every", 0))
+    eval_cache = run_dir / "cache" / "text"
+    base_lr, warmup, floor = float(tc["lr"]), float(tc.get("warmup", 0.025)), float(tc.get("lr_floor", 0.1))
     for step in range(start_step, total_steps):
         batch = next(batch_iter)
         local_bad += int(batch.get("skipped", 0))
-        lr = float(tc["lr"]) * lr_scale(step, total_steps, float(tc["warmup"]), float(tc["lr_floor"]))
+        for i, n in enumerate(batch.get("skipped_by_source") or []):
+            if i < len(local_by_source):
+                local_by_source[i] += int(n)
+        if "positions" in batch:  # where this batch's stream stopped: saved with the next checkpoint
+            positions[str(batch["stream"])] = {str(k): v for k, v in batch["positions"].items()}
+        lr = base_lr * lr_scale(step, total_steps, warmup, floor, schedule)
         set_lr(opt, lr)
         tokens = model.tokenize(list(batch["captions"]), padding="max_length")
         images = batch["images"].to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         loss = contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"], rank, world,
                                 int(tc.get("chunk_size", 0)), autocast,
-                                scaler.scale if scaler is not None else (lambda x: x))
+                                scaler.scale if scaler is not None else (lambda x: x), masked=masked)
         average_gradients(model, world)
         if scaler is not None:
             scaler.unscale_(opt)
@@ -375,48 +499,68 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         if done % log_every == 0 or done == total_steps:  # every rank: the loss and counts are reduced
             loss_value = float(du.all_reduce_sum(loss.clone())) / world
             bad_total = sum(du.all_gather_object(local_bad))
+            bad_sources = by_source_total()
             now = time.perf_counter()
             ips = n_last / max(now - t_last, 1e-9)
             t_last, n_last = now, 0
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-            logger.log({"step": done, "loss": loss_value, "lr": lr, "temperature": model.temperature().item(),
-                        "images_per_s": ips, "bad_samples": bad_total})
+            record = {"step": done, "loss": loss_value, "lr": lr, "temperature": model.temperature().item(),
+                      "images_per_s": ips, "bad_samples": bad_total}
+            if bad_sources:
+                record["bad_samples_by_source"] = bad_sources
+            logger.log(record)
         if eval_every and done % eval_every == 0 and done != total_steps:
-            logger.log({"step": done, **run_evaluations(model, cfg.get("eval") or {}, device)})
+            metrics = run_evaluations(model, cfg.get("eval") or {}, device, eval_cache)
+            logger.log({"step": done, **metrics})
+            if du.is_main_process() and metrics:
+                bar.write(_describe_evaluations(done, metrics))
         if ckpt_every and done % ckpt_every == 0 and done != total_steps:
             checkpoint(done)
     bar.close()
 
     if start_step < total_steps:
         checkpoint(total_steps)
-    final_metrics = run_evaluations(model, cfg.get("eval") or {}, device)
+    final_metrics = run_evaluations(model, cfg.get("eval") or {}, device, eval_cache)
     bad_total = sum(du.all_gather_object(local_bad))
-    summary = {"steps": total_steps, "final_loss": loss_value, "bad_samples": bad_total,
-               "output_dir": str(run_dir), "precision": precision, "world_size": world}
+    bad_sources = by_source_total()
+    summary: dict[str, Any] = {
+        "steps": total_steps, "final_loss": loss_value, "bad_samples": bad_total,
+        "bad_samples_by_source": bad_sources, "output_dir": str(run_dir), "precision": precision,
+        "train_pooling": train_pooling, "schedule": schedule, "world_size": world, "data": mixing,
+    }
     if du.is_main_process():
         if final_metrics:
             logger.log({"step": total_steps, **final_metrics})
             summary["eval"] = final_metrics
+            print(_describe_evaluations(total_steps, final_metrics), flush=True)
         save_model(model.eval(), run_dir / "checkpoint", meta={"step": total_steps, "summary": summary})
         summary["checkpoint"] = str(run_dir / "checkpoint")
     logger.close()
     du.barrier()
     if summary["bad_samples"] and du.is_main_process():
-        print(f"skipped {summary['bad_samples']} bad samples (see warnings above)")
+        per = ", ".join(f"{m['source']}: {n}" for m, n in zip(mixing, bad_sources)) if mixing else ""
+        print(f"lost {summary['bad_samples']} training sample(s){f' ({per})' if per else ''}; see the warnings above",
+              flush=True)
     return summary
 
 
-def _build_loader(cfg: dict, model: SimSegModel, rank: int, world: int, local_batch: int, start_step: int):
+def _build_loader(cfg: dict, model: SimSegModel, rank: int, world: int, local_batch: int, start_step: int,
+                  positions: dict | None = None):
     from simseg.data import build_sources, build_train_loader
-    from simseg.transforms import CaptionAugmenter, train_transform
+    from simseg.transforms import CaptionAugmenter, eval_transform, train_transform
 
     dc, tc = cfg["data"], cfg["train"]
     sources, weights = build_sources(list(dc.get("train") or []))
-    transform = train_transform(size=int(dc.get("image_size", 224)), scale=tuple(dc.get("crop_scale", (0.6, 1.0))),
-                                autoaugment=bool(dc.get("autoaugment", True)), mean=model.mean, std=model.std)
-    prob = float(dc.get("caption_augment_prob", 0.0))
+    size = int(dc.get("image_size", 224))
+    augment = bool(dc.get("augment", True))
+    if augment:
+        transform = train_transform(size=size, scale=tuple(dc.get("crop_scale", (0.6, 1.0))),
+                                    autoaugment=bool(dc.get("autoaugment", True)), mean=model.mean, std=model.std)
+    else:  # deterministic: the square evaluation resize, no crop, no AutoAugment
+        transform = eval_transform(size, mode="square", mean=model.mean, std=model.std)
+    prob = float(dc.get("caption_augment_prob", 0.0)) if augment else 0.0
     caption_fn = CaptionAugmenter(model.tokenizer, prob) if prob > 0 else None
     return build_train_loader(sources, weights, local_batch, transform, rank=rank, world_size=world,
                               seed=int(tc.get("seed", 0)), num_workers=int(dc.get("num_workers", 0)),
-                              start_batch=start_step, caption_fn=caption_fn,
-                              pin_memory=torch.cuda.is_available())
+                              start_batch=start_step, caption_fn=caption_fn, pin_memory=torch.cuda.is_available(),
+                              shuffle=bool(dc.get("shuffle", True)), stream_positions=positions or None)

@@ -1,8 +1,10 @@
 """Image transforms and caption augmentation (the paper's training recipe and evaluation protocols).
 
-Training images: ``RandomResizedCrop(224, scale=(0.6, 1.0))`` -> ``AutoAugment`` (ImageNet policy) -> ``ToTensor`` ->
-``Normalize`` (ImageNet mean / std). Evaluation images: a square resize to 288 for segmentation, or a short-side resize
-plus centre crop for retrieval. Captions: each word piece is masked, replaced or dropped with probability 0.2.
+Training images: ``RandomResizedCrop(224, scale=(0.6, 1.0))`` -> ``AutoAugment`` (ImageNet policy, geometric ops
+filling with grey (128, 128, 128) as the original's own ImageNetPolicy) -> ``ToTensor`` -> ``Normalize`` (ImageNet mean
+/ std). Evaluation images: a square resize to 288 for segmentation; a square resize to 324 then a centre crop of 288
+for retrieval (the original's ``resize`` is ``Resize((size, size))``: the image is squashed), a short-side resize
+being the option. Captions: each word piece is masked, replaced or dropped with probability 0.2.
 
 The torchvision transforms draw their randomness from torch's global generator; :mod:`simseg.data` seeds that
 generator per sample (inside ``torch.random.fork_rng``) so that a resumed run sees the same crops as an uninterrupted
@@ -21,6 +23,14 @@ from torchvision import transforms as T
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+#: Fill colour of AutoAugment's geometric ops (rotate, shear, translate): the original's ImageNetPolicy fills with grey;
+#: torchvision's AutoAugment fills with black unless told.
+AUTOAUGMENT_FILL: tuple[int, int, int] = (128, 128, 128)
+
+#: Resize modes of the centre-crop evaluation transform: ``square`` = ``Resize((s, s))`` (aspect ratio not kept, the
+#: original's retrieval transform), ``short`` = ``Resize(s)`` on the short side (aspect ratio kept).
+RESIZE_MODES = ("square", "short")
+
 #: Probability split of an augmented word piece: [MASK] half of the time, a random token a tenth, dropped otherwise.
 MASK_SHARE = 0.5
 RANDOM_SHARE = 0.1
@@ -38,7 +48,8 @@ def train_transform(
     Args:
         size: output side in pixels (square crop).
         scale: range of the crop's area relative to the image, as torchvision's ``RandomResizedCrop``.
-        autoaugment: apply ``AutoAugment`` with the ImageNet policy after the crop (switch off for ablations).
+        autoaugment: apply ``AutoAugment`` with the ImageNet policy after the crop (switch off for ablations); its
+            geometric ops fill the uncovered area with :data:`AUTOAUGMENT_FILL` (grey), as the original.
         mean: per-channel normalisation mean.
         std: per-channel normalisation standard deviation.
 
@@ -47,7 +58,7 @@ def train_transform(
     """
     steps: list[Callable[[Any], Any]] = [T.RandomResizedCrop(size, scale=tuple(scale))]
     if autoaugment:
-        steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
+        steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, fill=list(AUTOAUGMENT_FILL)))
     steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     return T.Compose(steps)
 
@@ -58,28 +69,35 @@ def eval_transform(
     resize: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    resize_mode: Literal["square", "short"] = "square",
 ) -> Callable[[Any], Any]:
     """A deterministic evaluation transform.
 
     Args:
         size: output side in pixels.
-        mode: ``"square"``: ``Resize((size, size))``, the segmentation protocol (aspect ratio not
-            kept); ``"center_crop"``: ``Resize(resize or size)`` on the short side then ``CenterCrop(size)``, the
-            retrieval protocol (resize=324, size=288).
-        resize: short-side size before the centre crop (``"center_crop"`` only); defaults to ``size``.
+        mode: ``"square"``: ``Resize((size, size))``, the segmentation protocol (aspect ratio not kept);
+            ``"center_crop"``: a resize to ``resize`` (see ``resize_mode``) then ``CenterCrop(size)``, the retrieval
+            protocol (resize=324, size=288).
+        resize: side before the centre crop (``"center_crop"`` only); defaults to ``size``.
         mean: per-channel normalisation mean.
         std: per-channel normalisation standard deviation.
+        resize_mode: ``"center_crop"`` only: ``"square"`` resizes to ``(resize, resize)`` (the original's retrieval
+            transform: the image is squashed), ``"short"`` resizes the short side to ``resize``, keeping the aspect
+            ratio.
 
     Returns:
         A callable mapping an RGB PIL image to a float tensor (3, size, size).
 
     Raises:
-        ValueError: ``mode`` is not one of the two above.
+        ValueError: ``mode`` or ``resize_mode`` is not one of those above.
     """
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"eval_transform: resize_mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
     if mode == "square":
         geometry: list[Callable[[Any], Any]] = [T.Resize((size, size))]
     elif mode == "center_crop":
-        geometry = [T.Resize(resize or size), T.CenterCrop(size)]
+        side = resize or size
+        geometry = [T.Resize((side, side) if resize_mode == "square" else side), T.CenterCrop(size)]
     else:
         raise ValueError(f"eval_transform: mode must be 'square' or 'center_crop', got {mode!r}")
     return T.Compose([*geometry, T.ToTensor(), T.Normalize(tuple(mean), tuple(std))])

@@ -37,11 +37,24 @@ def test_cli_end_to_end(toy_root, vocab_dir, tmp_path, capsys):
     assert report["T2I_R@10"] == 100.0  # only 6 images: every caption finds its image in the top 10
     assert (report["num_images"], report["num_captions"], report["num_bad_images"]) == (6, 12, 0)
     protocol = report["protocol"]
-    assert protocol["transforms"][0] == {"name": "resize", "size": 36, "side": "short", "interpolation": "bilinear"}
+    # with no option, the paper's square resize (the image squashed), then the centre crop
+    assert protocol["resize_mode"] == "square"
+    assert protocol["transforms"][0] == {"name": "resize", "size": [36, 36], "mode": "square",
+                                         "interpolation": "bilinear"}
     assert protocol["transforms"][1] == {"name": "center_crop", "size": 32}
     assert protocol["pooling"]["method"] == "loda" and protocol["pooling"]["image_topk"] == 5
     assert report["checkpoint"]["path"] == "tiny" and report["checkpoint"]["sha256"] is None
     assert report["versions"]["torch"] and report["versions"]["python"]
+
+
+def test_cli_short_side_option_is_recorded(toy_root, vocab_dir, tmp_path):
+    common = ["--dataset", "toy", "--data-root", str(toy_root), "--checkpoint", "tiny", "--tokenizer",
+              str(vocab_dir), "--crop-size", "32", "--resize-size", "36"]
+    assert _cli([*common, "--out", str(tmp_path / "short"), "--resize-mode", "short"]) == 0
+    protocol = json.loads((tmp_path / "short" / "metrics.json").read_text())["protocol"]
+    assert protocol["resize_mode"] == "short"
+    assert protocol["transforms"][0] == {"name": "resize", "size": 36, "mode": "short", "interpolation": "bilinear"}
+    assert _cli([*common, "--out", str(tmp_path / "x"), "--crop-size", "30", "--resize-size", "36"]) == 2
 
 
 

@@ -8,48 +8,55 @@ import time
 
 import pytest
 
-from tests.test_train import CAPTIONS  # noqa: F401
+from tests.test_train import _write_csv_data
 
 
-def _write_csv_data(root, n=24):
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    rows = ["image,caption"]
-    for i in range(n):
-        Image.new("RGB", (40, 40), ((i * 40) % 255, (i * 90) % 255, 30)).save(root / f"{i}.png")
-        rows.append(f"{i}.png,{CAPTIONS[i % len(CAPTIONS)]}")
-    (root / "train_anno.csv").write_text("\n".join(rows) + "\n")
-    return root / "train_anno.csv"
-
-
-
-def _cli_args(vocab_dir, out, csv, steps):
+def _cli_args(vocab_dir, out, source, steps, extra=()):
     return [sys.executable, "-m", "simseg", "train", "tiny", f"model.tokenizer={vocab_dir}",
             f"train.output_dir={out}", f"train.steps={steps}", "train.batch_size=8", "train.checkpoint_every=2",
             "train.log_every=1", "model.vision.img_size=32", "model.vision.kwargs.patch_size=8",
-            "data.image_size=32", f"data.train=[{{type: csv, path: {csv}}}]", "--no-progress"]
+            "data.image_size=32", f"data.train=[{source}]", *extra, "--no-progress"]
 
+
+def _webdataset_source(root):
+    from tests.test_data import _jpeg, _write_shard
+
+    root.mkdir(parents=True)
+    captions = ["a red circle", "a blue star", "a green square", "a cat on the grass", "a dog"]
+    for k in range(6):
+        _write_shard(root / f"w-{k}.tar", [(f"{k}{i:02d}", _jpeg(10 * k + i, size=(40, 40)),
+                                            f"{captions[(k + i) % 5]} {i}".encode()) for i in range(10)], stats=10)
+    return f'{{type: webdataset, urls: "{root}/w-{{0..5}}.tar", shuffle_buffer: 4}}'
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_gives_the_same_loss_curve(vocab_dir, tmp_path):
-    csv = _write_csv_data(tmp_path / "data")
+@pytest.mark.parametrize("kind", ["csv", "webdataset"])
+def test_sigkill_and_resume_gives_the_same_loss_curve(vocab_dir, tmp_path, kind):
+    """Killed with SIGKILL after its step-4 checkpoint, the run resumes where the checkpoint says and its loss curve
+    is the uninterrupted one at every step: map-style rows and webdataset streams (two loader workers, each its
+    own stream and saved position, shards shuffled) alike."""
+    if kind == "csv":
+        source, extra = f"{{type: csv, path: {_write_csv_data(tmp_path / 'data')}}}", ()
+    else:
+        source, extra = _webdataset_source(tmp_path / "shards"), ("data.num_workers=2",)
     steps = 14
-    ref = subprocess.run(_cli_args(vocab_dir, tmp_path / "ref", csv, steps), capture_output=True, text=True)
+    ref = subprocess.run(_cli_args(vocab_dir, tmp_path / "ref", source, steps, extra), capture_output=True,
+                         text=True)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli_args(vocab_dir, run, csv, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cli_args(vocab_dir, run, source, steps, extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "step-00000004").exists():
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "checkpoint").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run(_cli_args(vocab_dir, run, csv, steps) + ["--resume", "auto"], capture_output=True,
-                             text=True)
+    resumed = subprocess.run(_cli_args(vocab_dir, run, source, steps, extra) + ["--resume", "auto"],
+                             capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
+    assert "fresh stream" not in resumed.stderr  # every stream continued from its saved position
 
     def curve(d):
         return {r["step"]: r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
@@ -58,7 +65,6 @@ def test_sigkill_and_resume_gives_the_same_loss_curve(vocab_dir, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     for s in a:
         assert a[s] == pytest.approx(b[s], abs=1e-5), s
-
 
 
 def test_bad_training_config_is_a_clear_error(vocab_dir, tmp_path, capsys):

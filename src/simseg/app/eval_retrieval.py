@@ -2,6 +2,10 @@
 
     simseg eval-retrieval --dataset f30k --data-root data --checkpoint simseg.vit-b.pth --out runs/f30k
     torchrun --nproc_per_node 8 -m simseg eval-retrieval --dataset coco --data-root data --checkpoint ckpt/
+
+With no option the protocol is the paper's: ``Resize((324, 324))`` (square: the image is squashed, as the original's
+transform), ``CenterCrop(288)``. ``--resize-mode short`` resizes the short side instead; ``metrics.json`` records
+which one produced its numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="report folder (default: simseg-eval/retrieval-<dataset>)")
     parser.add_argument("--batch-size", type=int, default=64, help="images / captions encoded at once (default 64)")
     parser.add_argument("--resize-size", type=int, default=RetrievalParams.resize_size,
-                        help=f"short side after resizing (default {RetrievalParams.resize_size})")
+                        help=f"side after resizing, before the crop (default {RetrievalParams.resize_size})")
+    parser.add_argument("--resize-mode", choices=("square", "short"), default=RetrievalParams.resize_mode,
+                        help="square: resize to SIZE x SIZE, squashing the image (the paper's, default); "
+                             "short: resize the short side to SIZE, keeping the aspect ratio")
     parser.add_argument("--crop-size", type=int, default=RetrievalParams.crop_size,
                         help=f"centre crop = model input size (default {RetrievalParams.crop_size})")
     parser.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once (default 1024)")
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from simseg.app.report import bad_samples_exit, provenance, write_json
     from simseg.checkpoint import load_model
     from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
-    from simseg.retrieval import TIE_RULE, evaluate_retrieval
+    from simseg.retrieval import evaluate_retrieval, protocol_info
 
     for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
                         ("--resize-size", args.resize_size), ("--crop-size", args.crop_size)):
@@ -111,12 +118,17 @@ def run(args: argparse.Namespace) -> int:
     rank, world_size = get_rank(), get_world_size()
     device = resolve_device(args.device, get_local_rank() if distributed else None)
     out = output_dir(Path(args.out) if args.out else Path("simseg-eval") / f"retrieval-{dataset}")
-    model = load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, image_size=args.crop_size)
+    # The model keeps its native size: it runs at the crop size with its position embedding resampled per call, the
+    # code path training-time evaluation takes too, so both give the same numbers.
+    model = load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
+    if args.crop_size % model.patch_size:
+        raise InputError(f"--crop-size {args.crop_size} is not a multiple of the model's patch size {model.patch_size}")
 
     # Unreadable images are always counted and reported; the exit status is decided below, after the report.
     metrics = evaluate_retrieval(model, path, batch_size=args.batch_size, device=device, skip_bad=True,
-                                 resize_size=args.resize_size, crop_size=args.crop_size, chunk_size=args.chunk_size,
-                                 num_workers=args.workers, rank=rank, world_size=world_size)
+                                 resize_size=args.resize_size, crop_size=args.crop_size, resize_mode=args.resize_mode,
+                                 chunk_size=args.chunk_size, num_workers=args.workers, rank=rank,
+                                 world_size=world_size)
     if rank == 0:
         keys = [k for k in metrics if k.startswith(("I2T_", "T2I_"))] + ["RSUM"]
         backbone = backbone_name(model)
@@ -131,23 +143,7 @@ def run(args: argparse.Namespace) -> int:
             "num_bad_images": metrics["num_bad_images"],
             "num_captions_dropped": metrics["num_captions_dropped"],
             "bad_images": metrics["bad_images"],
-            "protocol": {
-                "name": "retrieval",
-                "transforms": [
-                    {"name": "resize", "size": args.resize_size, "side": "short", "interpolation": "bilinear"},
-                    {"name": "center_crop", "size": args.crop_size},
-                    {"name": "to_tensor"},
-                    {"name": "normalize", "mean": list(model.mean), "std": list(model.std)},
-                ],
-                "input_size": args.crop_size,
-                "pooling": {"method": getattr(model, "pooling", None), "variant": "masked (evaluation)",
-                            "image_topk": getattr(model, "image_topk", None),
-                            "text_topk": getattr(model, "text_topk", None), "normalize": "L2"},
-                "text_padding": "longest",
-                "similarity": "cosine",
-                "dedup": "images de-duplicated by image_id before encoding",
-                "ties": TIE_RULE,
-            },
+            "protocol": protocol_info(model, args.resize_size, args.crop_size, args.resize_mode),
             "checkpoint": stamp["checkpoint"],
             "backbone": backbone,
             "weights_hash": getattr(model, "weights_hash", None),
@@ -160,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
         write_json(out / "metrics.json", report)
         row = {"method": "SimSeg", "backbone": backbone, "dataset": DATASET_TITLES.get(dataset, dataset), **metrics}
         print(f"Zero-shot image-text retrieval: {dataset}, {metrics['num_images']} images / "
-              f"{metrics['num_captions']} captions, resize {args.resize_size} + center crop {args.crop_size}, "
-              f"checkpoint {args.checkpoint}")
+              f"{metrics['num_captions']} captions, resize {args.resize_size} ({args.resize_mode}) + center crop "
+              f"{args.crop_size}, checkpoint {args.checkpoint}")
         print(format_retrieval_table([row]))
         sha = stamp["checkpoint"]["sha256"]
         print(f"checkpoint sha256: {sha if sha else 'n/a (preset)'}")
