@@ -477,3 +477,30 @@ def test_simseg_protocol_synonyms_scores_and_patch_maps(model, tmp_path):
     np.testing.assert_array_equal(result.labels, expected)
     assert result.details["accepted"] == ["cat", "dog"]
     assert (result.labels[:40, 8:40] == 1).all()  # the left region is cat through its synonym "kitty"
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_path, batch_size):
+    from torchvision.transforms import functional as TF
+
+    seg = Segmenter(model, ["cat", "dog", "sky"], protocol="dense", templates="single", cache_dir=tmp_path,
+                    short_side=40, crop_size=32, stride=16, batch_size=batch_size)
+    seg.class_emb = _unit_rows(4, seed=5)
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (30, 75, 3), dtype=np.uint8))
+    got = seg(image).labels
+    # the protocol written out directly: every window, its upsampled cosines summed, averaged, one upsampling
+    x = TF.normalize(TF.to_tensor(TF.resize(image, 40)), MEAN, STD)
+    _, h, w = x.shape
+    acc, hits = torch.zeros(4, h, w), torch.zeros(1, h, w)
+    with torch.inference_mode():
+        for y in sorted({min(i * 16, h - 32) for i in range((h - 32 + 15) // 16 + 1)}):
+            for xx in sorted({min(i * 16, w - 32) for i in range((w - 32 + 15) // 16 + 1)}):
+                tokens, (gh, gw) = model.encode_image_tokens(x[None, :, y:y + 32, xx:xx + 32])
+                sim = (F.normalize(tokens[0], dim=-1) @ seg.class_emb.T).T.reshape(1, 4, gh, gw)
+                acc[:, y:y + 32, xx:xx + 32] += F.interpolate(sim, size=(32, 32), mode="bilinear")[0]
+                hits[:, y:y + 32, xx:xx + 32] += 1
+        logits = acc / hits / model.temperature()
+        full = F.interpolate(logits[None], size=(30, 75), mode="bilinear", align_corners=False)[0]
+    expected = full.argmax(dim=0).numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(expected)) > 1

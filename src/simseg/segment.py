@@ -438,11 +438,13 @@ class DenseProtocol:
                 all_tokens.append(tokens.reshape(-1, tokens.shape[-1]))
             sim = F.normalize(tokens.float(), dim=-1) @ emb.T  # (B, N, C) cosine
             sim = sim.transpose(1, 2).reshape(len(chunk), num_classes, gh, gw)
-            sim = F.interpolate(sim, size=(crop, crop), mode="bilinear", align_corners=False)
             for (y, xx), s in zip(chunk, sim):
-                logits[:, y:y + crop, xx:xx + crop] += s
+                # one window at a time: a (batch, C, crop, crop) upsampled block would grow with batch x classes
+                up = F.interpolate(s.unsqueeze(0), size=(crop, crop), mode="bilinear", align_corners=False)[0]
+                logits[:, y:y + crop, xx:xx + crop] += up
                 count[:, y:y + crop, xx:xx + crop] += 1
-        logits = (logits / count)[:, :h, :w] / model.temperature().float()
+        # in place: the (C, H', W') map is the largest array of the protocol, and copies of it would triple it
+        logits = logits.div_(count)[:, :h, :w].div_(model.temperature().float())
         pooled = _pool_windows(model, all_tokens, window_pooled)
         scores = per_class((pooled[0].unsqueeze(0) * emb).sum(dim=1), class_of_name).cpu().numpy()
         labels = _dense_labels(logits, height, width, p.bg_threshold, class_of_name=class_of_name)
@@ -475,10 +477,11 @@ def _window_starts(length: int, crop: int, stride: int) -> list[int]:
 
 
 def _dense_labels(logits: torch.Tensor, height: int, width: int, bg_threshold: float | None,
-                  max_elements: int = 1 << 24, class_of_name: ClassOfName = None) -> torch.Tensor:
+                  max_elements: int = 1 << 22, class_of_name: ClassOfName = None) -> torch.Tensor:
     """Labels from (C, h, w) logits: bilinear upsampling to (height, width) and softmax, in row strips.
 
-    Strips keep memory bounded for any image size: a (C, H, W) float map of a large photo would not fit. Each strip
+    Strips keep memory bounded for any image size: a (C, H, W) float map of a large photo would not fit, and a strip
+    of ``max_elements`` values (16 MB in float32) costs a few times that in temporaries. Each strip
     samples the logits with ``grid_sample`` at exactly the coordinates ``F.interpolate(bilinear,
     align_corners=False)`` uses.
 
