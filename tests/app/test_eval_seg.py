@@ -133,8 +133,10 @@ def test_eval_seg_all_lists_missing_benchmarks_and_resumes(tmp_path, saved_check
     _suite_root(data)
     seen = _count_evaluations(monkeypatch)
     assert main(_suite_args(data, saved_checkpoint, cache, out)) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert seen == ["pascal_voc", "pascal_voc20", "ade20k"]  # the present ones, in the papers' order
+    assert "benchmarks: " in captured.err and "eval ade20k" in captured.err  # a bar over benchmarks, one over images
     summary = json.loads((out / "summary.json").read_text())
     assert summary["order"] == list(TABLE_ORDER)
     status = {row["name"]: row["status"] for row in summary["benchmarks"]}
@@ -143,7 +145,7 @@ def test_eval_seg_all_lists_missing_benchmarks_and_resumes(tmp_path, saved_check
                       "cityscapes": "missing", "ade20k": "computed"}
     missing = next(row for row in summary["benchmarks"] if row["name"] == "cityscapes")
     assert "cityscapes" in missing["reason"] and "mIoU" not in missing
-    assert summary["checkpoint"] == checkpoint_fingerprint(saved_checkpoint)
+    assert summary["checkpoint"] == checkpoint_fingerprint(saved_checkpoint) and summary["versions"]["torch"]
     assert summary["protocol"] == "simseg" and summary["preset"] is None and summary["average_over"] == 3
     assert summary["per_benchmark_parameters"] == ["top_n"]  # the paper's top 30 on Context, were it present
     md = (out / "summary.md").read_text()
@@ -184,6 +186,14 @@ def test_eval_seg_all_lists_missing_benchmarks_and_resumes(tmp_path, saved_check
     assert seen == [] and "| reused |" in (out / "summary.md").read_text()
     monkeypatch.undo()
     seen = _count_evaluations(monkeypatch)
+
+    # the data changed: ADE20K has one more image now, and only it is evaluated again
+    ade = np.zeros((24, 32), np.uint8)
+    ade[4:12, 4:20] = 7
+    write_ade(data, {"ADE_val_00000003": ade})
+    assert main(_suite_args(data, saved_checkpoint, cache, out)) == 0
+    assert seen == ["ade20k"] and "not reused: another num images" in capsys.readouterr().out
+    seen.clear()
 
     # another protocol parameter: every benchmark is evaluated again, and the log says why
     assert main(_suite_args(data, saved_checkpoint, cache, out, "--set", "threshold_std=1.5")) == 0
