@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,6 +552,8 @@ def run(args: argparse.Namespace) -> int:
     if main and not single:
         if not todo:
             write_summary(out, plans, args, stamp, preset)
+            print(f"warning: no benchmark found under {root}; is it the data root (the folder holding VOCdevkit/, "
+                  "coco_stuff164k/, cityscapes/, ade/)?", file=sys.stderr)
         for plan in plans:
             if not plan.present:
                 print(f"{plan.title} ({plan.name}): missing: {plan.reason}")
