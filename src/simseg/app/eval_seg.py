@@ -15,7 +15,7 @@ Cityscapes, ADE20K), with the protocol, the preset and the checkpoint stamp. Wit
 the data root is listed as missing; one named explicitly must be there.
 
 Resuming: a benchmark whose ``metrics.json`` in its report folder was made with the same checkpoint (sha256), data
-root, image count and limit, protocol parameters, preset, class names and names file is not evaluated again
+root, image count and limit, protocol parameters, preset, class names and synonyms is not evaluated again
 (``reused``), unless ``--recompute``; anything else is evaluated. A report with bad samples is always redone.
 
 A sample that cannot be read is reported, counted and listed; the command then exits with status 1 unless
