@@ -151,7 +151,7 @@ def test_eval_seg_all_lists_missing_benchmarks_and_resumes(tmp_path, saved_check
     md = (out / "summary.md").read_text()
     header = "| checkpoint | VOC21 | Context60 | COCO-Object | VOC20 | Context59 | COCO-Stuff | Cityscapes | ADE20K | Avg |"
     assert header in md and "missing: " in md
-    row = next(line for line in md.splitlines() if line.startswith("| tiny-ckpt ("))
+    row = next(line for line in md.splitlines() if line.startswith(f"| {saved_checkpoint} ("))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == cells[3] == cells[5] == cells[6] == cells[7] == "missing"
     assert cells[9].endswith("(3 of 8)")  # the average says how many benchmarks it covers

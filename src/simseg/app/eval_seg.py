@@ -438,7 +438,7 @@ def write_summary(out: Path, plans: list[_Plan], args: argparse.Namespace, stamp
     checkpoint = stamp["checkpoint"]
     versions = stamp.get("versions", {})
     header = {
-        "model": f"{Path(str(checkpoint['path'])).name} ({short_sha(checkpoint)})",
+        "model": f"{checkpoint['path']} ({short_sha(checkpoint)})",
         "protocol": protocol_line,
         "preset": preset_line,
         "checkpoint": f"{checkpoint['path']}, sha256 {checkpoint.get('sha256') or 'n/a (preset, random weights)'}",
