@@ -149,7 +149,8 @@ def test_eval_seg_all_lists_missing_benchmarks_and_resumes(tmp_path, saved_check
     assert summary["protocol"] == "simseg" and summary["preset"] is None and summary["average_over"] == 3
     assert summary["per_benchmark_parameters"] == ["top_n"]  # the paper's top 30 on Context, were it present
     md = (out / "summary.md").read_text()
-    header = "| checkpoint | VOC21 | Context60 | COCO-Object | VOC20 | Context59 | COCO-Stuff | Cityscapes | ADE20K | Avg |"
+    header = ("| checkpoint | VOC21 | Context60 | COCO-Object | VOC20 | Context59 | COCO-Stuff | Cityscapes | ADE20K "
+              "| Avg |")
     assert header in md and "missing: " in md
     row = next(line for line in md.splitlines() if line.startswith(f"| {saved_checkpoint} ("))
     cells = [c.strip() for c in row.strip("|").split("|")]
