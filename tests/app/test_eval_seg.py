@@ -217,8 +217,9 @@ def test_eval_seg_named_benchmarks(tmp_path, saved_checkpoint, capsys):
     _suite_root(data)
     args = _suite_args(data, saved_checkpoint, tmp_path / "cache", tmp_path / "two")
     args[2] = "ade20k,pascal_voc"
-    assert main(args) == 0
+    assert main(args + ["--num-overlays", "0"]) == 0
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert not (tmp_path / "two" / "ade20k" / "overlays").exists()
     assert summary["order"] == ["pascal_voc", "ade20k"]  # the papers' order, whatever order they were named in
     capsys.readouterr()
     args[2] = "pascal_voc,cityscapes,coco_stuff"  # named explicitly: missing ones are an error, not a table entry

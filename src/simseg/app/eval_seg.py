@@ -268,6 +268,8 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
     from simseg.visualize import iou_bar_chart
 
     dataset, out = plan.dataset, plan.report_dir
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     classes, offset = evaluation_classes(dataset.class_names)
     segmenter = Segmenter(model, dataset.class_names, protocol=args.protocol, crf=not args.no_crf,
                           templates=args.templates, cache_dir=args.cache_dir, synonyms=plan.synonyms, **plan.params)
