@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from PIL import Image
 
 from simseg.classnames import IMAGENET_TEMPLATES
 from simseg.embeddings import class_embeddings
-from simseg.errors import ConfigError
+from simseg.errors import ConfigError, InputError
 from simseg.protocols import make_params
 from simseg.segment import (
     SegmentationResult,
@@ -370,3 +371,136 @@ def test_class_embedding_cache_does_not_depend_on_the_image_size(tiny_model, tmp
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
 
+
+
+# ------------------------------------------------------------------ synonyms: a class scores as the max over its names
+def _unit_rows(n: int, dim: int = 512, seed: int = 3) -> torch.Tensor:
+    e = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    return e / e.norm(dim=-1, keepdim=True)
+
+
+def _explicit_class_max(values: torch.Tensor, class_of_name: list[int]) -> torch.Tensor:
+    """(..., N names) -> (..., C classes), one class at a time: the maximum over the columns of its names."""
+    cols = []
+    for c in range(max(class_of_name) + 1):
+        own = [i for i, k in enumerate(class_of_name) if k == c]
+        cols.append(values[..., own].max(dim=-1).values)
+    return torch.stack(cols, dim=-1)
+
+
+def test_segmenter_synonyms_setup_and_checks(model, tmp_path):
+    seg = Segmenter(model, ["cat", "dog"], synonyms=[["cat", "kitty"], ["dog"]], crf=False, templates="single",
+                    cache_dir=tmp_path)
+    assert seg.class_names == ["background", "cat", "dog"]
+    assert seg.names == ["background", "cat", "kitty", "dog"] and seg.class_of_name == [0, 1, 1, 2]
+    flat = class_embeddings(model, seg.names, ("a photo of a {}.",), cache_dir=tmp_path)
+    assert torch.equal(seg.class_emb, flat)  # one embedding per name, from the same per-name cache
+    # background given: the synonyms name it too; one name per class (a renaming) needs no reduction
+    renamed = Segmenter(model, "background,cat", synonyms=[["sky", "wall"], ["feline"]], crf=False,
+                        templates="single", cache_dir=tmp_path)
+    assert renamed.names == ["sky", "wall", "feline"] and renamed.class_of_name == [0, 0, 1]
+    single = Segmenter(model, "cat", synonyms=[["feline"]], crf=False, templates="single", cache_dir=tmp_path)
+    assert single.names == ["background", "feline"] and single.class_of_name is None
+    with pytest.raises(InputError, match="2 lists of names for 1 classes"):
+        Segmenter(model, "cat", synonyms=[["cat"], ["dog"]], crf=False, templates="single", cache_dir=tmp_path)
+    with pytest.raises(InputError, match="'cat' has an empty name"):
+        Segmenter(model, "cat", synonyms=[["cat", ""]], crf=False, templates="single", cache_dir=tmp_path)
+
+
+def test_dense_labels_with_synonyms_equal_an_explicit_max():
+    class_of_name = [0, 1, 1, 2, 3, 3, 3]
+    logits = torch.randn(7, 6, 8, generator=torch.Generator().manual_seed(0)) * 3
+    up = F.interpolate(logits[None], size=(17, 23), mode="bilinear", align_corners=False)[0]
+    per_pixel = up.permute(1, 2, 0)  # (H, W, names)
+    expected = _explicit_class_max(per_pixel, class_of_name).argmax(dim=-1)
+    got = _dense_labels(logits, 17, 23, None, max_elements=300, class_of_name=class_of_name)
+    np.testing.assert_array_equal(got, expected)
+    # with a background threshold: softmax over the foreground names, a class's probability is its best name's
+    prob = up[1:].softmax(dim=0).permute(1, 2, 0)
+    best, idx = _explicit_class_max(prob, [k - 1 for k in class_of_name[1:]]).max(dim=-1)
+    expected = torch.where(best < 0.45, 0, idx + 1)
+    assert 0 < (expected == 0).sum() < expected.numel()  # the threshold decides some pixels, not all
+    np.testing.assert_array_equal(_dense_labels(logits, 17, 23, 0.45, max_elements=300,
+                                                class_of_name=class_of_name), expected)
+
+
+@pytest.mark.parametrize("bg_threshold", [None, 0.3])
+def test_dense_protocol_synonyms_through_the_segmenter(model, tmp_path, bg_threshold):
+    kw = dict(protocol="dense", templates="single", cache_dir=tmp_path, short_side=48, crop_size=32, stride=16,
+              bg_threshold=bg_threshold)
+    syn = Segmenter(model, ["cat", "dog"], synonyms=[["cat", "kitty", "tabby"], ["dog"]], **kw)
+    flat = Segmenter(model, syn.names, **kw)  # the same names as classes of their own
+    emb = _unit_rows(len(syn.names))  # distinct directions: a random tiny model's embeddings are nearly parallel
+    syn.class_emb, flat.class_emb = emb, emb.clone()
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    per_name, per_class = flat(image), syn(image)
+    assert len(np.unique(per_name.labels)) > 2  # several names win pixels: the mapping below is tested
+    # the class of each pixel is the class of its most probable name ...
+    np.testing.assert_array_equal(per_class.labels, np.asarray(syn.class_of_name)[per_name.labels])
+    # ... and the image-level score of a class is the best of its names' scores
+    expected = _explicit_class_max(torch.from_numpy(per_name.scores), syn.class_of_name).numpy()
+    np.testing.assert_allclose(per_class.scores, expected, rtol=0, atol=1e-6)
+    assert per_class.class_names == ["background", "cat", "dog"] and per_class.scores.shape == (3,)
+
+
+def test_simseg_protocol_synonyms_scores_and_patch_maps(model, tmp_path):
+    from simseg.crf import closing
+
+    syn = Segmenter(model, "cat,dog,sky", synonyms=[["cat", "kitty"], ["dog"], ["sky", "clouds"]], crf=False,
+                    templates="single", cache_dir=tmp_path, threshold_std=0.0)
+    flat = Segmenter(model, syn.names, crf=False, templates="single", cache_dir=tmp_path)
+    # image-level scores from the real model: each class's is its best name's
+    x = syn.preprocess(Image.fromarray(np.random.default_rng(3).integers(0, 256, (50, 60, 3), dtype=np.uint8)))
+    _, _, class_scores = syn.forward(x)
+    _, _, name_scores = flat.forward(x)
+    torch.testing.assert_close(class_scores, _explicit_class_max(name_scores, syn.class_of_name), rtol=0, atol=0)
+
+    # per-patch maps on crafted tokens: "kitty" (name 2) on the left, "dog" (name 3) on the right
+    emb = _unit_rows(len(syn.names))
+    syn.class_emb = emb
+    layout = np.empty((18, 18), dtype=object)
+    for i in range(18):
+        for j in range(18):
+            layout[i, j] = () if i >= 12 else (2,) if j < 6 else (3,) if j >= 12 else (2, 3)
+    tokens = _region_tokens(emb, layout)
+    scores = torch.tensor([0.05, 0.5, 0.45, 0.0])  # threshold = their mean: cat and dog pass
+    result = syn.postprocess(torch.zeros(1, 3, 288, 288), tokens, (18, 18), scores, size=(144, 90))
+    # the reference: explicit per-class maxima of the patch cosines, then the protocol's own steps
+    sims = _explicit_class_max(F.normalize(tokens, dim=-1) @ emb.T, syn.class_of_name)  # (patches, classes)
+    accepted, _ = select_classes(scores, top_n=10, threshold_std=0.0)
+    masks = []
+    for c in accepted:
+        prob = minmax(sims[:, c].reshape(18, 18).numpy())
+        prob = np.repeat(np.repeat(prob, 16, axis=0), 16, axis=1)
+        masks.append((c, float(scores[c]), closing(prob > 0.5, 7)))
+    expected = cv2.resize(composite_labels(masks, (288, 288)), (144, 90), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(result.labels, expected)
+    assert result.details["accepted"] == ["cat", "dog"]
+    assert (result.labels[:40, 8:40] == 1).all()  # the left region is cat through its synonym "kitty"
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_path, batch_size):
+    from torchvision.transforms import functional as TF
+
+    seg = Segmenter(model, ["cat", "dog", "sky"], protocol="dense", templates="single", cache_dir=tmp_path,
+                    short_side=40, crop_size=32, stride=16, batch_size=batch_size)
+    seg.class_emb = _unit_rows(4, seed=5)
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (30, 75, 3), dtype=np.uint8))
+    got = seg(image).labels
+    # the protocol written out directly: every window, its upsampled cosines summed, averaged, one upsampling
+    x = TF.normalize(TF.to_tensor(TF.resize(image, 40)), MEAN, STD)
+    _, h, w = x.shape
+    acc, hits = torch.zeros(4, h, w), torch.zeros(1, h, w)
+    with torch.inference_mode():
+        for y in sorted({min(i * 16, h - 32) for i in range((h - 32 + 15) // 16 + 1)}):
+            for xx in sorted({min(i * 16, w - 32) for i in range((w - 32 + 15) // 16 + 1)}):
+                tokens, (gh, gw) = model.encode_image_tokens(x[None, :, y:y + 32, xx:xx + 32])
+                sim = (F.normalize(tokens[0], dim=-1) @ seg.class_emb.T).T.reshape(1, 4, gh, gw)
+                acc[:, y:y + 32, xx:xx + 32] += F.interpolate(sim, size=(32, 32), mode="bilinear")[0]
+                hits[:, y:y + 32, xx:xx + 32] += 1
+        logits = acc / hits / model.temperature()
+        full = F.interpolate(logits[None], size=(30, 75), mode="bilinear", align_corners=False)[0]
+    expected = full.argmax(dim=0).numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(expected)) > 1

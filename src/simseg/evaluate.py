@@ -18,7 +18,7 @@ from simseg.classnames import parse_class_list
 from simseg.distributed import all_gather_object
 from simseg.errors import InputError
 from simseg.metrics import ConfusionMatrix
-from simseg.segdata import IGNORE_INDEX, SegmentationBenchmark
+from simseg.segdata import IGNORE_INDEX, LabelValueError, SegmentationBenchmark
 
 #: Called on each evaluated sample: (dataset index, sample id, image, ground truth in the segmenter's class
 #: indices (255 = ignored), segmentation result).
@@ -64,6 +64,9 @@ def evaluate_segmentation(
         ``{"mIoU", "aAcc", "mAcc", "per_class", "num_images", "num_evaluated", "num_bad", "bad_samples",
         "seconds"}``; ``bad_samples`` lists ``{"index", "sample_id", "error"}`` of samples that raised
         :class:`InputError` (unreadable image or label, sizes that differ, ...). Metrics are over the evaluated ones.
+
+    Raises:
+        LabelValueError: a label holds values outside the benchmark's classes (the evaluation stops there).
     """
     from tqdm import tqdm
 
@@ -84,6 +87,9 @@ def evaluate_segmentation(
         try:
             image, label, sample_id = dataset[index]
             result = segmenter(image)
+        except LabelValueError:
+            bar.close()
+            raise  # not one bad file: the labels are not this benchmark's, and every number would be wrong
         except InputError as e:
             bad.append({"index": index, "sample_id": sample_id, "error": str(e)})
             bar.write(f"bad sample {sample_id}: {e}", file=sys.stderr)

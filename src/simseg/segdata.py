@@ -312,8 +312,9 @@ class SegmentationBenchmark:
         Labels hold class indices of :attr:`class_names`, 255 where ignored (after ``reduce_zero_label``).
 
         Raises:
-            InputError: the image or label is missing or corrupt, their sizes differ, or the label holds values
-                that are neither a class index nor 255 (the message lists every such value).
+            InputError: the image or label is missing or corrupt, or their sizes differ.
+            LabelValueError: the label holds values that are neither a class index nor 255 (the message names the
+                file and lists every such value).
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
@@ -334,16 +335,24 @@ class SegmentationBenchmark:
         return image, label, self.sample_ids[index]
 
 
+class LabelValueError(InputError):
+    """A label map holds values that are no class index of its benchmark.
+
+    Unlike an unreadable file, this says the labels are not the benchmark's (a wrong conversion, or another
+    benchmark's files under the same name), so an evaluation stops on it instead of skipping the sample.
+    """
+
+
 def check_label_values(label: np.ndarray, num_values: int, path: str | os.PathLike, dataset: str) -> None:
     """Check that a label map holds only ``0..num_values - 1`` and :data:`IGNORE_INDEX`.
 
     Raises:
-        InputError: naming the file and every distinct value out of range.
+        LabelValueError: naming the file and every distinct value out of range.
     """
     bad = (label >= num_values) & (label != IGNORE_INDEX)
     if bad.any():
         values = ", ".join(str(v) for v in np.unique(label[bad]).tolist())
-        raise InputError(
+        raise LabelValueError(
             f"{path}: label values {values} are not class indices of {dataset} "
             f"(0..{num_values - 1}, or {IGNORE_INDEX} for ignored pixels)"
         )

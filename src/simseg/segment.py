@@ -24,6 +24,12 @@ stride 224, per-pixel softmax over (patch . class) / temperature, logits bilinea
 background where the best foreground probability is below ``bg_threshold``, or, with no threshold, through the
 ``background`` class competing like any other.
 
+Synonyms: a class may have several names (``Segmenter(..., synonyms=...)``). Every name gets its own embedding and
+each class scores as the maximum over its names, as the training-free open-vocabulary family reads its name files:
+the image-level scores and the ``simseg`` protocol's per-patch similarities are the maximum of the names' cosines;
+the ``dense`` protocol keeps one logit map per name and gives a pixel the class of its most probable name (a class's
+probability is its best name's, the softmax running over names).
+
 Each protocol is one small object (:class:`SimSegProtocol`, :class:`DenseProtocol`) that takes the model and the
 class embeddings as arguments; :class:`Segmenter` pairs one with a class list's embeddings. Nothing here changes the
 model: it runs at any input size that is a multiple of its patch size (the position embedding is resampled per call),
@@ -42,14 +48,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from simseg.classnames import parse_class_list, resolve_templates, templates_name
+from simseg.classnames import flatten_synonyms, max_over_synonyms, parse_class_list, resolve_templates, templates_name
 from simseg.embeddings import class_embeddings
-from simseg.errors import ConfigError
+from simseg.errors import ConfigError, InputError
 from simseg.protocols import DEFAULT_PROTOCOL, DenseParams, SimSegParams, make_params
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 #: A CRF function: (uint8 image (H, W, 3), probability (H, W), params=CRFParams) -> bool mask.
 CRFFunction = Callable[..., np.ndarray]
+
+#: The class index of each name, when classes have several names (None: one name per class, in class order).
+ClassOfName = Sequence[int] | None
+
+
+def per_class(values: torch.Tensor, class_of_name: ClassOfName, dim: int = -1) -> torch.Tensor:
+    """Per-name values reduced to per-class ones (the maximum over each class's names); unchanged without synonyms."""
+    return values if class_of_name is None else max_over_synonyms(values, class_of_name, dim=dim)
 
 
 # ----------------------------------------------------------------------------------------------- simseg decisions
@@ -170,6 +184,7 @@ def simseg_masks(
     params: SimSegParams,
     crf: bool = True,
     crf_fn: CRFFunction | None = None,
+    class_of_name: ClassOfName = None,
 ) -> list[tuple[int, float, np.ndarray]]:
     """Binary masks at input resolution of the accepted classes (up to the final resize).
 
@@ -177,13 +192,15 @@ def simseg_masks(
         patch_tokens: (N, D) projected patch tokens of one image (not normalised).
         grid: (gh, gw) patch grid, gh * gw == N.
         patch_size: pixels per patch side (the nearest upsampling factor).
-        class_emb: (C, D) class embeddings.
+        class_emb: (C, D) class embeddings, or (N, D) name embeddings with ``class_of_name``.
         accepted: class indices to segment (from :func:`select_classes`).
         scores: (C,) image-level scores.
         crf_image: (gh * patch, gw * patch, 3) uint8 image for the CRF (:func:`rebuild_uint8`); unused without CRF.
         params: protocol parameters.
         crf: refine with the dense CRF; False thresholds the min-max map at ``params.no_crf_threshold``.
         crf_fn: the CRF function (default :func:`simseg.crf.dense_crf_binary`); the benchmark passes a timed one.
+        class_of_name: the class of each row of ``class_emb`` when classes have several names: a patch's
+            similarity to a class is then the maximum over its names.
 
     Returns:
         (class, score, bool mask) per accepted class whose score is positive (others cannot win a pixel).
@@ -196,7 +213,11 @@ def simseg_masks(
     if not live:
         return out
     tokens = F.normalize(patch_tokens.float(), dim=-1)
-    maps = (tokens @ class_emb[live].float().T).T.reshape(len(live), gh, gw).cpu().numpy()
+    if class_of_name is None:
+        sims = tokens @ class_emb[live].float().T
+    else:
+        sims = per_class(tokens @ class_emb.float().T, class_of_name)[:, live]
+    maps = sims.T.reshape(len(live), gh, gw).cpu().numpy()
     if crf and crf_fn is None:
         from simseg.crf import dense_crf_binary as crf_fn
     for cls, cmap in zip(live, maps):
@@ -298,26 +319,32 @@ class SimSegProtocol:
         return self._transform(image.convert("RGB")).unsqueeze(0)
 
     @torch.inference_mode()
-    def forward(self, model: Any, class_emb: torch.Tensor,
-                x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
-        """Model forward of a (1, 3, S, S) batch: patch tokens (N, D), grid (gh, gw), image-level scores (C,)."""
+    def forward(self, model: Any, class_emb: torch.Tensor, x: torch.Tensor,
+                class_of_name: ClassOfName = None) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+        """Model forward of a (1, 3, S, S) batch: patch tokens (N, D), grid (gh, gw), image-level scores (C,).
+
+        With ``class_of_name``, ``class_emb`` holds one row per name and a class's score is its best name's.
+        """
         x = x.to(model.device)
         tokens, grid = model.encode_image_tokens(x)
         pooled = _image_embedding(model, tokens, x)
         # the original's elementwise product and sum (not a matmul), for the same float rounding of the scores
         scores = (pooled[0].unsqueeze(0) * class_emb).sum(dim=1)
-        return tokens[0], grid, scores
+        return tokens[0], grid, per_class(scores, class_of_name)
 
     @torch.inference_mode()
     def postprocess(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str], x: torch.Tensor,
                     tokens: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor, size: tuple[int, int],
-                    crf_fn: CRFFunction | None = None) -> "SegmentationResult":
-        """Everything after the forward: class selection, maps, CRF, closing, compositing, resize to ``size`` (W, H)."""
+                    crf_fn: CRFFunction | None = None, class_of_name: ClassOfName = None) -> "SegmentationResult":
+        """Everything after the forward: class selection, maps, CRF, closing, compositing, resize to ``size`` (W, H).
+
+        ``scores`` are per class; ``class_emb`` and ``class_of_name`` as in :meth:`forward`.
+        """
         p = self.params
         accepted, threshold = select_classes(scores, p.top_n, p.threshold_std, p.candidates, background=0)
         crf_image = rebuild_uint8(x[0], self.mean, self.std) if self.crf and accepted else None
         masks = simseg_masks(tokens, grid, model.patch_size, class_emb, accepted, scores, crf_image, p,
-                             crf=self.crf, crf_fn=crf_fn)
+                             crf=self.crf, crf_fn=crf_fn, class_of_name=class_of_name)
         side = (grid[0] * model.patch_size, grid[1] * model.patch_size)
         labels = composite_labels(masks, side, label_dtype(len(class_names)))
         width, height = size
@@ -333,11 +360,12 @@ class SimSegProtocol:
         )
 
     def __call__(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str],
-                 image: Image.Image) -> "SegmentationResult":
+                 image: Image.Image, class_of_name: ClassOfName = None) -> "SegmentationResult":
         """Segment one RGB PIL image; the label map has the image's size."""
         x = self.preprocess(image)
-        tokens, grid, scores = self.forward(model, class_emb, x)
-        return self.postprocess(model, class_emb, class_names, x, tokens, grid, scores, image.size)
+        tokens, grid, scores = self.forward(model, class_emb, x, class_of_name)
+        return self.postprocess(model, class_emb, class_names, x, tokens, grid, scores, image.size,
+                                class_of_name=class_of_name)
 
 
 class DenseProtocol:
@@ -372,8 +400,12 @@ class DenseProtocol:
 
     @torch.inference_mode()
     def __call__(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str],
-                 image: Image.Image) -> "SegmentationResult":
-        """Segment one RGB PIL image; the label map has the image's size."""
+                 image: Image.Image, class_of_name: ClassOfName = None) -> "SegmentationResult":
+        """Segment one RGB PIL image; the label map has the image's size.
+
+        With ``class_of_name``, ``class_emb`` holds one row per name: the logit maps are per name until the
+        per-pixel decision (see :func:`_dense_labels`), the image-level scores take each class's best name.
+        """
         from torchvision.transforms import functional as TF
 
         p = self.params
@@ -406,14 +438,17 @@ class DenseProtocol:
                 all_tokens.append(tokens.reshape(-1, tokens.shape[-1]))
             sim = F.normalize(tokens.float(), dim=-1) @ emb.T  # (B, N, C) cosine
             sim = sim.transpose(1, 2).reshape(len(chunk), num_classes, gh, gw)
-            sim = F.interpolate(sim, size=(crop, crop), mode="bilinear", align_corners=False)
             for (y, xx), s in zip(chunk, sim):
-                logits[:, y:y + crop, xx:xx + crop] += s
+                # one window at a time: a (batch, C, crop, crop) upsampled block would grow with batch x classes
+                up = F.interpolate(s.unsqueeze(0), size=(crop, crop), mode="bilinear", align_corners=False)[0]
+                logits[:, y:y + crop, xx:xx + crop] += up
                 count[:, y:y + crop, xx:xx + crop] += 1
-        logits = (logits / count)[:, :h, :w] / model.temperature().float()
+        # in place: the (C, H', W') map is the largest array of the protocol, and copies of it would triple it
+        logits = logits.div_(count)[:, :h, :w].div_(model.temperature().float())
         pooled = _pool_windows(model, all_tokens, window_pooled)
-        scores = (pooled[0].unsqueeze(0) * emb).sum(dim=1).cpu().numpy()
-        labels = _dense_labels(logits, height, width, p.bg_threshold).cpu().numpy().astype(np.int32)
+        scores = per_class((pooled[0].unsqueeze(0) * emb).sum(dim=1), class_of_name).cpu().numpy()
+        labels = _dense_labels(logits, height, width, p.bg_threshold, class_of_name=class_of_name)
+        labels = labels.cpu().numpy().astype(np.int32)
         return SegmentationResult(
             labels=labels,
             class_names=list(class_names),
@@ -442,15 +477,22 @@ def _window_starts(length: int, crop: int, stride: int) -> list[int]:
 
 
 def _dense_labels(logits: torch.Tensor, height: int, width: int, bg_threshold: float | None,
-                  max_elements: int = 1 << 24) -> torch.Tensor:
+                  max_elements: int = 1 << 22, class_of_name: ClassOfName = None) -> torch.Tensor:
     """Labels from (C, h, w) logits: bilinear upsampling to (height, width) and softmax, in row strips.
 
-    Strips keep memory bounded for any image size: a (C, H, W) float map of a large photo would not fit. Each strip
+    Strips keep memory bounded for any image size: a (C, H, W) float map of a large photo would not fit, and a strip
+    of ``max_elements`` values (16 MB in float32) costs a few times that in temporaries. Each strip
     samples the logits with ``grid_sample`` at exactly the coordinates ``F.interpolate(bilinear,
     align_corners=False)`` uses.
+
+    With ``class_of_name`` the logits are per name (N, h, w) and a pixel takes the class of its most probable name:
+    the softmax runs over the names (the foreground ones under ``bg_threshold``, background being every name of
+    class 0), and a class's probability is the maximum over its names.
     """
     num_classes, h, w = logits.shape
     src = logits.unsqueeze(0)
+    cls = None if class_of_name is None else torch.as_tensor(class_of_name, dtype=torch.int64, device=logits.device)
+    fg_cls = None if cls is None else cls[cls != 0]
     xs = (torch.arange(width, dtype=torch.float32, device=logits.device) + 0.5) / width * 2 - 1
     rows = max(1, max_elements // max(1, num_classes * width))
     out = torch.empty((height, width), dtype=torch.int64, device=logits.device)
@@ -460,11 +502,13 @@ def _dense_labels(logits: torch.Tensor, height: int, width: int, bg_threshold: f
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).unsqueeze(0)
         strip = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
         if bg_threshold is None:
-            out[y0:y1] = strip.argmax(dim=0)
+            idx = strip.argmax(dim=0)
+            out[y0:y1] = idx if cls is None else cls[idx]
         else:
-            prob = strip[1:].softmax(dim=0)
+            prob = (strip[1:] if cls is None else strip[cls != 0]).softmax(dim=0)
             best, idx = prob.max(dim=0)
-            out[y0:y1] = torch.where(best < bg_threshold, torch.zeros_like(idx), idx + 1)
+            label = idx + 1 if fg_cls is None else fg_cls[idx]
+            out[y0:y1] = torch.where(best < bg_threshold, torch.zeros_like(idx), label)
     return out
 
 
@@ -495,13 +539,22 @@ class Segmenter:
         crf: ``simseg`` protocol only: refine with the dense CRF (see :class:`SimSegProtocol`).
         templates: prompt templates, a set name (``"imagenet"``, ``"single"``) or None for the 80 ImageNet ones.
         cache_dir: class-embedding cache folder (default :func:`simseg.embeddings.default_cache_dir`).
+        synonyms: optional names per class, one list for each entry of ``class_names`` as given (a class then
+            scores as the maximum over its names, which replace its own name in the prompts); when ``background``
+            is prepended, its one name is ``background``.
         **params: protocol parameters (:class:`~simseg.protocols.SimSegParams` or
             :class:`~simseg.protocols.DenseParams` fields).
+
+    Attributes:
+        class_names: the classes, in label-index order (``background`` first).
+        names: the names that are encoded (the class names, or the synonyms flattened in class order).
+        class_of_name: the class index of each name; None when every class has one name.
+        class_emb: one unit-norm embedding per entry of :attr:`names` (so per class without synonyms).
 
     Raises:
         ConfigError: unknown protocol or parameter, CRF asked without pydensecrf2, input size not a multiple of the
             patch size.
-        InputError: invalid class list.
+        InputError: invalid class list, or synonyms that do not match it.
     """
 
     def __init__(
@@ -512,17 +565,20 @@ class Segmenter:
         crf: bool = True,
         templates: str | Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        synonyms: Sequence[Sequence[str]] | None = None,
         **params: Any,
     ):
         self.model = model
-        self.class_names = parse_class_list(class_names if isinstance(class_names, str) else list(class_names))
+        given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+        self.class_names = parse_class_list(given)
+        self.names, self.class_of_name = _query_names(self.class_names, len(given), synonyms)
         self.protocol = make_protocol(protocol, crf=crf, mean=model.mean, std=model.std, **params)
         if self.protocol.input_size % model.patch_size:
             name = "input_size" if protocol == "simseg" else "crop_size"
             raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
                               f"model's patch size {model.patch_size}")
         self.templates = resolve_templates(templates)
-        self.class_emb = class_embeddings(model, self.class_names, self.templates, cache_dir=cache_dir)
+        self.class_emb = class_embeddings(model, self.names, self.templates, cache_dir=cache_dir)
 
     @property
     def params(self) -> SimSegParams | DenseParams:
@@ -550,17 +606,34 @@ class Segmenter:
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
         """``simseg`` protocol: patch tokens (N, D), grid (gh, gw) and image-level scores (C,) of a batch of one."""
-        return self.protocol.forward(self.model, self.class_emb, x)
+        return self.protocol.forward(self.model, self.class_emb, x, self.class_of_name)
 
     def postprocess(self, x: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor,
                     size: tuple[int, int], crf_fn: CRFFunction | None = None) -> SegmentationResult:
         """``simseg`` protocol: everything after the forward, to a label map of ``size`` (W, H)."""
         return self.protocol.postprocess(self.model, self.class_emb, self.class_names, x, tokens, grid, scores, size,
-                                         crf_fn=crf_fn)
+                                         crf_fn=crf_fn, class_of_name=self.class_of_name)
 
     def __call__(self, image: Image.Image) -> SegmentationResult:
         """Segment one RGB PIL image; the label map has the image's size."""
-        return self.protocol(self.model, self.class_emb, self.class_names, image)
+        return self.protocol(self.model, self.class_emb, self.class_names, image, self.class_of_name)
+
+
+def _query_names(class_names: list[str], num_given: int,
+                 synonyms: Sequence[Sequence[str]] | None) -> tuple[list[str], list[int] | None]:
+    """The names to encode for ``class_names`` and the class of each (None when each class keeps one name)."""
+    if synonyms is None:
+        return list(class_names), None
+    groups = [[str(n).strip() for n in group] for group in synonyms]
+    if len(groups) != num_given:
+        raise InputError(f"synonyms: {len(groups)} lists of names for {num_given} classes (one list per class)")
+    if len(class_names) == num_given + 1:  # background was prepended to the classes: it keeps its own name
+        groups = [[class_names[0]]] + groups
+    for index, group in enumerate(groups):
+        if not group or not all(group):
+            raise InputError(f"synonyms: class {class_names[index]!r} has an empty name list or an empty name")
+    names, class_of_name = flatten_synonyms(groups)
+    return names, (None if len(names) == len(class_names) else class_of_name)
 
 
 def segment(
