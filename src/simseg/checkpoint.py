@@ -282,13 +282,12 @@ def map_original_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     return mapped, unknown
 
 
-def import_original(
-    path: str | os.PathLike, tokenizer: Tokenizer | None = None, model_config: dict | None = None
-) -> SimSegModel:
-    """Build a model from an original SimSeg ``.pth`` (``simseg.vit-s.pth`` / ``simseg.vit-b.pth``).
+def read_original_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The tensors of an original SimSeg ``.pth``: (the raw state, ``module.`` stripped; the same mapped to simseg's
+    keys). Every key must map: an unknown one is an error naming it.
 
-    The model is built at the checkpoint's training resolution (224); use ``model.set_image_size`` (or
-    ``load_model(..., image_size=288)``) for the evaluation resolution.
+    Raises:
+        CheckpointError: not a checkpoint, no state dict of tensors, not SimSeg's key layout, or unexpected keys.
     """
     obj = read_torch_checkpoint(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
@@ -299,11 +298,22 @@ def import_original(
         raise CheckpointError(
             f"{path}: not a SimSeg checkpoint (no '{_ORIG_IMAGE}*' keys; first keys: {', '.join(list(state)[:3])})"
         )
-    cfg = model_config or infer_original_config(state)
     mapped, unknown = map_original_keys(state)
     if unknown:
         raise CheckpointError(f"{path}: unexpected keys in the original checkpoint: {', '.join(sorted(unknown)[:8])}")
-    model = build_model(cfg, tokenizer, pretrained=False)
+    return state, mapped
+
+
+def import_original(
+    path: str | os.PathLike, tokenizer: Tokenizer | None = None, model_config: dict | None = None
+) -> SimSegModel:
+    """Build a model from an original SimSeg ``.pth`` (``simseg.vit-s.pth`` / ``simseg.vit-b.pth``).
+
+    The model is built at the checkpoint's training resolution (224); use ``model.set_image_size`` (or
+    ``load_model(..., image_size=288)``) for the evaluation resolution.
+    """
+    state, mapped = read_original_state(path)
+    model = build_model(model_config or infer_original_config(state), tokenizer, pretrained=False)
     _load_checked(model, mapped, str(path))
     return model
 

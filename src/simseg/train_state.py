@@ -319,8 +319,7 @@ def load_init_weights(model: SimSegModel, path: str | os.PathLike) -> None:
         CheckpointError: not a checkpoint, or one of another architecture (every missing, unexpected and mis-shaped
             key is named, with the file).
     """
-    from simseg.checkpoint import (_load_checked, _strip_module, is_original_state_dict, load_model,
-                                   map_original_keys, read_torch_checkpoint)
+    from simseg.checkpoint import _load_checked, load_model, read_original_state
 
     p = Path(path)
     if not p.exists():
@@ -329,16 +328,7 @@ def load_init_weights(model: SimSegModel, path: str | os.PathLike) -> None:
         if p.is_dir():
             state = load_model(p).state_dict()
         else:
-            obj = read_torch_checkpoint(p)
-            raw = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-            if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-                raise CheckpointError(f"{p}: no state_dict of tensors in this file")
-            raw = _strip_module(raw)
-            if not is_original_state_dict(raw):
-                raise CheckpointError(f"{p}: not a SimSeg checkpoint (first keys: {', '.join(list(raw)[:3])})")
-            state, unknown = map_original_keys(raw)
-            if unknown:
-                raise CheckpointError(f"{p}: unexpected keys {', '.join(sorted(unknown)[:8])}")
+            state = read_original_state(p)[1]
         _load_checked(model, _resample_position_embedding(state, model), str(p))
     except SimSegError as e:
         raise type(e)(f"model.init: {e}") from None
