@@ -2,6 +2,8 @@
 
 Own format: a folder with ``model.safetensors`` (weights), ``config.yaml`` (the model config and metadata, including
 the weights' sha256) and ``tokenizer/vocab.txt``. Every file is written to a temporary name and renamed into place.
+A checkpoint meant to be evaluated otherwise than with the paper's defaults (e.g. the demo model, built for 64-pixel
+scenes) records how in ``meta.evaluation`` (:func:`evaluation_defaults`); released checkpoints record nothing.
 
 Original format: a ``torch.save``d dict whose ``state_dict`` holds ``image_encoder.model.model.<timm
 key>``, ``text_encoder.model.model.<BertModel key>``, ``{image,text}_projection.linear.weight`` and
@@ -62,10 +64,20 @@ def checkpoint_fingerprint(path_or_preset: str | os.PathLike) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ own format
 def save_model(model: SimSegModel, out_dir: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write ``model`` in simseg's format into ``out_dir`` (weights, config with hash, tokenizer)."""
+    """Write ``model`` in simseg's format into ``out_dir`` (weights, config with hash, tokenizer).
+
+    Args:
+        model: the model to write.
+        out_dir: the checkpoint folder (created if needed).
+        meta: free-form metadata stored in ``config.yaml``; its ``evaluation`` entry, if any, must be valid
+            evaluation defaults (see :func:`check_evaluation_defaults`).
+    """
     from omegaconf import OmegaConf
     from safetensors.torch import save
 
+    meta = dict(meta or {})
+    if meta.get("evaluation") is not None:
+        meta["evaluation"] = check_evaluation_defaults(meta["evaluation"], "meta.evaluation")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -78,10 +90,121 @@ def save_model(model: SimSegModel, out_dir: str | os.PathLike, meta: dict | None
         "format_version": FORMAT_VERSION,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "model": model.config,
-        "meta": dict(meta or {}),
+        "meta": meta,
     }
     atomic_write_bytes(out / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.create(doc)).encode("utf-8"))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ evaluation defaults
+#: What ``meta.evaluation`` may hold.
+EVALUATION_KEYS = ("input_size", "protocol", "protocols", "retrieval", "classes")
+
+
+def check_evaluation_defaults(evaluation: Any, label: str) -> dict[str, Any]:
+    """Validated evaluation defaults, as plain types.
+
+    The layout (every key optional)::
+
+        input_size: 64                 # the side the model is built for (informative)
+        protocol: dense                # the segmentation protocol to use by default
+        protocols:                     # per protocol, parameters (SimSegParams / DenseParams fields)
+          simseg: {input_size: 64}
+          dense: {short_side: 64, crop_size: 64, stride: 64, bg_threshold: 0.99}
+        retrieval: {resize_size: 64, crop_size: 64}   # RetrievalParams fields
+        classes: "red, green, blue"    # class names a page starts with
+
+    Raises:
+        CheckpointError: an unknown key, protocol or parameter, or a value of the wrong type (the message names
+            ``label`` and the key).
+    """
+    from dataclasses import fields
+
+    from simseg.errors import ConfigError
+    from simseg.protocols import PROTOCOLS, RetrievalParams, make_params
+
+    if not isinstance(evaluation, dict):
+        raise CheckpointError(f"{label}: expected a mapping, got {type(evaluation).__name__}")
+    unknown = sorted(set(evaluation) - set(EVALUATION_KEYS))
+    if unknown:
+        raise CheckpointError(f"{label}: unknown key(s) {', '.join(map(str, unknown))} (known: "
+                              f"{', '.join(EVALUATION_KEYS)})")
+    out: dict[str, Any] = {}
+    if "input_size" in evaluation:
+        size = evaluation["input_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise CheckpointError(f"{label}.input_size: expected a positive integer, got {size!r}")
+        out["input_size"] = size
+    if "protocol" in evaluation:
+        if evaluation["protocol"] not in PROTOCOLS:
+            raise CheckpointError(f"{label}.protocol: {evaluation['protocol']!r} is not one of {', '.join(PROTOCOLS)}")
+        out["protocol"] = str(evaluation["protocol"])
+    if "protocols" in evaluation:
+        protocols = evaluation["protocols"]
+        if not isinstance(protocols, dict):
+            raise CheckpointError(f"{label}.protocols: expected a mapping of protocol name to parameters")
+        out["protocols"] = {}
+        for name, params in protocols.items():
+            if name not in PROTOCOLS:
+                raise CheckpointError(f"{label}.protocols: {name!r} is not one of {', '.join(PROTOCOLS)}")
+            if not isinstance(params, dict):
+                raise CheckpointError(f"{label}.protocols.{name}: expected a mapping of parameters")
+            try:
+                make_params(name, **params)
+            except ConfigError as e:
+                raise CheckpointError(f"{label}.protocols.{name}: {e}") from None
+            out["protocols"][str(name)] = dict(params)
+    if "retrieval" in evaluation:
+        retrieval = evaluation["retrieval"]
+        known = [f.name for f in fields(RetrievalParams)]
+        if not isinstance(retrieval, dict) or set(retrieval) - set(known):
+            raise CheckpointError(f"{label}.retrieval: expected a mapping with {' and/or '.join(known)}")
+        for key, value in retrieval.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"{label}.retrieval.{key}: expected a positive integer, got {value!r}")
+        out["retrieval"] = dict(retrieval)
+    if "classes" in evaluation:
+        if not isinstance(evaluation["classes"], str) or not evaluation["classes"].strip():
+            raise CheckpointError(f"{label}.classes: expected comma-separated class names")
+        out["classes"] = evaluation["classes"]
+    return out
+
+
+def evaluation_defaults(path_or_preset: str | os.PathLike) -> dict[str, Any]:
+    """How a checkpoint records it is meant to be evaluated (``meta.evaluation`` of its ``config.yaml``).
+
+    Empty for checkpoints that record nothing, original ``.pth`` files and presets: the paper's defaults apply.
+
+    Raises:
+        CheckpointError: unreadable config, or recorded defaults that are not valid.
+    """
+    p = Path(path_or_preset)
+    if not (p.is_dir() and (p / CONFIG_NAME).is_file()):
+        return {}
+    doc = _read_own_config(p)
+    meta = doc.get("meta") or {}
+    evaluation = meta.get("evaluation") if isinstance(meta, dict) else None
+    if evaluation is None:
+        return {}
+    return check_evaluation_defaults(evaluation, f"{p / CONFIG_NAME}: meta.evaluation")
+
+
+def record_evaluation_defaults(checkpoint_dir: str | os.PathLike, evaluation: dict[str, Any]) -> Path:
+    """Store ``evaluation`` as the evaluation defaults of an existing checkpoint folder (``config.yaml`` rewritten
+    atomically; the weights and their recorded hash are untouched).
+
+    Raises:
+        CheckpointError: not a simseg checkpoint folder, or invalid defaults.
+    """
+    from omegaconf import OmegaConf
+
+    directory = Path(checkpoint_dir)
+    doc = _read_own_config(directory)
+    meta = dict(doc.get("meta") or {})
+    meta["evaluation"] = check_evaluation_defaults(evaluation, "evaluation defaults")
+    doc["meta"] = meta
+    atomic_write_bytes(directory / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.create(doc)).encode("utf-8"))
+    return directory / CONFIG_NAME
 
 
 def _read_own_config(directory: Path) -> dict:
@@ -279,9 +402,10 @@ def load_model(
     Args:
         path_or_preset: a folder written by :func:`save_model` (or a training checkpoint folder), an original SimSeg
             ``.pth`` file, or a preset name ("tiny", "simseg-vit-s16", "simseg-vit-b16": randomly initialised).
-        tokenizer: a folder with ``vocab.txt``, a Hugging Face name (downloaded if needed), or a Tokenizer.
-            Default: the checkpoint's own tokenizer folder; for an original ``.pth``, bert-base-uncased if it is in
-            the local Hugging Face cache (otherwise text calls ask for a tokenizer).
+        tokenizer: a folder with ``vocab.txt``, a Hugging Face name (``bert-base-uncased`` ships with simseg;
+            others are downloaded if needed), or a Tokenizer. Default: the checkpoint's own tokenizer folder; for an
+            original ``.pth``, bert-base-uncased (the release's, shipped: no network); for a preset, its
+            ``model.tokenizer``.
         device: where to put the model.
         image_size: rebuild the ViT for this input size (position embedding resized bicubically); None keeps the
             checkpoint's size.
@@ -302,7 +426,7 @@ def load_model(
         model = _load_own(p, tok)
     elif p.is_file():
         model = import_original(p, tok)
-        if tok is None:  # the release's tokenizer, if the Hugging Face cache has it; never a silent download
+        if tok is None:  # the release's tokenizer, shipped with simseg; never a download
             model.tokenizer = default_tokenizer()
     else:
         raise InputError(f"{path_or_preset}: checkpoint not found (and not a preset: {', '.join(preset_names())})")
@@ -312,7 +436,8 @@ def load_model(
 
 
 def default_tokenizer() -> Tokenizer | None:
-    """bert-base-uncased's vocabulary from the local Hugging Face cache, or None (never a download)."""
+    """The released checkpoints' tokenizer: bert-base-uncased's vocabulary as shipped with simseg (or, should the
+    package data be missing, from the local Hugging Face cache); None when neither has it. Never a download."""
     try:
         return load_tokenizer("bert-base-uncased", local_only=True)
     except InputError:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from simseg.app.options import (add_checkpoint_options, add_device_option, add_protocol_options, check_at_least,
-                                output_dir, parse_set, resolve_device)
+                                describe_recorded, output_dir, parse_set, resolve_device, resolve_protocol)
 from simseg.segdata import BENCHMARKS
 
 HELP = "zero-shot semantic segmentation on PASCAL VOC / Context / COCO-Object"
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="report folder (default: simseg-eval/<dataset>)")
     parser.add_argument("--skip-bad", action="store_true", help="exit 0 even if some samples could not be read")
     parser.add_argument("--num-overlays", type=int, default=4, help="prediction overlays to write (default 4)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_option(parser)
 
 
@@ -79,16 +80,20 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write the report; exit 1 on bad samples (unless ``--skip-bad``)."""
     import simseg
     from simseg.app.report import bad_samples_exit, describe_protocol, provenance, write_json
+    from simseg.checkpoint import evaluation_defaults
     from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
     from simseg.evaluate import evaluate_segmentation, evaluation_classes
-    from simseg.protocols import benchmark_parameters
+    from simseg.protocols import BENCHMARK_DEFAULTS
     from simseg.segdata import SegmentationBenchmark, resolve_data_root
     from simseg.segment import Segmenter
     from simseg.visualize import iou_bar_chart
 
     check_at_least("--limit", args.limit, 1)
     check_at_least("--num-overlays", args.num_overlays, 0)
-    params = benchmark_parameters(args.dataset, args.protocol, parse_set(args.params))
+    # the paper's per-benchmark settings, under the checkpoint's recorded defaults, under --protocol / --set
+    protocol, params, recorded = resolve_protocol(args.protocol, parse_set(args.params),
+                                                  evaluation_defaults(args.checkpoint),
+                                                  base=BENCHMARK_DEFAULTS.get(args.dataset, {}))
     root = resolve_data_root(args.data_root)
     dataset = SegmentationBenchmark(args.dataset, root)
     distributed = init_distributed()
@@ -97,12 +102,16 @@ def run(args: argparse.Namespace) -> int:
     out = output_dir(Path(args.out) if args.out else Path("simseg-eval") / args.dataset)
     model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
     classes, offset = evaluation_classes(dataset.class_names)
-    segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,
+    segmenter = Segmenter(model, classes, protocol=protocol, crf=not args.no_crf, templates=args.templates,
                           cache_dir=args.cache_dir, **params)
     overlays = overlay_writer(out / "overlays", classes, args.num_overlays) if rank == 0 else None
+    note = describe_recorded(args.checkpoint, recorded, "--protocol and --set")
+    if note and rank == 0:
+        print(note)
 
     metrics = evaluate_segmentation(segmenter, dataset, limit=args.limit, rank=rank, world_size=world_size,
-                                    on_prediction=overlays if args.num_overlays else None)
+                                    on_prediction=overlays if args.num_overlays else None,
+                                    progress=not args.no_progress)
     if rank == 0:
         protocol = segmenter.protocol_info()
         stamp = provenance(args.checkpoint, device, world_size=world_size)
@@ -122,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             "bad_samples": metrics["bad_samples"],
             "limit": args.limit,
             "protocol": protocol,
+            "recorded_defaults_used": recorded,
             "background_prepended": bool(offset),
             **stamp,
             "seconds": round(metrics["seconds"], 3),
