@@ -101,3 +101,11 @@ def test_eval_retrieval_uses_the_recorded_sizes_unless_given(tmp_path, checkpoin
     assert main(common + ["--checkpoint", str(checkpoints[1]), "--out", str(tmp_path / "c")]) == 0
     protocol = json.loads((tmp_path / "c" / "metrics.json").read_text())["protocol"]
     assert [t.get("size") for t in protocol["transforms"][:2]] == [324, 288]  # the paper's
+
+
+def test_info_shows_the_recorded_defaults(checkpoints, capsys):
+    assert main(["info", str(checkpoints[0])]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation defaults (used by segment" in out and "protocol: dense" in out and "crop_size: 32" in out
+    assert main(["info", str(checkpoints[1])]) == 0
+    assert "evaluation defaults: the paper's (none recorded)" in capsys.readouterr().out

@@ -338,7 +338,8 @@ def test_cli_serves_a_checkpoint_with_its_recorded_evaluation_defaults(tmp_path,
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app))
     assert main(["serve", "--checkpoint", str(ckpt), "--port", "8124"]) == 0
     out = capsys.readouterr().out
-    assert f"evaluation defaults recorded in {ckpt}: protocol dense; short_side=32, crop_size=32, stride=32" in out
+    assert (f"evaluation defaults recorded in {ckpt}: protocol dense; short_side=32, crop_size=32, stride=32; "
+            "classes red, green") in out
     service = served["app"].state.service
     config = TestClient(served["app"]).get("/config").json()
     assert config["default_protocol"] == "dense" and config["default_classes"] == "red, green"

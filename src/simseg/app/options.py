@@ -118,6 +118,8 @@ def describe_recorded(checkpoint: str | os.PathLike, used: dict[str, Any], optio
         parts.append(f"protocol {used['protocol']}")
     if used.get("params"):
         parts.append(", ".join(f"{k}={v}" for k, v in used["params"].items()))
+    if used.get("classes"):
+        parts.append(f"classes {used['classes']}")
     if not parts:
         return None
     return f"using the evaluation defaults recorded in {checkpoint}: {'; '.join(parts)} ({options} override them)"

@@ -753,7 +753,9 @@ def run(args: argparse.Namespace) -> int:
     # every protocol a request may choose runs with the checkpoint's recorded parameters (e.g. the demo's 64 px)
     protocol_params = {name: dict(params) for name, params in (recorded.get("protocols") or {}).items()}
     used["params"] = protocol_params.get(protocol, {})
-    note = describe_recorded(checkpoint, used, "--protocol and the page's choices")
+    if not args.classes and recorded.get("classes"):
+        used["classes"] = recorded["classes"]
+    note = describe_recorded(checkpoint, used, "--protocol, --classes and the page's choices")
     if note:
         print(note, flush=True)
     if default_classes:
