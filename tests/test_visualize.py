@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simseg.visualize import colorize, image_grid, iou_bar_chart, overlay, palette, save_label_png
+from simseg.visualize import (MIN_COLOR_DISTANCE, class_colors, colorize, colour_word, image_grid, iou_bar_chart,
+                              overlay, palette, save_label_png)
 
 
 def test_palette_is_the_voc_colour_map():
@@ -46,9 +47,42 @@ def test_colorize_and_overlay():
     assert arr[15, 10].tolist() == [164, 100, 100]  # half grey, half the class colour
     assert (arr[:, 60:] != 255).any()  # something was drawn in the legend
     bare = overlay(image, np.zeros((40, 60), np.int32), ["background"])
-    assert bare.size == (60, 40)  # nothing found: no legend
+    assert bare.width > 60 and (np.asarray(bare)[:, 60:] != 255).any()  # nothing found: the legend says so
+    assert overlay(image, labels, ["background", "cat", "dog"], legend=False).size == (60, 40)
     with pytest.raises(ValueError, match="do not match"):
         overlay(image, np.zeros((10, 10), np.int32), ["background"])
+
+
+def test_colour_word_classes_are_drawn_in_their_colour():
+    from matplotlib import colors as mcolors
+
+    names = ["background", "red", "Dark Blue", "purple", "cat", "dark-purple", "car", "light green"]
+    table = class_colors(names)
+    want = {1: "red", 2: "darkblue", 3: "purple", 5: "xkcd:dark purple", 7: "lightgreen"}
+    for index, colour in want.items():
+        assert table[index].tolist() == [round(v * 255) for v in mcolors.to_rgb(colour)], names[index]
+    # in the overlay and in its legend swatch: a red square on grey is blended towards pure red
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:35, 5:25] = 1
+    labels[5:35, 30:55] = 2
+    out = np.asarray(overlay(Image.new("RGB", (60, 40), (100, 100, 100)), labels, names, alpha=1.0))
+    assert out[20, 10].tolist() == [255, 0, 0] and out[20, 40].tolist() == [0, 0, 139]
+    legend = out[:, 60:].reshape(-1, 3).tolist()
+    assert [255, 0, 0] in legend and [0, 0, 139] in legend
+
+
+def test_other_classes_keep_a_distinct_palette_away_from_the_colour_words():
+    voc = ["background", "aeroplane", "bicycle", "bird", "boat"]
+    np.testing.assert_array_equal(class_colors(voc), palette()[:5])  # no colour word: the VOC palette as before
+    names = ["background", "cat", "dog", "navy", "maroon", "tree", "sky"]  # navy, maroon: VOC colours 1 and 4
+    table = class_colors(names).astype(float)
+    assert len({tuple(c) for c in table.tolist()}) == len(names)
+    for other in (1, 2, 5, 6):
+        for word in (3, 4):
+            assert np.linalg.norm(table[other] - table[word]) >= MIN_COLOR_DISTANCE, (names[other], names[word])
+    # a word matplotlib does not know keeps its palette colour; so does a single xkcd word that names a thing
+    assert class_colors(["background", "bluish-ish", "sky"]).tolist() == palette()[:3].tolist()
+    assert colour_word("snow") == (255, 250, 250) and colour_word("  ") is None
 
 
 def test_iou_bar_chart_and_grid(tmp_path):

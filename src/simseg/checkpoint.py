@@ -2,6 +2,8 @@
 
 Own format: a folder with ``model.safetensors`` (weights), ``config.yaml`` (the model config and metadata, including
 the weights' sha256) and ``tokenizer/vocab.txt``. Every file is written to a temporary name and renamed into place.
+A checkpoint meant to be evaluated otherwise than with the paper's defaults (e.g. the demo model, built for 64-pixel
+scenes) records how in ``meta.evaluation`` (:func:`evaluation_defaults`); released checkpoints record nothing.
 
 Original format: a ``torch.save``d dict whose ``state_dict`` holds ``image_encoder.model.model.<timm
 key>``, ``text_encoder.model.model.<BertModel key>``, ``{image,text}_projection.linear.weight`` and
@@ -21,8 +23,10 @@ from typing import Any
 import torch
 
 # the folder format lives below the model (so SimSegModel.save_pretrained can write it); re-exported here
-from simseg.checkpoint_format import CONFIG_NAME, FORMAT_VERSION, TOKENIZER_DIR, WEIGHTS_NAME, save_model  # noqa: F401
+from simseg.checkpoint_format import (CONFIG_NAME, FORMAT_VERSION, TOKENIZER_DIR, WEIGHTS_NAME,  # noqa: F401
+                                      check_evaluation_defaults, save_model)
 from simseg.errors import CheckpointError, ConfigError, InputError
+from simseg.files import atomic_write_bytes
 from simseg.model import SimSegModel, build_model
 from simseg.schema import validate_model_config
 from simseg.tokenizer import Tokenizer, load_tokenizer
@@ -93,6 +97,44 @@ def _hub_stamp(folder: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ own format
+# ------------------------------------------------------------------------------------------------ evaluation defaults
+def evaluation_defaults(path_or_preset: str | os.PathLike) -> dict[str, Any]:
+    """How a checkpoint records it is meant to be evaluated (``meta.evaluation`` of its ``config.yaml``).
+
+    Empty for checkpoints that record nothing, original ``.pth`` files and presets: the paper's defaults apply.
+
+    Raises:
+        CheckpointError: unreadable config, or recorded defaults that are not valid.
+    """
+    p = Path(path_or_preset)
+    if not (p.is_dir() and (p / CONFIG_NAME).is_file()):
+        return {}
+    doc = _read_own_config(p)
+    meta = doc.get("meta") or {}
+    evaluation = meta.get("evaluation") if isinstance(meta, dict) else None
+    if evaluation is None:
+        return {}
+    return check_evaluation_defaults(evaluation, f"{p / CONFIG_NAME}: meta.evaluation")
+
+
+def record_evaluation_defaults(checkpoint_dir: str | os.PathLike, evaluation: dict[str, Any]) -> Path:
+    """Store ``evaluation`` as the evaluation defaults of an existing checkpoint folder (``config.yaml`` rewritten
+    atomically; the weights and their recorded hash are untouched).
+
+    Raises:
+        CheckpointError: not a simseg checkpoint folder, or invalid defaults.
+    """
+    from omegaconf import OmegaConf
+
+    directory = Path(checkpoint_dir)
+    doc = _read_own_config(directory)
+    meta = dict(doc.get("meta") or {})
+    meta["evaluation"] = check_evaluation_defaults(evaluation, "evaluation defaults")
+    doc["meta"] = meta
+    atomic_write_bytes(directory / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.create(doc)).encode("utf-8"))
+    return directory / CONFIG_NAME
+
+
 def _read_own_config(directory: Path) -> dict:
     from omegaconf import OmegaConf
 
@@ -333,9 +375,10 @@ def load_model(
             ``.pth`` file, a preset name ("tiny", "simseg-vit-s16", "simseg-vit-b16": randomly initialised), or
             ``hf-hub:ORG/NAME[@revision]``: a simseg folder on the Hugging Face Hub, fetched into its standard cache
             (only the cache is read when ``HF_HUB_OFFLINE=1``).
-        tokenizer: a folder with ``vocab.txt``, a Hugging Face name (downloaded if needed), or a Tokenizer.
-            Default: the checkpoint's own tokenizer folder; for an original ``.pth``, bert-base-uncased if it is in
-            the local Hugging Face cache (otherwise text calls ask for a tokenizer).
+        tokenizer: a folder with ``vocab.txt``, a Hugging Face name (``bert-base-uncased`` ships with simseg;
+            others are downloaded if needed), or a Tokenizer. Default: the checkpoint's own tokenizer folder; for an
+            original ``.pth``, bert-base-uncased (the release's, shipped: no network); for a preset, its
+            ``model.tokenizer``.
         device: where to put the model.
         image_size: rebuild the ViT for this input size (position embedding resized bicubically); None keeps the
             checkpoint's size.
@@ -377,7 +420,7 @@ def load_model(
         model = _load_own(p, tok)
     elif p.is_file():
         model = import_original(p, tok)
-        if tok is None:  # the release's tokenizer, if the Hugging Face cache has it; never a silent download
+        if tok is None:  # the release's tokenizer, shipped with simseg; never a download
             model.tokenizer = default_tokenizer()
     else:
         raise InputError(f"{path_or_preset}: checkpoint not found (and not a preset: {', '.join(preset_names())})")
@@ -387,7 +430,8 @@ def load_model(
 
 
 def default_tokenizer() -> Tokenizer | None:
-    """bert-base-uncased's vocabulary from the local Hugging Face cache, or None (never a download)."""
+    """The released checkpoints' tokenizer: bert-base-uncased's vocabulary as shipped with simseg (or, should the
+    package data be missing, from the local Hugging Face cache); None when neither has it. Never a download."""
     try:
         return load_tokenizer("bert-base-uncased", local_only=True)
     except InputError:

@@ -68,7 +68,7 @@ def evaluate_segmentation(
     Raises:
         LabelValueError: a label holds values outside the benchmark's classes (the evaluation stops there).
     """
-    from tqdm import tqdm
+    from simseg.progress import progress_bar
 
     classes, offset = evaluation_classes(dataset.class_names)
     seg_classes = getattr(segmenter, "class_names", None)
@@ -80,8 +80,7 @@ def evaluate_segmentation(
     bad: list[dict] = []
     evaluated = 0
     start = time.perf_counter()
-    bar = tqdm(indices, desc=f"eval {dataset.name}", unit="img", disable=rank != 0 or not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(indices, desc=f"eval {dataset.name}", unit="img", disable=rank != 0 or not progress)
     for index in bar:
         sample_id = dataset.sample_ids[index]
         try:

@@ -502,7 +502,7 @@ def export_retrieval_parquet(
     captions_per_image: int = 2,
     seed: int = 0,
 ) -> Path:
-    """Write ``<out_dir>/<name>/valid.parquet`` in the retrieval layout (method.md §5), one row per caption.
+    """Write ``<out_dir>/<name>/valid.parquet`` in the retrieval benchmarks' layout, one row per caption.
 
     Columns: ``imbytes`` (PNG bytes), ``caption``, ``image_id`` (scene index), ``id`` (caption index). Each image
     gets ``captions_per_image`` distinct phrasings where possible, the scene's own caption first; the extra ones are

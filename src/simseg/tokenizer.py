@@ -1,4 +1,10 @@
-"""BERT WordPiece tokenisation from a Hugging Face model name or a local folder holding ``vocab.txt``.
+"""BERT WordPiece tokenisation from a local folder holding ``vocab.txt``, the shipped BERT vocabulary, or a Hugging
+Face model name.
+
+``bert-base-uncased`` (the text encoder of SimSeg and of the paper presets) needs no network: its vocabulary ships
+with the package (``simseg/vocab/bert-base-uncased.txt``, Apache-2.0, see the NOTICE there). Any other Hugging Face
+name is looked up in the local Hugging Face cache first and then fetched once; without a network that fails in one
+line within seconds instead of the hub client's retry loop.
 
 Built on the ``tokenizers`` library's ``BertWordPieceTokenizer``, which reads the vocab file correctly (transformers 5's
 ``BertTokenizer(vocab_file=...)`` silently builds a 5-token vocabulary).
@@ -8,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -16,6 +23,14 @@ from simseg.errors import InputError
 from simseg.files import atomic_write_bytes, atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+#: Hugging Face names whose vocabulary ships with the package (file name in ``simseg/vocab``).
+SHIPPED_VOCABS = {"bert-base-uncased": "bert-base-uncased.txt",
+                  "google-bert/bert-base-uncased": "bert-base-uncased.txt"}
+#: sha256 of the shipped files: BERT-Base, Uncased's vocab.txt, byte for byte.
+SHIPPED_SHA256 = {"bert-base-uncased.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"}
+#: Seconds a network check may take before a Hugging Face name is declared unreachable.
+HUB_CONNECT_TIMEOUT_S = 3.0
 
 
 class Tokenizer:
@@ -103,11 +118,25 @@ class Tokenizer:
         return directory
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike | Tokenizer, local_only: bool = False) -> Tokenizer:
-    """Load a tokenizer from a folder (or file) with ``vocab.txt``, or a Hugging Face model name.
+def shipped_vocab(name: str) -> Path | None:
+    """The path of the vocabulary shipped for the Hugging Face name ``name``, or None when none ships."""
+    filename = SHIPPED_VOCABS.get(name)
+    if filename is None:
+        return None
+    return Path(str(resources.files("simseg") / "vocab" / filename))
 
-    A model name is fetched through ``huggingface_hub`` (cached; needs internet the first time, unless
-    ``local_only``, which only looks in the local cache).
+
+def load_tokenizer(name_or_dir: str | os.PathLike | Tokenizer, local_only: bool = False) -> Tokenizer:
+    """Load a tokenizer from a folder (or file) with ``vocab.txt``, a shipped vocabulary, or a Hugging Face name.
+
+    Order: an existing folder or file; a name whose vocabulary ships with simseg (``bert-base-uncased``: no network);
+    the local Hugging Face cache; a download through ``huggingface_hub`` (skipped with ``local_only`` or
+    ``HF_HUB_OFFLINE=1``; when the hub cannot be reached at all, one error line within
+    :data:`HUB_CONNECT_TIMEOUT_S` seconds instead of the hub client's retry loop).
+
+    Raises:
+        InputError: a folder without ``vocab.txt``, a path that does not exist, or a name that is neither shipped,
+            cached nor downloadable.
     """
     if isinstance(name_or_dir, Tokenizer):
         return name_or_dir
@@ -122,16 +151,59 @@ def load_tokenizer(name_or_dir: str | os.PathLike | Tokenizer, local_only: bool 
     name = str(name_or_dir)
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
         raise InputError(f"{name}: tokenizer folder not found")
-    try:
-        from huggingface_hub import hf_hub_download
+    shipped = shipped_vocab(name)
+    if shipped is not None and shipped.is_file():
+        return Tokenizer(shipped)
+    return Tokenizer(_hub_vocab(name, local_only))
 
-        vocab = hf_hub_download(repo_id=name, filename="vocab.txt", local_files_only=local_only)
-    except Exception as e:  # offline, unknown repo, ...
-        raise InputError(
-            f"tokenizer {name!r}: not a local folder and could not be fetched from the Hugging Face hub "
-            f"({type(e).__name__}); pass --tokenizer DIR with a vocab.txt"
-        ) from None
-    return Tokenizer(vocab)
+
+def _hub_vocab(name: str, local_only: bool) -> Path:
+    """``vocab.txt`` of a Hugging Face repository: from the local cache, else downloaded (when allowed and the hub
+    answers)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    hint = "pass --tokenizer DIR (a folder with vocab.txt), or run 'simseg vocab CAPTIONS OUT_DIR' to train one"
+    try:
+        return Path(hf_hub_download(repo_id=name, filename="vocab.txt", local_files_only=True))
+    except Exception:  # not cached (or not a valid repo name): try the hub below, if allowed
+        pass
+    if local_only or constants.HF_HUB_OFFLINE:
+        raise InputError(f"tokenizer {name!r}: not a local folder and not in the local Hugging Face cache "
+                         f"(offline); {hint}")
+    unreachable = _hub_unreachable(constants.ENDPOINT)
+    if unreachable:
+        raise InputError(f"tokenizer {name!r}: not a local folder, not in the local Hugging Face cache, and the hub "
+                         f"cannot be reached ({unreachable}); {hint}")
+    try:
+        return Path(hf_hub_download(repo_id=name, filename="vocab.txt"))
+    except Exception as e:  # unknown repo, no vocab.txt, network lost half-way, ...
+        raise InputError(f"tokenizer {name!r}: not a local folder and could not be fetched from the Hugging Face hub "
+                         f"({type(e).__name__}); {hint}") from None
+
+
+def _hub_unreachable(endpoint: str, timeout: float = HUB_CONNECT_TIMEOUT_S) -> str | None:
+    """Why ``endpoint`` cannot be reached (name resolution or TCP connect within ``timeout``), or None when it can.
+
+    Behind an HTTP(S) proxy the proxy decides: no direct check is made.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return None
+    parts = urlsplit(endpoint)
+    host = parts.hostname or endpoint
+    port = parts.port or (443 if parts.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror:
+        return f"cannot resolve {host}: no network?"
+    except TimeoutError:
+        return f"{host}:{port}: no answer within {timeout:g} s"
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or type(e).__name__}"
 
 
 def train_wordpiece_vocab(texts: list[str], out_dir: str | os.PathLike, vocab_size: int = 1000) -> Path:
@@ -146,3 +218,44 @@ def train_wordpiece_vocab(texts: list[str], out_dir: str | os.PathLike, vocab_si
     with tempfile.TemporaryDirectory() as tmp:
         atomic_write_bytes(out_dir / "vocab.txt", Path(tok.save_model(tmp)[0]).read_bytes())
     return out_dir
+
+
+def read_captions(path: str | os.PathLike, column: str = "caption") -> list[str]:
+    """The captions of a text file (one per line) or a CSV / TSV file with a header row (the ``column`` column).
+
+    ``.csv`` is comma-separated and ``.tsv`` / ``.tab`` tab-separated; any other suffix is read as plain text. A
+    byte-order mark and Windows line endings are accepted; blank captions are left out.
+
+    Raises:
+        InputError: the file is missing, not UTF-8 text, has no ``column`` column, or holds no caption.
+    """
+    import csv
+    import io
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {'is a folder, not a captions file' if path.is_dir() else 'file not found'}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".tab"):
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if suffix == ".csv" else "\t")
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            if column not in header:
+                shown = ", ".join(repr(h) for h in header[:8]) or "none"
+                raise InputError(f"{path}: no {column!r} column in the header row (columns: {shown})")
+            index = header.index(column)
+            captions = [row[index].strip() for row in reader if len(row) > index]
+        except csv.Error as e:
+            raise InputError(f"{path}: line {reader.line_num}: not valid {suffix[1:].upper()} ({e})") from None
+    else:
+        captions = [line.strip() for line in text.splitlines()]
+    captions = [c for c in captions if c]
+    if not captions:
+        raise InputError(f"{path}: no captions in the file")
+    return captions

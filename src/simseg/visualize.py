@@ -1,11 +1,18 @@
-"""Pictures: a fixed palette, colour label maps, overlays with a legend, per-class IoU bar charts, image grids.
+"""Pictures: class colours, colour label maps, overlays with a legend, per-class IoU bar charts, image grids.
 
-Everything returns or writes ordinary PIL images / PNG files. matplotlib is imported only by the chart function.
+Class colours (:func:`class_colors`): a class whose name is a colour word ("red", "dark blue", "purple": matplotlib's
+named colours) is drawn in that colour; every other class gets the PASCAL VOC palette colour of its index (so VOC
+predictions look like VOC ground truth), moved to another palette colour when it would be hard to tell from a
+colour-word class of the same list. Label PNGs keep the plain VOC palette: their pixel values are the data.
+
+Everything returns or writes ordinary PIL images / PNG files. matplotlib's colour tables are read by
+:func:`class_colors`; pyplot is imported only by the chart function.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,6 +41,64 @@ _PALETTE = palette(256)  # read-only constant, computed once
 def _colors_for(labels: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 colours; indices >= 256 reuse the palette cyclically."""
     return _PALETTE[np.asarray(labels, dtype=np.int64) % 256]
+
+
+#: Palette colours closer than this (Euclidean RGB distance) to a colour-word class's colour are not used for
+#: another class of the same list.
+MIN_COLOR_DISTANCE = 90.0
+
+
+def colour_word(name: str) -> tuple[int, int, int] | None:
+    """The RGB colour a class name stands for, or None when it is not a colour word.
+
+    Matplotlib's named colours: the CSS4 names, matched case-insensitively with spaces, hyphens and underscores
+    removed ("Dark Blue", "dark-blue" -> darkblue), and the xkcd survey's names of two or more words ("dark
+    purple", "light brown"; single xkcd words such as "sky" or "banana" name things more often than colours).
+    """
+    from matplotlib import colors as mcolors
+
+    key = " ".join(re.split(r"[\s_-]+", name.strip().lower())).strip()
+    if not key:
+        return None
+    hex_value = mcolors.CSS4_COLORS.get(key.replace(" ", ""))
+    if hex_value is None and " " in key:
+        hex_value = mcolors.XKCD_COLORS.get(f"xkcd:{key}")
+    if hex_value is None:
+        return None
+    r, g, b = (int(round(v * 255)) for v in mcolors.to_rgb(hex_value))
+    return r, g, b
+
+
+def class_colors(class_names: Sequence[str]) -> np.ndarray:
+    """(N, 3) uint8 colours for a class list (index 0, background, is black and never painted).
+
+    Colour words are drawn in their colour (:func:`colour_word`); class ``c`` otherwise gets VOC palette colour
+    ``c``, or, when that is within :data:`MIN_COLOR_DISTANCE` of a colour word's colour or already taken, the next
+    palette colour that is not.
+    """
+    n = len(class_names)
+    out = np.zeros((max(n, 1), 3), dtype=np.uint8)
+    named = {c: colour_word(class_names[c]) for c in range(1, n)}
+    taken = [np.array(rgb, dtype=np.float64) for rgb in named.values() if rgb is not None]
+    spare = iter(range(max(n, 1), 10 * 256))  # palette indices past the list, tried in order
+
+    def free(rgb: np.ndarray) -> bool:
+        return all(np.linalg.norm(rgb.astype(np.float64) - t) >= MIN_COLOR_DISTANCE for t in taken)
+
+    for c in range(1, n):
+        if named[c] is not None:
+            out[c] = named[c]
+            continue
+        candidate = _PALETTE[c % 256]
+        if taken and not free(candidate):
+            for index in spare:
+                candidate = _PALETTE[index % 256]
+                if free(candidate) or index >= 10 * 256 - 1:
+                    break
+        out[c] = candidate
+        if taken:  # only a list with colour words needs the later classes kept apart from this one
+            taken.append(candidate.astype(np.float64))
+    return out[:n] if n else out[:0]
 
 
 def colorize(labels: np.ndarray) -> Image.Image:
@@ -71,17 +136,29 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _label_colors(labels: np.ndarray, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) colours of a label map by :func:`class_colors`, and the per-index table used (indices past the
+    class list keep the VOC palette)."""
+    lab = np.asarray(labels, dtype=np.int64)
+    top = max(int(lab.max()) + 1 if lab.size else 0, len(class_names))
+    table = _PALETTE[np.arange(top) % 256].copy()
+    table[: len(class_names)] = class_colors(class_names)
+    return table[lab], table
+
+
 def overlay(
     image: Image.Image,
     labels: np.ndarray,
     class_names: Sequence[str],
     alpha: float = 0.5,
     scores: Sequence[float] | np.ndarray | None = None,
+    legend: bool = True,
 ) -> Image.Image:
     """Blend the coloured label map on the image and add a legend of the classes present.
 
-    Background (index 0) is left unpainted. The legend lists each non-background class present, with its colour and,
-    when ``scores`` (indexed like ``class_names``) is given, its score.
+    Background (index 0) is left unpainted. Colours are :func:`class_colors` of ``class_names`` (colour words in
+    their colour). The legend lists each non-background class present, with its colour and, when ``scores``
+    (indexed like ``class_names``) is given, its score; with no class present it says so.
 
     Args:
         image: the image the labels were predicted for (same size as ``labels``).
@@ -89,31 +166,35 @@ def overlay(
         class_names: names indexed by label.
         alpha: opacity of the colour mask.
         scores: optional per-class scores to print in the legend.
+        legend: add the legend strip on the right (False: the blend alone, same size as the image, for callers
+            that show the legend themselves, e.g. the web page).
 
     Returns:
-        An RGB image: the blend, with the legend in a strip on the right when there is anything to list.
+        An RGB image: the blend, with the legend in a strip on the right.
     """
     base = image.convert("RGB")
     lab = np.asarray(labels)
     if lab.shape != (base.height, base.width):
         raise ValueError(f"overlay: labels {lab.shape} do not match the image size {base.height}x{base.width}")
     rgb = np.asarray(base, dtype=np.float32)
-    colors = _colors_for(lab).astype(np.float32)
+    colors, table = _label_colors(lab, class_names)
     painted = (lab != 0)[..., None]
-    blended = np.where(painted, (1 - alpha) * rgb + alpha * colors, rgb)
+    blended = np.where(painted, (1 - alpha) * rgb + alpha * colors.astype(np.float32), rgb)
     out = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    if not legend:
+        return out
 
     present = [int(c) for c in np.unique(lab) if c != 0]
-    if not present:
-        return out
     font_size = max(10, min(24, base.height // 20))
     font = _font(font_size)
-    entries = []
+    entries: list[tuple[int | None, str]] = []
     for c in present:
         name = class_names[c] if c < len(class_names) else f"class {c}"
         if scores is not None and c < len(scores):
             name = f"{name} {float(scores[c]):.3f}"
         entries.append((c, name))
+    if not entries:
+        entries.append((None, "no class found"))
     measure = ImageDraw.Draw(out)
     line = font_size + 6
     text_w = max(int(measure.textlength(text, font=font)) for _, text in entries)
@@ -124,8 +205,9 @@ def overlay(
     for i, (c, text) in enumerate(entries):
         y = 4 + i * line
         x = out.width + 4
-        draw.rectangle([x, y, x + font_size, y + font_size], fill=tuple(int(v) for v in _PALETTE[c % 256]),
-                       outline=(0, 0, 0))
+        if c is not None:
+            draw.rectangle([x, y, x + font_size, y + font_size], fill=tuple(int(v) for v in table[c]),
+                           outline=(0, 0, 0))
         draw.text((x + font_size + 6, y), text, fill=(0, 0, 0), font=font)
     return canvas
 

@@ -256,7 +256,99 @@ def test_health_config_examples_and_page(model):
     assert client.get("/static/app.js").status_code == 200
 
 
+def test_colour_word_classes_get_their_colour_in_the_answer(model, cache_dir):
+    client = TestClient(create_app(model, cache_dir=cache_dir))
+    r = post(client, png_bytes(), classes="red, dark blue, cat", protocol="dense", templates="single")
+    assert r.status_code == 200, r.text
+    colors = r.json()["colors"]
+    assert colors[1] == [255, 0, 0] and colors[2] == [0, 0, 139] and colors[3] not in ([255, 0, 0], [0, 0, 139])
+
+
+def test_a_request_without_protocol_gets_the_default_protocol(model):
+    seen = []
+
+    def factory(m, names, protocol, crf, templates):
+        seen.append((protocol, crf))
+        return StandIn(names)
+
+    client = TestClient(create_app(model, segmenter_factory=factory, default_protocol="dense"))
+    assert client.get("/config").json()["default_protocol"] == "dense"
+    fields = {"classes": CLASSES}  # no protocol, no crf: what a script sends
+    assert client.post("/segment", data=fields, files={"image": ("a.png", png_bytes(), "image/png")}).status_code == 200
+    assert post(client, png_bytes(), protocol="simseg", crf="true").status_code == 200
+    assert seen == [("dense", False), ("simseg", True)]
+    assert TestClient(create_app(model, segmenter_factory=factory)).get("/config").json()["default_protocol"] == \
+        "simseg"
+
+
+def test_openapi_schema_lists_the_segment_form_fields_and_the_answer(model):
+    import json
+
+    client = TestClient(create_app(model, segmenter_factory=stand_in_factory()))
+    schema = client.get("/openapi.json").json()
+    op = schema["paths"]["/segment"]["post"]
+    form = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {"image", "example", "classes", "protocol", "crf", "templates"}
+    assert form["required"] == ["classes"] and form["properties"]["image"]["format"] == "binary"
+    assert form["properties"]["protocol"]["enum"] == ["simseg", "dense"]
+    answer = op["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+    # the documented answer is the real one, field for field
+    assert set(answer) == set(post(client, png_bytes()).json())
+    assert {"400", "413", "503", "504"} <= set(op["responses"])
+    # an OpenAPI 3.0 document (what the local Swagger UI renders): no 3.1-only null types
+    assert schema["openapi"].startswith("3.0") and '"null"' not in json.dumps(schema)
+
+
+def _local_urls(html: str) -> list[str]:
+    import re
+
+    return re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+
+
+def test_docs_page_works_offline_with_local_swagger_ui_or_a_plain_api_page(model, monkeypatch):
+    from simseg.app import serve
+
+    if serve.swagger_ui_dir() is not None:
+        client = TestClient(create_app(model, segmenter_factory=stand_in_factory()))
+        page = client.get("/docs")
+        assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+        urls = _local_urls(page.text)
+        assert urls and all(u.startswith("/") for u in urls), urls  # nothing from a CDN
+        for u in urls:
+            assert client.get(u).status_code == 200, u
+    monkeypatch.setattr(serve, "swagger_ui_dir", lambda: None)
+    client = TestClient(create_app(model, segmenter_factory=stand_in_factory()))
+    page = client.get("/docs")
+    assert page.status_code == 200 and "POST /segment" in page.text
+    assert all(f"<code>{field}" in page.text for field in ("image", "example", "classes", "protocol", "crf"))
+    assert not [u for u in _local_urls(page.text) if u.startswith("http")]
+
+
 # ------------------------------------------------------------------------------------------------------- CLI
+def test_cli_serves_a_checkpoint_with_its_recorded_evaluation_defaults(tmp_path, monkeypatch, model, capsys):
+    import uvicorn
+
+    from simseg.app.cli import main
+    from simseg.checkpoint import save_model
+
+    evaluation = {"protocol": "dense", "protocols": {"dense": {"short_side": 32, "crop_size": 32, "stride": 32}},
+                  "classes": "red, green"}
+    ckpt = save_model(model, tmp_path / "ck", meta={"evaluation": evaluation})
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app))
+    assert main(["serve", "--checkpoint", str(ckpt), "--port", "8124"]) == 0
+    out = capsys.readouterr().out
+    assert (f"evaluation defaults recorded in {ckpt}: protocol dense; short_side=32, crop_size=32, stride=32; "
+            "classes red, green") in out
+    service = served["app"].state.service
+    config = TestClient(served["app"]).get("/config").json()
+    assert config["default_protocol"] == "dense" and config["default_classes"] == "red, green"
+    assert service.protocol_params == {"dense": {"short_side": 32, "crop_size": 32, "stride": 32}}
+    assert main(["serve", "--checkpoint", str(ckpt), "--protocol", "simseg", "--classes", "cat"]) == 0
+    config = TestClient(served["app"]).get("/config").json()
+    assert config["default_protocol"] == "simseg" and config["default_classes"] == "cat"
+
+
 def test_cli_needs_a_checkpoint_or_a_demo_model(tmp_path, monkeypatch, capsys):
     from simseg.app.cli import main
 
@@ -284,6 +376,8 @@ def test_cli_demo_serves_the_demo_model_with_colour_classes_and_examples(tmp_pat
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
     config = TestClient(served["app"]).get("/config").json()
     assert config["default_classes"] == ", ".join(colour_class_names()[1:])
+    assert config["default_protocol"] == "dense"  # the protocol that works for the demo model
+    assert served["app"].state.service.protocol_params["dense"]["crop_size"] == model.image_size
     assert len(config["examples"]) == 6
     assert config["limits"]["max_classes"] == 7 and config["limits"]["timeout_s"] == 9
 
@@ -414,5 +508,27 @@ def test_page_in_headless_chromium_uploads_segments_and_shows_overlay_legend_sco
     legend = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")]
     assert legend and all(any(name in text for name in ("background", "red", "green", "blue", "yellow"))
                           for text in legend)
-    browser.set_window_size(1200, 1500)  # the whole result in the picture
-    browser.save_screenshot("/tmp/simseg_serve_screenshot.png")
+
+    # on a 1280 x 800 laptop screen the result is in view without scrolling: the overlay and its legend
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        browser.execute_script("window.scrollTo(0, 0);")
+        view = browser.execute_script("return [window.innerWidth, window.innerHeight, window.scrollY];")
+        assert view == [1280, 800, 0]
+        for selector in ("#overlay", "#legend li", "#submit"):
+            box = browser.execute_script(
+                "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+                "return [r.left, r.top, r.right, r.bottom];", selector)
+            assert box[0] >= 0 and box[1] >= 0 and box[2] <= 1280 and box[3] <= 800, (selector, box)
+        browser.save_screenshot("/tmp/simseg_serve_screenshot.png")
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+    # the API page renders from the local Swagger UI (the browser has no network)
+    from simseg.app.serve import swagger_ui_dir
+
+    if swagger_ui_dir() is not None:
+        browser.get(url + "/docs")
+        wait.until(lambda d: any("/segment" in e.text for e in d.find_elements(By.CSS_SELECTOR,
+                                                                                ".opblock-summary-path")))

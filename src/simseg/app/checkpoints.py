@@ -20,10 +20,11 @@ def run_info(args: argparse.Namespace) -> int:
     """Print the config, sizes and parameter counts of a checkpoint."""
     from omegaconf import OmegaConf
 
-    from simseg.checkpoint import checkpoint_fingerprint, load_model
+    from simseg.checkpoint import checkpoint_fingerprint, evaluation_defaults, load_model
     from simseg.model import parameter_counts
 
     model = load_model(args.checkpoint, tokenizer=args.tokenizer)
+    recorded = evaluation_defaults(args.checkpoint)
     print(f"checkpoint: {args.checkpoint}")
     fp = checkpoint_fingerprint(args.checkpoint)
     if fp.get("sha256"):
@@ -33,6 +34,11 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"image size: {model.image_size} (patch {model.patch_size})")
     print(f"temperature: {float(model.temperature().detach()):.5f}")
     print(f"tokenizer: {'none' if model.tokenizer is None else f'{model.tokenizer.vocab_size} tokens'}")
+    if recorded:
+        print("evaluation defaults (used by segment, eval-seg, eval-retrieval and serve unless overridden):")
+        print("  " + OmegaConf.to_yaml(OmegaConf.create(recorded)).replace("\n", "\n  ").rstrip())
+    else:
+        print("evaluation defaults: the paper's (none recorded)")
     print("parameters:")
     for k, v in parameter_counts(model).items():
         print(f"  {k:<14}{v:>14,}")

@@ -16,7 +16,8 @@ import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
-from simseg.app import checkpoints, demo, eval_retrieval, eval_seg, export, hub, prepare, segment, serve, train
+from simseg.app import (checkpoints, demo, eval_retrieval, eval_seg, export, hub, prepare, segment, serve, train,
+                        vocab)
 
 
 class Command(NamedTuple):
@@ -34,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command(prepare.HELP, prepare.add_arguments, prepare.run),
     "eval-retrieval": Command(eval_retrieval.HELP, eval_retrieval.add_arguments, eval_retrieval.run),
     "train": Command(train.HELP, train.add_arguments, train.run),
+    "vocab": Command(vocab.HELP, vocab.add_arguments, vocab.run),
     "demo": Command(demo.HELP, demo.add_arguments, demo.run),
     "serve": Command(serve.HELP, serve.add_arguments, serve.run),
     "export": Command(export.HELP, export.add_arguments, export.run),

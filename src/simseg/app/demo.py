@@ -105,6 +105,19 @@ def segmentation_protocols(input_size: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def recorded_evaluation(input_size: int) -> dict[str, Any]:
+    """The evaluation defaults the demo's checkpoints record (``meta.evaluation``): the protocols at the model's
+    input size, ``dense`` with the background threshold by default (the one that works on this world), the colour
+    classes. ``segment``, ``eval-seg``, ``eval-retrieval`` and ``serve`` use them unless told otherwise."""
+    from simseg.synthetic import colour_class_names
+
+    protocols = segmentation_protocols(input_size)
+    return {"input_size": input_size, "protocol": "dense",
+            "protocols": {"simseg": protocols["simseg"]["params"], "dense": protocols["dense_threshold"]["params"]},
+            "retrieval": {"resize_size": input_size, "crop_size": input_size},
+            "classes": ", ".join(colour_class_names()[1:])}
+
+
 # ------------------------------------------------------------------------------------------------ arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``simseg demo``."""
@@ -527,7 +540,7 @@ def run_demo_pipeline(
     import torch
 
     import simseg
-    from simseg.checkpoint import checkpoint_fingerprint
+    from simseg.checkpoint import checkpoint_fingerprint, record_evaluation_defaults
     from simseg.app.report import software_versions, write_json
     from simseg.model import parameter_counts
 
@@ -553,6 +566,8 @@ def run_demo_pipeline(
             f"{cfg['train']['batch_size']} -> {out / label}")
         t = time.perf_counter()
         summaries[label] = train_run(cfg, progress)
+        record_evaluation_defaults(out / label / "checkpoint",
+                                   recorded_evaluation(int(cfg["model"]["vision"]["img_size"])))
         seconds[f"train_{label}"] = time.perf_counter() - t
         runs[label] = out / label
 

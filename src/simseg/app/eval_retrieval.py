@@ -35,16 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_options(parser)
     parser.add_argument("--out", default=None, help="report folder (default: simseg-eval/retrieval-<dataset>)")
     parser.add_argument("--batch-size", type=int, default=64, help="images / captions encoded at once (default 64)")
-    parser.add_argument("--resize-size", type=int, default=RetrievalParams.resize_size,
-                        help=f"side after resizing, before the crop (default {RetrievalParams.resize_size})")
+    parser.add_argument("--resize-size", type=int, default=None,
+                        help=f"side after resizing, before the crop (default {RetrievalParams.resize_size}, or the "
+                             "checkpoint's recorded one)")
     parser.add_argument("--resize-mode", choices=("square", "short"), default=RetrievalParams.resize_mode,
                         help="square: resize to SIZE x SIZE, squashing the image (the paper's, default); "
                              "short: resize the short side to SIZE, keeping the aspect ratio")
-    parser.add_argument("--crop-size", type=int, default=RetrievalParams.crop_size,
-                        help=f"centre crop = model input size (default {RetrievalParams.crop_size})")
+    parser.add_argument("--crop-size", type=int, default=None,
+                        help=f"centre crop = model input size (default {RetrievalParams.crop_size}, or the "
+                             "checkpoint's recorded one)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once (default 1024)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     parser.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images instead of failing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_option(parser)
 
 
@@ -101,18 +104,33 @@ def _resolve_source(args: argparse.Namespace) -> tuple[Path, str]:
     return path, args.dataset
 
 
+def retrieval_sizes(resize_size: int | None, crop_size: int | None,
+                    recorded: dict[str, Any]) -> tuple[int, int, dict[str, int]]:
+    """(resize, crop, what of the recorded defaults was used): the paper's sizes, under the checkpoint's recorded
+    ``retrieval`` defaults, under ``--resize-size`` / ``--crop-size``."""
+    from_checkpoint = recorded.get("retrieval") or {}
+    used = {k: v for k, v in from_checkpoint.items()
+            if (k == "resize_size" and resize_size is None) or (k == "crop_size" and crop_size is None)}
+    resize = resize_size if resize_size is not None else from_checkpoint.get("resize_size", RetrievalParams.resize_size)
+    crop = crop_size if crop_size is not None else from_checkpoint.get("crop_size", RetrievalParams.crop_size)
+    return int(resize), int(crop), used
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write ``metrics.json``; exit 1 on bad images (unless ``--skip-bad``)."""
+    from simseg.app.options import describe_recorded
     from simseg.app.report import bad_samples_exit, provenance, write_json
-    from simseg.checkpoint import load_model
+    from simseg.checkpoint import evaluation_defaults, load_model
     from simseg.distributed import get_local_rank, get_rank, get_world_size, init_distributed
     from simseg.retrieval import evaluate_retrieval, protocol_info
 
     for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
                         ("--resize-size", args.resize_size), ("--crop-size", args.crop_size)):
         check_at_least(flag, value, 1)
-    if args.crop_size > args.resize_size:
-        raise InputError(f"--crop-size {args.crop_size} is larger than --resize-size {args.resize_size}")
+    resize_size, crop_size, recorded = retrieval_sizes(args.resize_size, args.crop_size,
+                                                       evaluation_defaults(args.checkpoint))
+    if crop_size > resize_size:
+        raise InputError(f"--crop-size {crop_size} is larger than --resize-size {resize_size}")
     path, dataset = _resolve_source(args)
     distributed = init_distributed()
     rank, world_size = get_rank(), get_world_size()
@@ -121,14 +139,17 @@ def run(args: argparse.Namespace) -> int:
     # The model keeps its native size: it runs at the crop size with its position embedding resampled per call, the
     # code path training-time evaluation takes too, so both give the same numbers.
     model = load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
-    if args.crop_size % model.patch_size:
-        raise InputError(f"--crop-size {args.crop_size} is not a multiple of the model's patch size {model.patch_size}")
+    if crop_size % model.patch_size:
+        raise InputError(f"--crop-size {crop_size} is not a multiple of the model's patch size {model.patch_size}")
+    note = describe_recorded(args.checkpoint, {"params": recorded}, "--resize-size and --crop-size")
+    if note and rank == 0:
+        print(note)
 
     # Unreadable images are always counted and reported; the exit status is decided below, after the report.
     metrics = evaluate_retrieval(model, path, batch_size=args.batch_size, device=device, skip_bad=True,
-                                 resize_size=args.resize_size, crop_size=args.crop_size, resize_mode=args.resize_mode,
+                                 resize_size=resize_size, crop_size=crop_size, resize_mode=args.resize_mode,
                                  chunk_size=args.chunk_size, num_workers=args.workers, rank=rank,
-                                 world_size=world_size)
+                                 world_size=world_size, progress=not args.no_progress)
     if rank == 0:
         keys = [k for k in metrics if k.startswith(("I2T_", "T2I_"))] + ["RSUM"]
         backbone = backbone_name(model)
@@ -143,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
             "num_bad_images": metrics["num_bad_images"],
             "num_captions_dropped": metrics["num_captions_dropped"],
             "bad_images": metrics["bad_images"],
-            "protocol": protocol_info(model, args.resize_size, args.crop_size, args.resize_mode),
+            "protocol": {**protocol_info(model, resize_size, crop_size, args.resize_mode),
+                         "recorded_defaults_used": recorded},
             "checkpoint": stamp["checkpoint"],
             "backbone": backbone,
             "weights_hash": getattr(model, "weights_hash", None),
@@ -156,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
         write_json(out / "metrics.json", report)
         row = {"method": "SimSeg", "backbone": backbone, "dataset": DATASET_TITLES.get(dataset, dataset), **metrics}
         print(f"Zero-shot image-text retrieval: {dataset}, {metrics['num_images']} images / "
-              f"{metrics['num_captions']} captions, resize {args.resize_size} ({args.resize_mode}) + center crop "
-              f"{args.crop_size}, checkpoint {args.checkpoint}")
+              f"{metrics['num_captions']} captions, resize {resize_size} ({args.resize_mode}) + center crop "
+              f"{crop_size}, checkpoint {args.checkpoint}")
         print(format_retrieval_table([row]))
         sha = stamp["checkpoint"]["sha256"]
         print(f"checkpoint sha256: {sha if sha else 'n/a (preset)'}")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from simseg.app.options import (add_checkpoint_options, add_device_option, add_protocol_options, check_at_least,
-                                output_dir, parse_set, resolve_device)
+                                describe_recorded, output_dir, parse_set, resolve_device)
 from simseg.presets import DEFAULT_DENSE_PRESET, DENSE_PRESETS, PRESET_SOURCES
 from simseg.segdata import BENCHMARKS
 
@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="exit 0 even if some samples could not be read")
     parser.add_argument("--num-overlays", type=int, default=4,
                         help="prediction overlays to write per benchmark (default 4)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_option(parser)
 
 
@@ -128,6 +129,7 @@ class _Plan:
     params: dict = field(default_factory=dict)
     preset: dict | None = None
     overrides: dict = field(default_factory=dict)
+    recorded: dict = field(default_factory=dict)  # the checkpoint's recorded evaluation defaults this run used
     synonyms: list[list[str]] | None = None
     names_file: str | None = None
     report_dir: Path | None = None
@@ -212,7 +214,7 @@ def _read_report(path: Path) -> dict | None:
 
 
 def _plan(presence: Any, args: argparse.Namespace, root: Path, out: Path, single: bool, preset: str | None,
-          overrides: dict, sha256: str | None) -> _Plan:
+          overrides: dict, recorded: dict, sha256: str | None) -> _Plan:
     """Everything about one benchmark that is known before the model is loaded."""
     from simseg.classnames import read_synonym_file
     from simseg.evaluate import evaluation_classes
@@ -225,10 +227,11 @@ def _plan(presence: Any, args: argparse.Namespace, root: Path, out: Path, single
         return plan
     plan.dataset = SegmentationBenchmark(plan.name, root)
     preset_params = dense_preset(preset, plan.name) if preset else {}
-    # the paper's per-benchmark settings, then the preset, then --set
-    plan.params = benchmark_parameters(plan.name, args.protocol, {**preset_params, **overrides})
+    # the paper's per-benchmark settings, then the preset, then the checkpoint's recorded defaults, then --set
+    plan.params = benchmark_parameters(plan.name, args.protocol, {**preset_params, **recorded, **overrides})
     plan.preset = {"name": preset, "source": PRESET_SOURCES[preset], "params": preset_params} if preset else None
     plan.overrides = dict(overrides)
+    plan.recorded = {"params": {k: v for k, v in recorded.items() if k not in overrides}}
     source = _names_source(args, plan.name)
     if source is not None:
         plan.synonyms = read_synonym_file(source, num_classes=len(plan.dataset.class_names))
@@ -275,7 +278,8 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
                           templates=args.templates, cache_dir=args.cache_dir, synonyms=plan.synonyms, **plan.params)
     overlays = overlay_writer(out / "overlays", classes, args.num_overlays) if rank == 0 else None
     metrics = evaluate_segmentation(segmenter, dataset, limit=args.limit, rank=rank, world_size=world_size,
-                                    on_prediction=overlays if args.num_overlays else None)
+                                    on_prediction=overlays if args.num_overlays else None,
+                                    progress=not args.no_progress)
     protocol = segmenter.protocol_info()
     report = {
         **plan.key,
@@ -292,6 +296,7 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
         "bad_samples": metrics["bad_samples"],
         "protocol": protocol,
         "overrides": plan.overrides,
+        "recorded_defaults_used": plan.recorded,
         "names_file": plan.names_file,
         "background_prepended": bool(offset),
         **stamp,
@@ -493,11 +498,12 @@ def _check_names_options(args: argparse.Namespace, names: list[str], single: boo
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print, write the reports; exit 1 on bad samples (unless ``--skip-bad``)."""
-    from tqdm import tqdm
-
     import simseg
     from simseg.app.report import bad_samples_exit, provenance
+    from simseg.checkpoint import evaluation_defaults
+    from simseg.protocols import DEFAULT_PROTOCOL
     from simseg.distributed import all_gather_object, get_local_rank, get_rank, get_world_size, init_distributed
+    from simseg.progress import progress_bar
     from simseg.segdata import parse_benchmark_selection, resolve_data_root, select_benchmarks
 
     check_at_least("--limit", args.limit, 1)
@@ -505,6 +511,12 @@ def run(args: argparse.Namespace) -> int:
     names, explicit = parse_benchmark_selection(args.dataset)
     single = explicit and len(names) == 1
     _check_names_options(args, names, single)
+    # the protocol: --protocol, else the checkpoint's recorded one, else the paper's (a new Namespace: args stays)
+    evaluation = evaluation_defaults(args.checkpoint)
+    protocol = args.protocol or evaluation.get("protocol") or DEFAULT_PROTOCOL
+    used = {"protocol": protocol} if args.protocol is None and evaluation.get("protocol") else {}
+    args = argparse.Namespace(**{**vars(args), "protocol": protocol})
+    recorded = dict((evaluation.get("protocols") or {}).get(protocol, {}))
     preset = resolve_preset(args.protocol, args.preset)
     overrides = parse_set(args.params)
     root = resolve_data_root(args.data_root)
@@ -515,7 +527,13 @@ def run(args: argparse.Namespace) -> int:
     out = output_dir(Path(args.out) if args.out else Path("simseg-eval") / (names[0] if single else ""))
     stamp = provenance(args.checkpoint, device, world_size=world_size)
     sha256 = stamp["checkpoint"].get("sha256")
-    plans = [_plan(p, args, root, out, single, preset, overrides, sha256) for p in presence]
+    plans = [_plan(p, args, root, out, single, preset, overrides, recorded, sha256) for p in presence]
+    for plan in plans:
+        plan.recorded.update(used)
+    note = describe_recorded(args.checkpoint, {**used, "params": {k: v for k, v in recorded.items()
+                                                                  if k not in overrides}}, "--protocol and --set")
+    if note and rank == 0:
+        print(note)
     # rank 0's reading of the report folders decides for every rank, so all ranks evaluate the same benchmarks
     decided = all_gather_object([(p.reused, p.stale) for p in plans])[0]
     for plan, (reused, stale) in zip(plans, decided):
@@ -525,7 +543,7 @@ def run(args: argparse.Namespace) -> int:
     model = None
     if any(p.reused is None for p in todo):
         model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device)
-    bar = tqdm(todo, desc="benchmarks", unit="benchmark", disable=not main or single, dynamic_ncols=True)
+    bar = progress_bar(todo, desc="benchmarks", unit="benchmark", disable=not main or single or args.no_progress)
     num_bad = 0
     for plan in bar:
         bar.set_postfix_str(plan.name)

@@ -26,13 +26,15 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, required: bool = Tru
 
 def add_protocol_options(parser: argparse.ArgumentParser) -> None:
     """The segmentation protocol: ``--protocol``, ``--no-crf``, ``--templates``, ``--set``, ``--cache-dir``."""
-    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
-                        help="simseg: the paper's protocol (default); dense: sliding-window per-pixel protocol")
+    parser.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
+                        help="simseg: the paper's protocol (default, unless the checkpoint records another); dense: "
+                             "sliding-window per-pixel protocol")
     parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF (the paper's no-CRF variant)")
     parser.add_argument("--templates", default="imagenet", choices=list(TEMPLATE_SETS),
                         help="prompt templates: the 80 ImageNet ones (default) or a single 'a photo of a {}.'")
     parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                        help="protocol parameter, e.g. --set threshold_std=1.5 (repeatable)")
+                        help="protocol parameter, e.g. --set threshold_std=1.5 (repeatable); overrides the "
+                             "checkpoint's recorded defaults")
     add_cache_option(parser)
 
 
@@ -84,6 +86,43 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: cannot parse the value ({' '.join(str(e).split())})") from None
     return params
+
+
+def resolve_protocol(protocol: str | None, overrides: dict[str, Any], recorded: dict[str, Any],
+                     base: dict[str, dict[str, Any]] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The protocol and parameters a command uses: the paper's defaults, under ``base`` (e.g. a benchmark's), under
+    the checkpoint's recorded evaluation defaults, under the user's ``--protocol`` / ``--set``.
+
+    Args:
+        protocol: ``--protocol`` (None: the recorded one, else the paper's).
+        overrides: ``--set`` values.
+        recorded: the checkpoint's :func:`~simseg.checkpoint.evaluation_defaults`.
+        base: per protocol name, parameters below the recorded ones.
+
+    Returns:
+        (protocol name, parameters, what of the recorded defaults was used: ``{"protocol"?, "params"}``).
+    """
+    name = protocol or recorded.get("protocol") or DEFAULT_PROTOCOL
+    from_checkpoint = dict((recorded.get("protocols") or {}).get(name, {}))
+    used: dict[str, Any] = {"params": {k: v for k, v in from_checkpoint.items() if k not in overrides}}
+    if protocol is None and recorded.get("protocol"):
+        used["protocol"] = name
+    params = {**(base or {}).get(name, {}), **from_checkpoint, **overrides}
+    return name, params, used
+
+
+def describe_recorded(checkpoint: str | os.PathLike, used: dict[str, Any], options: str) -> str | None:
+    """The line saying which of a checkpoint's recorded evaluation defaults a command used (None: none were)."""
+    parts = []
+    if used.get("protocol"):
+        parts.append(f"protocol {used['protocol']}")
+    if used.get("params"):
+        parts.append(", ".join(f"{k}={v}" for k, v in used["params"].items()))
+    if used.get("classes"):
+        parts.append(f"classes {used['classes']}")
+    if not parts:
+        return None
+    return f"using the evaluation defaults recorded in {checkpoint}: {'; '.join(parts)} ({options} override them)"
 
 
 def check_at_least(option: str, value: int | float | None, minimum: int | float) -> None:

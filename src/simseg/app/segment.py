@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from simseg.app.options import (add_checkpoint_options, add_device_option, add_protocol_options, output_dir,
-                                parse_set, resolve_device)
+from simseg.app.options import (add_checkpoint_options, add_device_option, add_protocol_options, describe_recorded,
+                                output_dir, parse_set, resolve_device, resolve_protocol)
 from simseg.errors import InputError, SimSegError
 
 HELP = "segment your own images with any list of class names"
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for <stem>_labels.png and <stem>_overlay.png")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                         help="torch (default), or onnx: the towers of a 'simseg export' folder in ONNX Runtime")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (on a terminal it redraws in place; in a log, a line every 30 s)")
     add_device_option(parser)
 
 
@@ -44,15 +46,19 @@ def run(args: argparse.Namespace) -> int:
     """Write a label PNG and an overlay per image, print the classes found, and write ``segment.json``.
 
     ``segment.json`` holds per image the classes found with their scores and the image-level scores of every class,
-    plus the protocol and its parameters, the checkpoint (path and sha256) and the software versions.
+    plus the protocol and its parameters, the checkpoint (path and sha256) and the software versions. The protocol
+    is the checkpoint's recorded evaluation default where it has one (under ``--protocol`` / ``--set``), else the
+    paper's.
 
     Returns:
         0 when every image was segmented, 1 when any could not be read or segmented (each is reported by name).
     """
     import simseg
     from simseg.app.report import describe_protocol, provenance, short_sha, write_json
+    from simseg.checkpoint import evaluation_defaults
     from simseg.classnames import parse_class_list, read_class_file
     from simseg.images import load_image
+    from simseg.progress import progress_bar
     from simseg.segment import Segmenter
     from simseg.visualize import overlay, save_label_png
 
@@ -62,25 +68,32 @@ def run(args: argparse.Namespace) -> int:
     if len(classes) > 256:
         raise InputError(f"--classes: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
                          "background)")
-    if args.protocol == "simseg" and not args.no_crf:
+    protocol, params, recorded = resolve_protocol(args.protocol, parse_set(args.params),
+                                                  evaluation_defaults(args.checkpoint))
+    if protocol == "simseg" and not args.no_crf:
         from simseg.crf import require_densecrf
 
         require_densecrf()  # before loading a model: fail fast
-    params = parse_set(args.params)
     device = resolve_device(args.device)
     out = output_dir(args.out)
     model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, backend=args.backend)
-    segmenter = Segmenter(model, classes, protocol=args.protocol, crf=not args.no_crf, templates=args.templates,
+    segmenter = Segmenter(model, classes, protocol=protocol, crf=not args.no_crf, templates=args.templates,
                           cache_dir=args.cache_dir, **params)
     if args.backend == "onnx":
         model.require_input_size(segmenter.protocol.input_size)  # one line now, not one per image
     info = segmenter.protocol_info()
     stamp = provenance(args.checkpoint, device, backend=args.backend)
+    note = describe_recorded(args.checkpoint, recorded, "--protocol and --set")
+    if note:
+        print(note)
     print(f"protocol {describe_protocol(info)}; checkpoint {args.checkpoint} (sha256 {short_sha(stamp['checkpoint'])})")
 
     records: list[dict[str, Any]] = []
     failed = 0
-    for path, stem in zip(args.images, output_stems(args.images)):
+    # the bar goes to stderr, the per-image lines to stdout: each stays readable when one of them is redirected
+    bar = progress_bar(list(zip(args.images, output_stems(args.images))), desc="segment", unit="img",
+                       disable=args.no_progress or len(args.images) < 2)
+    for path, stem in bar:
         try:
             image = load_image(path)
             result = segmenter(image)
@@ -88,11 +101,11 @@ def run(args: argparse.Namespace) -> int:
             overlay(image, result.labels, result.class_names, scores=result.scores).save(out / f"{stem}_overlay.png")
         except SimSegError as e:
             failed += 1
-            print(f"{path}: error: {e}", file=sys.stderr)
+            bar.write(f"{path}: error: {e}", file=sys.stderr)
             records.append({"image": str(path), "error": str(e)})
             continue
         found = ", ".join(f"{name} {score:.3f}" for name, score in result.found) or "nothing (all background)"
-        print(f"{path}: {found}")
+        bar.write(f"{path}: {found}", file=sys.stdout)
         records.append({
             "image": str(path),
             "labels": f"{stem}_labels.png",
@@ -102,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
             "scores": {name: float(v) for name, v in zip(result.class_names, result.scores)},
             "details": result.details,
         })
-    write_json(out / "segment.json", {"classes": segmenter.class_names, "protocol": info, **stamp,
-                                      "images": records, "num_failed": failed})
+    bar.close()
+    write_json(out / "segment.json", {"classes": segmenter.class_names, "protocol": info,
+                                      "recorded_defaults_used": recorded, **stamp, "images": records,
+                                      "num_failed": failed})
     if failed:
         print(f"{failed} of {len(args.images)} image(s) failed", file=sys.stderr)
     return 1 if failed else 0

@@ -20,6 +20,11 @@ Design:
 * Limits: request body size (413, checked from ``Content-Length`` before anything is read, and while streaming),
   image pixel count (413, from the image header before decoding), number of classes and class-name length (400).
   Every error is JSON ``{"error": "..."}``; the page shows it.
+* The protocol a request gets when it names none is the checkpoint's recorded evaluation default (the demo model:
+  ``dense`` at its 64-pixel size), else the paper's ``simseg``; the page starts with it selected.
+* ``/docs`` works offline: Swagger UI from the locally installed ``swagger-ui-bundle`` package (the ``serve``
+  extra), or, without it, a plain page listing the API. The OpenAPI schema (``/openapi.json``) describes
+  ``POST /segment``'s form fields and its JSON answer.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations (``Request``, imported lazily
@@ -142,6 +147,7 @@ class SegmentService:
         title: what the page calls the model (e.g. the checkpoint path).
         protocol_params: per protocol name, parameters for the default segmenter (e.g. the demo model's input
             size); default: the protocols' own defaults (the paper's).
+        default_protocol: the protocol of a request that names none (and the page's initial choice).
     """
 
     def __init__(
@@ -154,8 +160,12 @@ class SegmentService:
         segmenter_factory: SegmenterFactory | None = None,
         title: str = "",
         protocol_params: dict[str, dict] | None = None,
+        default_protocol: str = DEFAULT_PROTOCOL,
     ):
+        if default_protocol not in PROTOCOLS:
+            raise InputError(f"protocol {default_protocol!r}: not one of {', '.join(PROTOCOLS)}")
         self.model = model
+        self.default_protocol = default_protocol
         self.protocol_params = dict(protocol_params or {})
         self.limits = limits
         self.default_classes = default_classes
@@ -243,7 +253,7 @@ class SegmentService:
             RequestError: 400 for an unreadable image or a refused option (e.g. the CRF library missing).
         """
         from simseg.images import load_image
-        from simseg.visualize import label_image, overlay, palette
+        from simseg.visualize import class_colors, label_image, overlay
 
         start = time.perf_counter()
         try:
@@ -257,9 +267,9 @@ class SegmentService:
             raise RequestError(400, str(e)) from None
         labels = np.asarray(result.labels)
         scores = np.asarray(result.scores, dtype=np.float64)
-        # the legend goes into the page (and the JSON) instead: the overlay keeps the image's size
-        blend = overlay(pil, labels, result.class_names, scores=scores).crop((0, 0, pil.width, pil.height))
-        colors = palette(256)[np.arange(len(result.class_names)) % 256]
+        # the legend goes into the page (from ``found`` and ``colors``) instead: the overlay keeps the image's size
+        blend = overlay(pil, labels, result.class_names, scores=scores, legend=False)
+        colors = class_colors(result.class_names)
         self.served += 1
         return {
             "width": pil.width,
@@ -268,7 +278,8 @@ class SegmentService:
             "scores": [float(s) for s in scores],
             "colors": colors.tolist(),
             "found": [{"name": name, "score": float(score)} for name, score in result.found],
-            "protocol": result.protocol,
+            # the segmenter's info adds the prompt templates to the protocol's parameters
+            "protocol": seg.protocol_info() if hasattr(seg, "protocol_info") else result.protocol,
             "details": getattr(result, "details", {}),
             "labels_png_base64": _png_base64(label_image(labels)),
             "overlay_png_base64": _png_base64(blend),
@@ -376,6 +387,100 @@ def _static_dir() -> Path:
     return Path(str(resources.files("simseg.app") / "static"))
 
 
+def swagger_ui_dir() -> Path | None:
+    """The folder of the locally installed Swagger UI (``swagger-ui-bundle`` package), or None without it."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    path = Path(str(swagger_ui_path))
+    return path if (path / "swagger-ui-bundle.js").is_file() and (path / "swagger-ui.css").is_file() else None
+
+
+#: ``POST /segment``'s form fields, for the OpenAPI schema (the endpoint reads the multipart form itself, with limits).
+SEGMENT_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["classes"],
+    "properties": {
+        "image": {"type": "string", "format": "binary",
+                  "description": "the image to segment (PNG, JPEG, WebP, ...); give this or 'example'"},
+        "example": {"type": "integer", "minimum": 0,
+                    "description": "instead of an upload: the index of a built-in example (GET /config lists them)"},
+        "classes": {"type": "string", "example": "cat, dog, grass",
+                    "description": "class names separated by commas; 'background' is added as index 0 unless it "
+                                   "is listed first"},
+        "protocol": {"type": "string", "enum": list(PROTOCOLS),
+                     "description": "segmentation protocol; default: the one the checkpoint records (GET /config "
+                                    "says which), else simseg"},
+        "crf": {"type": "boolean", "default": True,
+                "description": "dense CRF refinement (simseg protocol only); true/false, on/off, 1/0"},
+        "templates": {"type": "string", "enum": list(TEMPLATE_SETS), "default": "imagenet",
+                      "description": "prompt templates: the 80 ImageNet ones, or a single 'a photo of a {}.'"},
+    },
+}
+
+#: ``POST /segment``'s answer, for the OpenAPI schema.
+SEGMENT_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "width": {"type": "integer", "description": "image width in pixels"},
+        "height": {"type": "integer", "description": "image height in pixels"},
+        "class_names": {"type": "array", "items": {"type": "string"},
+                        "description": "the classes by label index; index 0 is background"},
+        "scores": {"type": "array", "items": {"type": "number"},
+                   "description": "image-level score (cosine similarity) of each class, indexed like class_names"},
+        "colors": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}},
+                   "description": "the [r, g, b] each class is drawn with in the overlay"},
+        "found": {"type": "array", "description": "classes present in the label map, with their scores",
+                  "items": {"type": "object", "properties": {"name": {"type": "string"},
+                                                             "score": {"type": "number"}}}},
+        "protocol": {"type": "object", "description": "the protocol's name and every parameter value used"},
+        "details": {"type": "object", "description": "protocol details (simseg: threshold and accepted classes)"},
+        "labels_png_base64": {"type": "string", "format": "byte",
+                              "description": "label map as a PNG whose pixel values are class indices"},
+        "overlay_png_base64": {"type": "string", "format": "byte",
+                               "description": "the image with the classes painted over it (same size)"},
+        "seconds": {"type": "number", "description": "processing time of the request"},
+    },
+}
+
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string", "description": "what went wrong"}}}
+
+
+def api_page(schema: dict[str, Any]) -> str:
+    """A plain HTML page describing the API from its OpenAPI schema (``/docs`` without Swagger UI installed)."""
+    from html import escape
+
+    rows = []
+    for path, operations in schema.get("paths", {}).items():
+        for method, op in operations.items():
+            rows.append(f"<h2><code>{escape(method.upper())} {escape(path)}</code></h2>")
+            if op.get("description") or op.get("summary"):
+                rows.append(f"<p>{escape(op.get('description') or op.get('summary'))}</p>")
+            body = op.get("requestBody", {}).get("content", {})
+            for media, content in body.items():
+                props = content.get("schema", {}).get("properties", {})
+                required = set(content.get("schema", {}).get("required", []))
+                rows.append(f"<p>Request body: <code>{escape(media)}</code></p><table><tr><th>field</th>"
+                            "<th>type</th><th>description</th></tr>")
+                for name, prop in props.items():
+                    kind = prop.get("format") or prop.get("type", "")
+                    if prop.get("enum"):
+                        kind += ": " + " | ".join(map(str, prop["enum"]))
+                    label = f"{name}{' (required)' if name in required else ''}"
+                    rows.append(f"<tr><td><code>{escape(label)}</code></td><td>{escape(kind)}</td>"
+                                f"<td>{escape(prop.get('description', ''))}</td></tr>")
+                rows.append("</table>")
+            for status, response in op.get("responses", {}).items():
+                rows.append(f"<p>{escape(str(status))}: {escape(response.get('description', ''))}</p>")
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>simseg serve: API</title>"
+            "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}td,th{border:1px solid #ccc;"
+            "padding:.2em .6em;text-align:left}table{border-collapse:collapse}</style></head><body>"
+            "<h1>simseg serve: API</h1><p>The machine-readable schema is <a href='/openapi.json'>/openapi.json</a>."
+            " (Interactive docs need the swagger-ui-bundle package: pip install 'simseg[serve]'.)</p>"
+            + "".join(rows) + "</body></html>")
+
+
 def create_app(
     model: Any,
     limits: ServeLimits | None = None,
@@ -385,8 +490,10 @@ def create_app(
     segmenter_factory: SegmenterFactory | None = None,
     title: str = "",
     protocol_params: dict[str, dict] | None = None,
+    default_protocol: str = DEFAULT_PROTOCOL,
 ) -> Any:
-    """The FastAPI app: the page at ``/``, ``POST /segment``, ``GET /health``, ``GET /config``, ``GET /examples/N``.
+    """The FastAPI app: the page at ``/``, ``POST /segment``, ``GET /health``, ``GET /config``, ``GET /examples/N``,
+    and the API's description at ``/docs`` and ``/openapi.json``.
 
     Args:
         model: a loaded model (eval mode), shared by all requests.
@@ -397,30 +504,43 @@ def create_app(
         segmenter_factory: see :class:`SegmentService`.
         title: what the page calls the model.
         protocol_params: per protocol, parameters for the segmenter (see :class:`SegmentService`).
+        default_protocol: the protocol of a request that names none, and the page's initial choice.
 
     Returns:
         A FastAPI app; its :class:`SegmentService` is ``app.state.service``.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     limits = limits or ServeLimits()
     service = SegmentService(model, limits, default_classes=default_classes, examples=examples, cache_dir=cache_dir,
-                             segmenter_factory=segmenter_factory, title=title, protocol_params=protocol_params)
+                             segmenter_factory=segmenter_factory, title=title, protocol_params=protocol_params,
+                             default_protocol=default_protocol)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
         yield
         service.close()
 
-    app = FastAPI(title="simseg serve", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    from simseg import __version__
+
+    # /docs is served below from local files: FastAPI's default page loads Swagger UI from a CDN
+    app = FastAPI(title="simseg serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
+                  description="Segment an image with your own class names (text-supervised semantic segmentation).")
+    # The schema uses only OpenAPI 3.0 constructs (tested); declared 3.0 so that the Swagger UI 4 of the
+    # swagger-ui-bundle package renders it (it refuses 3.1 documents).
+    app.openapi_version = "3.0.3"
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=limits.max_upload_bytes + _FORM_SLACK_BYTES,
                        upload_limit=limits.max_upload_bytes)
     static = _static_dir()
     app.mount("/static", StaticFiles(directory=static), name="static")
+    swagger = swagger_ui_dir()
+    if swagger is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
 
     @app.exception_handler(RequestError)
     async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
@@ -439,15 +559,28 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(static / "index.html", media_type="text/html")
 
-    @app.get("/health")
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        if swagger is None:
+            return HTMLResponse(api_page(app.openapi()))
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="simseg serve: API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/health", summary="server status", description="'ok', requests admitted now, the queue limit, "
+                                                              "requests served.")
     async def health() -> dict:
         return {"status": "ok", "busy": service.busy, "queue": limits.queue, "served": service.served}
 
-    @app.get("/config")
+    @app.get("/config", summary="what the page starts with",
+             description="The model's title, default class names and protocol, the protocols and template sets, "
+                         "the built-in examples' names, whether the dense CRF is available, and the limits.")
     async def config() -> dict:
         return {
             "title": title,
             "default_classes": default_classes,
+            "default_protocol": service.default_protocol,
             "protocols": list(PROTOCOLS),
             "templates": list(TEMPLATE_SETS),
             "examples": [name for name, _ in service.examples],
@@ -455,13 +588,30 @@ def create_app(
             "limits": asdict(limits),
         }
 
-    @app.get("/examples/{index}.png")
+    @app.get("/examples/{index}.png", summary="a built-in example image (PNG)")
     async def example(index: int) -> Response:
         if not 0 <= index < len(service.example_png):
             raise RequestError(404, f"example {index}: no such example (there are {len(service.example_png)})")
         return Response(service.example_png[index], media_type="image/png")
 
-    @app.post("/segment")
+    error = {"content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+    @app.post(
+        "/segment",
+        summary="segment an image with your class names",
+        description="A multipart form: an image upload (or a built-in example's index) and the class names; the "
+                    "answer holds the label map, an overlay, the colours, the classes found and every score.",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": SEGMENT_FORM_SCHEMA}}}},
+        responses={
+            200: {"description": "the segmentation", "content": {
+                "application/json": {"schema": SEGMENT_RESPONSE_SCHEMA}}},
+            400: {"description": "bad input (image, class names, options)", **error},
+            413: {"description": "upload or image over the limits", **error},
+            503: {"description": "busy: too many requests waiting; retry after Retry-After seconds", **error},
+            504: {"description": "the request took longer than the time limit", **error},
+        },
+    )
     async def segment(request: Request) -> dict:
         try:
             form = await request.form(max_files=1, max_fields=16)
@@ -476,7 +626,7 @@ def create_app(
 
     async def _handle(form: Any) -> dict:
         names = service.parse_classes(_text(form, "classes"))
-        protocol = (_text(form, "protocol") or DEFAULT_PROTOCOL).strip()
+        protocol = (_text(form, "protocol") or service.default_protocol).strip()
         if protocol not in PROTOCOLS:
             raise RequestError(400, f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
         templates = (_text(form, "templates") or "imagenet").strip()
@@ -547,7 +697,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                                                             "only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--classes", default=None, help="class names the page starts with (comma-separated)")
+    parser.add_argument("--classes", default=None, help="class names the page starts with (comma-separated; "
+                                                         "default: the checkpoint's recorded ones, if any)")
+    parser.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
+                        help="protocol of requests that name none, and the page's initial choice (default: the "
+                             "checkpoint's recorded one, else simseg)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default 10)")
     parser.add_argument("--max-pixels", type=int, default=ServeLimits.max_pixels,
                         help=f"largest image in pixels (default {ServeLimits.max_pixels})")
@@ -582,25 +736,34 @@ def run(args: argparse.Namespace) -> int:
                              "give --checkpoint")
     limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                          max_classes=args.max_classes, timeout_s=args.timeout, queue=args.queue)
-    default_classes = args.classes or ""
+    from simseg.app.options import describe_recorded, resolve_protocol
+    from simseg.checkpoint import evaluation_defaults
+
+    recorded = evaluation_defaults(checkpoint)
     examples: list[tuple[str, Image.Image]] = []
-    protocol_params: dict[str, dict] = {}
     model = simseg.load_model(checkpoint, tokenizer=args.tokenizer, device=args.device)
     if args.demo:
-        from simseg.app.demo import segmentation_protocols
-        from simseg.synthetic import colour_class_names
-
-        default_classes = default_classes or ", ".join(colour_class_names()[1:])
         examples = demo_examples()
-        # the demo model is built for its scenes' size: the protocols run at that size, as the demo evaluated them
-        demo = segmentation_protocols(model.image_size)
-        protocol_params = {"simseg": demo["simseg"]["params"], "dense": demo["dense_threshold"]["params"]}
+        if not recorded:  # a demo checkpoint written before checkpoints recorded their evaluation defaults
+            from simseg.app.demo import recorded_evaluation
+
+            recorded = recorded_evaluation(model.image_size)
+    default_classes = args.classes or recorded.get("classes", "")
+    protocol, _, used = resolve_protocol(args.protocol, {}, recorded)
+    # every protocol a request may choose runs with the checkpoint's recorded parameters (e.g. the demo's 64 px)
+    protocol_params = {name: dict(params) for name, params in (recorded.get("protocols") or {}).items()}
+    used["params"] = protocol_params.get(protocol, {})
+    if not args.classes and recorded.get("classes"):
+        used["classes"] = recorded["classes"]
+    note = describe_recorded(checkpoint, used, "--protocol, --classes and the page's choices")
+    if note:
+        print(note, flush=True)
     if default_classes:
         from simseg.classnames import parse_class_list
 
         parse_class_list(default_classes)  # a typo in --classes fails here, not on the page
     app = create_app(model, limits, default_classes=default_classes, examples=examples, cache_dir=args.cache_dir,
-                     title=checkpoint, protocol_params=protocol_params)
+                     title=checkpoint, protocol_params=protocol_params, default_protocol=protocol)
     _check_can_listen(args.host, args.port)
     print(f"simseg serve: {checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -35,6 +35,10 @@ async function loadConfig() {
       $("crf").parentElement.title = "the dense CRF needs pydensecrf2: pip install 'simseg[crf]'";
     }
     if (config.default_classes && !$("classes").value) $("classes").value = config.default_classes;
+    if (config.default_protocol) {
+      $("protocol").value = config.default_protocol;  // the checkpoint's recorded protocol (e.g. dense for the demo)
+      $("crf").disabled = !crfAvailable || $("protocol").value !== "simseg";
+    }
     if (config.examples.length) {
       config.examples.forEach((name, i) => {
         const option = document.createElement("option");
@@ -94,6 +98,7 @@ function render(result, previewUrl) {
   $("protocol-info").textContent =
     `${result.width} x ${result.height} px; protocol ${p.name}, CRF ${p.crf ? "on" : "off"}, ` +
     `templates ${p.templates}; ${result.seconds} s.`;
+  $("placeholder").hidden = true;
   $("result").hidden = false;
 }
 
