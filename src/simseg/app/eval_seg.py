@@ -440,6 +440,9 @@ def write_summary(out: Path, plans: list[_Plan], args: argparse.Namespace, stamp
     protocol_line = f"{args.protocol} ({', '.join(f'{k}={v}' for k, v in shared.items())})" if shared else args.protocol
     overrides = parse_set(args.params)
     preset_line = f"{preset}: {PRESET_SOURCES[preset]}" if preset else "none (the protocol's own parameters)"
+    recorded = next((p.recorded.get("params") for p in plans if p.recorded.get("params")), {})
+    if recorded:  # they replace the preset's values of the same names: say so beside it
+        preset_line += "; the checkpoint's recorded defaults " + ", ".join(f"{k}={v}" for k, v in recorded.items())
     if overrides:
         preset_line += "; --set " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     checkpoint = stamp["checkpoint"]
@@ -463,6 +466,7 @@ def write_summary(out: Path, plans: list[_Plan], args: argparse.Namespace, stamp
         "shared_protocol_parameters": shared,
         "per_benchmark_parameters": per_benchmark,
         "preset": {"name": preset, "source": PRESET_SOURCES[preset]} if preset else None,
+        "recorded_defaults_used": recorded,
         "overrides": overrides,
         "limit": args.limit,
         "data_root": next((p.key["data_root"] for p in plans if p.key), None),
