@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from simseg.checkpoint_format import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
-from simseg.errors import CheckpointError, InputError
+from simseg.errors import CheckpointError, InputError, one_line
 from simseg.files import atomic_write_text
 
 HUB_PREFIX = "hf-hub:"
@@ -128,8 +128,7 @@ def _hub_failure(name: str, error: BaseException, offline_now: bool) -> str:
         return f"{name}: the Hugging Face Hub cannot be reached and the model is not in the local cache"
     if isa("HfHubHTTPError") and _status(error):
         return f"{name}: the Hugging Face Hub answered HTTP {_status(error)}"
-    first = str(error).splitlines()[0][:160] if str(error) else ""
-    return f"{name}: cannot fetch from the Hugging Face Hub ({type(error).__name__}: {first})"
+    return f"{name}: cannot fetch from the Hugging Face Hub ({type(error).__name__}: {one_line(error)})"
 
 
 # ------------------------------------------------------------------------------------------------ download
