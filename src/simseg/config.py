@@ -68,9 +68,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         parsed = OmegaConf.create({"v": value}) if value == "" else OmegaConf.create(f"v: {value}")
+    except OmegaConfBaseException as e:  # interpolation grammar: its text adds full_key / object_type lines
+        raise ConfigError(f"override {text!r}: invalid value ({one_line(str(e).splitlines()[0])})") from None
     except Exception as e:  # YAML syntax of the value
         raise ConfigError(f"override {text!r}: invalid value ({describe_yaml_error(e)})") from None
-    return key, parsed["v"] if not isinstance(parsed["v"], DictConfig) else OmegaConf.to_container(parsed["v"])
+    # not resolved here: an interpolation (${train.output_dir}, ${oc.env:HOME}) is resolved with the whole config
+    return key, OmegaConf.to_container(parsed, resolve=False)["v"]
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
@@ -128,4 +131,12 @@ def save_config(cfg: DictConfig | dict, path: str | os.PathLike) -> Path:
 
 
 def to_dict(cfg: DictConfig | dict) -> dict:
-    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # type: ignore[return-value]
+    """The config as plain containers, ``${...}`` interpolations resolved.
+
+    Raises:
+        ConfigError: an interpolation that does not resolve (named by its key).
+    """
+    try:
+        return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve the config: {_omegaconf_problem(e)}") from None

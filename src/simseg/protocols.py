@@ -13,6 +13,7 @@ without loading torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -172,6 +173,8 @@ def make_params(protocol: str, **params: Any) -> SimSegParams | DenseParams:
             values[name] = None
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"protocol parameter {name}: expected a number, got {value!r}")
+        elif not math.isfinite(value):  # .nan passes no bound check and fails none
+            raise ConfigError(f"protocol parameter {name}: expected a finite number, got {value!r}")
         elif isinstance(default, int) and known[name].type in ("int", int):
             if float(value) != int(value):
                 raise ConfigError(f"protocol parameter {name}: expected an integer, got {value!r}")
