@@ -60,3 +60,19 @@ def describe_yaml_error(error: BaseException) -> str:
         return f"line {mark.line + 1}, column {mark.column + 1}: {one_line(problem)}" + (
             f" ({one_line(context)})" if context else "")
     return one_line(error)
+
+
+def describe_read_error(error: BaseException) -> str:
+    """Why a text file (YAML, JSON) could not be read, in one line: not UTF-8 (where), a syntax error (line, column,
+    problem), or the system's reason."""
+    import json
+
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {error.start}"
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON: line {error.lineno}, column {error.colno}: {error.msg}"
+    if isinstance(error, OSError):
+        return one_line(error.strerror or error)
+    if getattr(error, "problem_mark", None) is not None:
+        return f"invalid YAML: {describe_yaml_error(error)}"
+    return f"{type(error).__name__}: {one_line(error)}"

@@ -176,7 +176,8 @@ def read_table_pairs(path: str | os.PathLike) -> Iterator[Pair]:
 
     Raises:
         InputError: the file is missing or unreadable, or lacks ``image`` / ``caption`` (in its header, or in a
-            JSON record, which is then named by its row number).
+            JSON record, which is then named by its row number), or a record whose image, image_id or id is not a
+            string (ids may be integers).
     """
     path = Path(path)
     if not path.is_file():
@@ -192,14 +193,24 @@ def read_table_pairs(path: str | os.PathLike) -> Iterator[Pair]:
         if absent:
             raise InputError(f"{where}: missing {', '.join(absent)}")
         image = record["image"]
-        image_path = base / image if isinstance(image, str) and image else None
+        if not isinstance(image, str):  # a JSON number, list, null: a malformed file, not one bad image
+            raise InputError(f"{where}: image must be a path (a string), got {_shown(image)}")
+        image_path = base / image if image else None
         image_id = record.get("image_id")
         if image_id is None or image_id == "":
             image_id = image
         caption_id = record.get("id")
         if caption_id is None or caption_id == "":
             caption_id = row
+        for key, value in (("image_id", image_id), ("id", caption_id)):
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise InputError(f"{where}: {key} must be a string or an integer, got {_shown(value)}")
         yield Pair(caption_id, image_id, record["caption"], image_path, where)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_pairs(source: str | os.PathLike, batch_rows: int = 1024) -> Iterator[Pair]:

@@ -280,9 +280,11 @@ class SegmentationBenchmark:
         if not self.list_path.is_file():
             raise InputError(f"{self.list_path}: {self.name} list file not found")
         try:
-            lines = self.list_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{self.list_path}: cannot read list file ({e})") from None
+            lines = self.list_path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark dropped
+        except UnicodeDecodeError as e:
+            raise InputError(f"{self.list_path}: cannot read list file (not UTF-8 text: byte {e.start})") from None
+        except OSError as e:
+            raise InputError(f"{self.list_path}: cannot read list file ({e.strerror or e})") from None
         return [line.strip() for line in lines if line.strip()]
 
     def _label_suffix(self) -> str:

@@ -326,9 +326,17 @@ def _device(name: str) -> torch.device:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """``train.precision``: ``auto`` is fp16 mixed precision on CUDA (what the original trained with) and fp32 on
-    CPU (bf16 matmul is ~100x slower than fp32 on plain CPUs); fp32, fp16 and bf16 are taken as given."""
+    CPU (bf16 matmul is ~100x slower than fp32 on plain CPUs); fp32, fp16 and bf16 are taken as given.
+
+    Raises:
+        ConfigError: fp16 on a device other than CUDA (its loss scaling is CUDA's: without it, fp16 gradients
+            underflow).
+    """
     if name == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: 'fp16' is not allowed on {device.type} (fp16 mixed precision needs CUDA "
+                          "for its loss scaling; use fp32 or bf16)")
     return name
 
 

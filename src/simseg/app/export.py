@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simseg.app.options import check_at_least
+from simseg.app.options import check_at_least, output_dir
 from simseg.errors import InputError
 
 HELP = "export a checkpoint's image and text towers as ONNX graphs (run them with --backend onnx)"
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if size % model.patch_size:
             raise InputError(f"--image-size {size}: must be a multiple of the patch size {model.patch_size} of the "
                              "model")
+    output_dir(out, "OUT_DIR")  # an unwritable folder fails here, in one line, not inside the exporter
     fingerprint = checkpoint_fingerprint(args.checkpoint)
     source = fingerprint if fingerprint.get("sha256") else {"path": str(args.checkpoint)}
     manifest = export_onnx(model, out, input_sizes=args.image_sizes or [288], opset=args.opset or DEFAULT_OPSET,

@@ -94,8 +94,8 @@ class ServeLimits:
         for name in ("max_upload_bytes", "max_pixels", "max_classes", "max_class_chars", "queue", "cache_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"serve limit {name}: must be at least 1, got {getattr(self, name)}")
-        if self.timeout_s <= 0:
-            raise InputError(f"serve limit timeout: must be positive, got {self.timeout_s}")
+        if not self.timeout_s > 0 or self.timeout_s == float("inf"):  # nan and inf too
+            raise InputError(f"serve limit timeout: must be a positive, finite number of seconds, got {self.timeout_s}")
 
 
 class RequestError(SimSegError):
