@@ -96,6 +96,16 @@ def test_csv_source_reads_and_flags_bad_rows(tmp_path):
             src[i]
 
 
+
+def test_csv_with_a_byte_order_mark_windows_line_ends_and_blank_lines_reads_as_a_clean_one(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpeg(0))
+    (tmp_path / "clean.csv").write_text('image,caption\na.jpg,a red circle\na.jpg,"two\nlines"\n', encoding="utf-8")
+    (tmp_path / "windows.csv").write_bytes(
+        '\ufeffimage ,caption\r\n\r\na.jpg,a red circle\r\n  \r\na.jpg,"two\nlines"\r\n\r\n'.encode("utf-8"))
+    clean, windows = CsvSource(tmp_path / "clean.csv"), CsvSource(tmp_path / "windows.csv")
+    assert len(windows) == len(clean) == 2  # blank lines are no samples, not bad ones
+    assert [windows[i][1] for i in range(2)] == [clean[i][1] for i in range(2)] == ["a red circle", "two\nlines"]
+
 def test_tsv_with_image_root_and_custom_columns(tmp_path):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.jpg").write_bytes(_jpeg(0))

@@ -356,6 +356,32 @@ def test_csv_and_json_readers_resolve_paths_relative_to_the_file(tmp_path):
         assert got[1].image == folder / "imgs" / "1.png"
 
 
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_caption_files_with_a_byte_order_mark_windows_line_ends_and_blank_lines(tmp_path, suffix):
+    """Saved by a Windows editor (BOM, CRLF, blank lines), a caption file reads as its clean twin; bytes that are not
+    UTF-8 are refused naming the line, never decoded into other characters."""
+    records = [{"image": "a.png", "caption": "a cat"}, {"image": "b.png", "caption": "une pomme verte"}]
+    if suffix == ".csv":
+        clean = "image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in records)
+    elif suffix == ".json":
+        clean = json.dumps(records, indent=1) + "\n"
+    else:
+        clean = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / f"clean{suffix}").write_text(clean, encoding="utf-8")
+    windows = "\ufeff" + clean.replace("\n", "\r\n\r\n" if suffix != ".json" else "\r\n")
+    (tmp_path / f"windows{suffix}").write_bytes(windows.encode("utf-8"))
+
+    def read(name):
+        return [(p.caption_id, p.image_id, p.caption) for p in read_table_pairs(tmp_path / name)]
+
+    assert read(f"windows{suffix}") == read(f"clean{suffix}")
+    assert [c for _, _, c in read(f"windows{suffix}")] == ["a cat", "une pomme verte"]
+    (tmp_path / f"latin{suffix}").write_bytes(clean.replace("pomme", "p\u00f4mme").encode("latin-1"))
+    line = clean[:clean.index("pomme")].count("\n") + 1
+    with pytest.raises(InputError, match=rf"latin\{suffix}: line {line}: not UTF-8 text \(byte 0xf4\)"):
+        list(read_table_pairs(tmp_path / f"latin{suffix}"))
+
 def test_table_reader_errors(tmp_path):
     (tmp_path / "a.csv").write_text("path,text\nx.png,a cat\n")
     with pytest.raises(InputError, match=r"a\.csv: missing column\(s\) image, caption"):

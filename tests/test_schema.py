@@ -47,6 +47,10 @@ BAD = [
     ("data.train=[{type: csv, path: a.csv, weight: 0}]", "data.train[0].weight: 0 is not allowed (must be > 0)"),
     ("data.train=[{path: a.csv}]", "data.train[0].type: missing (required)"),
     ("data.train=5", "data.train: 5 is not allowed (must be a list)"),
+    ("train.lr=.inf", "train.lr: inf is not allowed (must be a finite number)"),
+    ("train.weight_decay=.nan", "train.weight_decay: nan is not allowed (must be a finite number)"),
+    ("data.crop_scale=[0.9,0.5]", "data.crop_scale: [0.9, 0.5] is not allowed (must be [min, max] with min <= max)"),
+    ("train.lr=${nope}", "cannot resolve the config: train.lr: Interpolation key 'nope' not found"),
 ]
 
 
@@ -87,3 +91,10 @@ def test_patch_size_from_kwargs_or_name():
     assert patch_size({"name": "vit_small_patch16_224"}) == 16
     assert patch_size({"name": "vit_small_patch16_224", "kwargs": {"patch_size": 8}}) == 8
     assert patch_size({"name": "some_vit"}) is None
+
+
+def test_an_override_may_interpolate_the_whole_config(monkeypatch):
+    monkeypatch.setenv("SIMSEG_TEST_ROOT", "/data/runs")
+    cfg = to_dict(load_config("tiny", ["train.output_dir=${oc.env:SIMSEG_TEST_ROOT}/tiny",
+                                       "train.eps=${train.lr}"]))
+    assert cfg["train"]["output_dir"] == "/data/runs/tiny" and cfg["train"]["eps"] == cfg["train"]["lr"]

@@ -89,6 +89,17 @@ def test_context_and_coco_layouts(tmp_path):
     assert ds[1][1].max() == 80 and ds[1][2] == "000000000285"
 
 
+
+def test_a_list_file_with_a_byte_order_mark_windows_line_ends_and_blank_lines(tmp_path):
+    base = write_voc(tmp_path, {"2007_000001": np.zeros((2, 3), np.uint8), "2007_000002": np.ones((2, 3), np.uint8)})
+    val = base / "ImageSets" / "Segmentation" / "val.txt"
+    val.write_bytes(b"\xef\xbb\xbf2007_000001\r\n\r\n  \r\n2007_000002\r\n")
+    ds = SegmentationBenchmark("pascal_voc", tmp_path)
+    assert [ds[i][2] for i in range(len(ds))] == ["2007_000001", "2007_000002"]
+    val.write_bytes("2007_000001\n2007_00000\u00e9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"val\.txt: cannot read list file \(not UTF-8 text: byte 22\)"):
+        SegmentationBenchmark("pascal_voc", tmp_path)
+
 def test_bad_layouts_name_the_path(tmp_path):
     with pytest.raises(InputError, match="VOC2012/JPEGImages"):
         SegmentationBenchmark("pascal_voc", tmp_path)

@@ -355,6 +355,28 @@ def test_dense_protocol_on_a_non_square_image(model, tmp_path):
     assert seg(small).labels.shape == (10, 20)
 
 
+
+def _mmseg_keep_ratio_size(width: int, height: int, long_side: int, short_side: int) -> tuple[int, int]:
+    """MMSegmentation's ``Resize(scale=(long_side, short_side), keep_ratio=True)`` size, written out independently:
+    the largest scale at which neither the long side exceeds ``long_side`` nor the short side ``short_side``."""
+    scale = min(long_side / max(width, height), short_side / min(width, height))
+    return int(width * scale + 0.5), int(height * scale + 0.5)
+
+
+@pytest.mark.parametrize(("size", "windows"), [((600, 8), 4), ((8, 600), 4), ((70, 30), 3)])
+def test_dense_protocol_bounds_the_long_side_as_mmsegmentation_does(model, tmp_path, size, windows):
+    """A strip is resized so its long side is ``long_side`` (a handful of windows, not one per 32 pixels of a 2400-pixel
+    side); an ordinary image keeps the short-side rule."""
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    seg = Segmenter(model, ["cat", "dog"], protocol="dense", templates="single", cache_dir=tmp_path,
+                    short_side=32, long_side=128, crop_size=32, stride=32)
+    result = seg(image)
+    assert result.labels.shape == (size[1], size[0])
+    w, h = _mmseg_keep_ratio_size(*size, long_side=128, short_side=32)
+    expected = -(-max(w, 32) // 32) * -(-max(h, 32) // 32)  # windows of 32 at stride 32 over the padded image
+    assert result.details["windows"] == expected == windows
+    assert result.protocol["long_side"] == 128
+
 # ------------------------------------------------------------------ the CLI
 
 

@@ -25,7 +25,7 @@ import torch
 # the folder format lives below the model (so SimSegModel.save_pretrained can write it); re-exported here
 from simseg.checkpoint_format import (CONFIG_NAME, FORMAT_VERSION, TOKENIZER_DIR, WEIGHTS_NAME,  # noqa: F401
                                       check_evaluation_defaults, save_model)
-from simseg.errors import CheckpointError, ConfigError, InputError
+from simseg.errors import CheckpointError, ConfigError, InputError, describe_yaml_error, one_line
 from simseg.files import atomic_write_bytes
 from simseg.model import SimSegModel, build_model
 from simseg.schema import validate_model_config
@@ -143,8 +143,10 @@ def _read_own_config(directory: Path) -> dict:
         raise CheckpointError(f"{directory}: not a simseg checkpoint folder (no {CONFIG_NAME})")
     try:
         doc = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: unreadable config (not UTF-8 text: byte {e.start})") from None
     except Exception as e:
-        raise CheckpointError(f"{cfg_path}: unreadable config ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{cfg_path}: unreadable config ({type(e).__name__}: {describe_yaml_error(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != "simseg" or "model" not in doc:
         raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config")
     try:
@@ -170,8 +172,11 @@ def _load_own(directory: Path, tokenizer: Tokenizer | None) -> SimSegModel:
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights}: corrupt or truncated weights ({e})") from None
-    model = build_model(doc["model"], tokenizer, pretrained=False)
+        raise CheckpointError(f"{weights}: corrupt or truncated weights ({one_line(e)})") from None
+    try:
+        model = build_model(doc["model"], tokenizer, pretrained=False)
+    except ConfigError as e:  # a model section the libraries refuse: the file is named
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
     _load_checked(model, state, str(weights))
     return model
 
@@ -197,13 +202,6 @@ def _load_checked(model: SimSegModel, state: dict[str, torch.Tensor], label: str
 
 
 # ------------------------------------------------------------------------------------------------ original format
-def _first_sentence(text: str, limit: int = 200) -> str:
-    """The first sentence (or line) of a library's message, whole: never a message cut mid-word."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
-    return sentence if len(sentence) <= limit else sentence[: sentence.rfind(" ", 0, limit)] + " ..."
-
-
 def _file_kind(path: Path) -> str | None:
     """What a file that is not a checkpoint looks like (an image format, text), for the error message."""
     try:
@@ -246,10 +244,10 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(f"{path}: refused: the pickle needs arbitrary code to load{what}; only plain "
                                   "tensors are accepted") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_sentence(text)})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({one_line(text)})") from None
     except Exception as e:  # RuntimeError, EOFError, BadZipFile, KeyError from the legacy unpickler, ...
         raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({type(e).__name__}: "
-                              f"{_first_sentence(str(e))})") from None
+                              f"{one_line(e)})") from None
 
 
 def is_original_state_dict(state: dict) -> bool:

@@ -198,8 +198,8 @@ def parse_class_list(classes: str | list[str] | tuple[str, ...]) -> list[str]:
         The names with ``background`` at index 0: kept there when the user put it first, prepended otherwise.
 
     Raises:
-        InputError: the list is empty, has an empty name, a duplicate (case-insensitive), or ``background``
-            anywhere other than first.
+        InputError: the list is empty, has an empty name, a duplicate (case-insensitive), ``background``
+            anywhere other than first, or nothing but ``background``.
     """
     if isinstance(classes, str):
         names = classes.split(",")
@@ -219,6 +219,8 @@ def parse_class_list(classes: str | list[str] | tuple[str, ...]) -> list[str]:
             raise InputError(f"class list: duplicate class name {name!r} (positions {seen[key] + 1} and {i + 1})")
         seen[key] = i
     if names[0].lower() == BACKGROUND:
+        if len(names) == 1:  # every pixel would be background: nothing to look for
+            raise InputError(f"class list: only {names[0]!r}; give at least one class to find besides background")
         return [BACKGROUND] + names[1:]
     return [BACKGROUND] + names
 

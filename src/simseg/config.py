@@ -6,14 +6,15 @@ Config is read only at entry points; everything below them takes plain arguments
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from simseg.errors import ConfigError, InputError
+from simseg.errors import ConfigError, InputError, describe_yaml_error, one_line
 from simseg.files import atomic_write_text
 from simseg.schema import validate_config
 
@@ -25,14 +26,25 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("simseg.configs").iterdir() if p.name.endswith(".yaml"))
 
 
+def _omegaconf_problem(e: OmegaConfBaseException) -> str:
+    """An OmegaConf error in one line, naming its key (its own text adds ``full_key:`` / ``object_type=`` lines)."""
+    msg = one_line(str(getattr(e, "msg", None) or e).split("\n")[0])
+    key = getattr(e, "full_key", None)
+    if isinstance(e, ConfigKeyError) and key:
+        hint = re.search(r"Did you mean: '([^']+)'", msg)
+        return f"{key}: unknown config key" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+    return f"{key}: {msg}" if key and str(key) not in msg else msg
+
+
 def _read_yaml(path_or_text: str | os.PathLike, label: str) -> DictConfig:
     try:
         cfg = OmegaConf.load(path_or_text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{label}: not a YAML text file (not UTF-8: byte {e.start})") from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{label}: invalid YAML ({e})") from None
+        raise ConfigError(f"{label}: invalid YAML ({_omegaconf_problem(e)})") from None
     except Exception as e:  # yaml.YAMLError and friends
-        detail = " ".join(str(e).split())  # one line: YAML errors span several
-        raise ConfigError(f"{label}: invalid YAML ({type(e).__name__}: {detail})") from None
+        raise ConfigError(f"{label}: invalid YAML ({type(e).__name__}: {describe_yaml_error(e)})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{label}: a config must be a mapping at the top level")
     return cfg
@@ -56,9 +68,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         parsed = OmegaConf.create({"v": value}) if value == "" else OmegaConf.create(f"v: {value}")
+    except OmegaConfBaseException as e:  # interpolation grammar: its text adds full_key / object_type lines
+        raise ConfigError(f"override {text!r}: invalid value ({one_line(str(e).splitlines()[0])})") from None
     except Exception as e:  # YAML syntax of the value
-        raise ConfigError(f"override {text!r}: invalid value ({' '.join(str(e).split())})") from None
-    return key, parsed["v"] if not isinstance(parsed["v"], DictConfig) else OmegaConf.to_container(parsed["v"])
+        raise ConfigError(f"override {text!r}: invalid value ({describe_yaml_error(e)})") from None
+    # not resolved here: an interpolation (${train.output_dir}, ${oc.env:HOME}) is resolved with the whole config
+    return key, OmegaConf.to_container(parsed, resolve=False)["v"]
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
@@ -73,7 +88,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=freeform)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"override {text!r}: {e}") from None
+            raise ConfigError(f"override {text!r}: {_omegaconf_problem(e)}") from None
     return cfg
 
 
@@ -100,7 +115,7 @@ def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = N
             try:
                 cfg = OmegaConf.merge(merged, cfg)
             except OmegaConfBaseException as e:
-                raise ConfigError(f"{path}: {e.msg if hasattr(e, 'msg') else e}") from None
+                raise ConfigError(f"{path}: {_omegaconf_problem(e)}") from None
     else:
         raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
     cfg = apply_overrides(cfg, overrides)
@@ -116,4 +131,12 @@ def save_config(cfg: DictConfig | dict, path: str | os.PathLike) -> Path:
 
 
 def to_dict(cfg: DictConfig | dict) -> dict:
-    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # type: ignore[return-value]
+    """The config as plain containers, ``${...}`` interpolations resolved.
+
+    Raises:
+        ConfigError: an interpolation that does not resolve (named by its key).
+    """
+    try:
+        return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve the config: {_omegaconf_problem(e)}") from None

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from simseg.errors import ConfigError, InputError
+from simseg.errors import ConfigError, InputError, one_line
 from simseg.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ class CsvSource:
                                      f"{header} (separator {sep!r})")
                 ii, ci = header.index(image_column), header.index(caption_column)
                 for row in reader:
-                    if not row:
-                        continue  # a blank line
+                    if not any(cell.strip() for cell in row):
+                        continue  # a blank line (or one of spaces only): no sample, so not a bad one
                     images.append(row[ii] if ii < len(row) else "")
                     captions.append(row[ci] if ci < len(row) else "")
             except csv.Error as e:
@@ -272,7 +272,7 @@ class ParquetSource:
             try:
                 pf = pq.ParquetFile(f)
             except (OSError, pa.ArrowException) as e:
-                raise InputError(f"{f}: not a readable parquet file ({e})") from None
+                raise InputError(f"{f}: not a readable parquet file ({one_line(e)})") from None
             names = pf.schema_arrow.names
             missing = [c for c in (image_column, caption_column) if c not in names]
             if missing:
@@ -309,7 +309,7 @@ class ParquetSource:
                 self._handles[fi] = pq.ParquetFile(self.files[fi])
             table = self._handles[fi].read_row_group(g, columns=[self.image_column, self.caption_column])
         except (OSError, pa.ArrowException) as e:
-            raise InputError(f"{self.files[fi]}: row group {g} unreadable ({e})") from None
+            raise InputError(f"{self.files[fi]}: row group {g} unreadable ({one_line(e)})") from None
         self._cache[gi] = table
         while len(self._cache) > self.cache_row_groups:
             self._cache.popitem(last=False)

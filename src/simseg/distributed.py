@@ -77,3 +77,44 @@ def broadcast_object(obj, src: int = 0):
     box = [obj if get_rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def resolve_device(name: str | None, label: str = "device", local_rank: int | None = None) -> torch.device:
+    """The device to run on, checked before anything is put there.
+
+    Args:
+        name: ``cpu``, ``cuda``, ``cuda:N``, ...; None or ``auto``: CUDA when available, else the CPU.
+        label: how the setting is named in messages (``--device``, ``train.device``).
+        local_rank: under torchrun, the GPU of this process: a bare ``cuda`` (or auto) becomes ``cuda:<local rank>``.
+
+    Raises:
+        InputError: not a device name, CUDA asked for on a machine without it, or a GPU index beyond those present
+            (one line naming the setting, its value and what would work).
+    """
+    from simseg.errors import InputError
+
+    shown = f"{label}={name}" if "." in label else f"{label} {name}"
+    if name is None or name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"{shown}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    cpu = f"{label}=cpu" if "." in label else f"{label} cpu"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{shown}: no CUDA device is available on this machine; use {cpu}")
+        count = torch.cuda.device_count()
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank)
+        if device.index is not None and device.index >= count:
+            raise InputError(f"{shown}: this machine has {count} CUDA device(s), numbered from 0 to {count - 1}")
+    elif device.type != "cpu":
+        # mps, xpu, ...: torch names more device types than any one build runs on; trying a tensor tells
+        try:
+            torch.empty(0, device=device)
+        except Exception:
+            raise InputError(f"{shown}: this PyTorch cannot use that device; use {cpu} or cuda") from None
+    return device

@@ -83,6 +83,12 @@ def warn_unknown_words(tokenizer: Any, class_names: Sequence[str]) -> list[str]:
         return []
     warned = []
     for name in class_names:
+        if hasattr(tokenizer, "wordpieces") and not tokenizer.wordpieces(name):
+            # zero-width or control characters only: the prompts would not name the class at all
+            warned.append(name)
+            warnings.warn(f"class {name!r}: the tokenizer keeps nothing of it (only characters it drops); its prompts "
+                          "do not name it, so it cannot be told from the template alone", stacklevel=3)
+            continue
         unknown = tokenizer.unknown_words(name)
         if unknown:
             warned.append(name)

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from simseg.checkpoint_format import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
-from simseg.errors import CheckpointError, ConfigError, InputError
+from simseg.errors import CheckpointError, ConfigError, InputError, one_line
 from simseg.files import atomic_write_bytes, atomic_write_json
 from simseg.loda import _PAD_FILL, avg_pool, l2_normalize, pool_tokens
 from simseg.model import SimSegModel, state_sha256
@@ -181,13 +181,12 @@ def _export_graph(module: nn.Module, args: tuple, input_names: Sequence[str], ou
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # the exporter's errors are many and deep: one line naming the tower and the cause
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CheckpointError(f"ONNX export of the {what} failed ({type(e).__name__}: {first})") from None
+        raise CheckpointError(f"ONNX export of the {what} failed ({type(e).__name__}: {one_line(e)})") from None
     onnx.helper.set_model_props(proto, metadata)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise CheckpointError(f"ONNX export of the {what}: the graph fails onnx.checker ({str(e).splitlines()[0]})") \
+        raise CheckpointError(f"ONNX export of the {what}: the graph fails onnx.checker ({one_line(e)})") \
             from None
     return proto.SerializeToString()
 
@@ -538,8 +537,7 @@ def _open_graph(path: Path, entry: dict, manifest: dict, role: str, size: int | 
     try:
         session = _session(blob, providers, threads)
     except Exception as e:  # ORT's InvalidProtobuf / Fail / ...
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {one_line(e)})") from None
     meta = session.get_modelmeta().custom_metadata_map
     weights = manifest["source"]["weights_sha256"]
     if meta.get("simseg_format") != ONNX_FORMAT:

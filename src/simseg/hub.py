@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from simseg.checkpoint_format import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
-from simseg.errors import CheckpointError, InputError
+from simseg.errors import CheckpointError, InputError, describe_read_error, one_line
 from simseg.files import atomic_write_text
 
 HUB_PREFIX = "hf-hub:"
@@ -128,8 +128,7 @@ def _hub_failure(name: str, error: BaseException, offline_now: bool) -> str:
         return f"{name}: the Hugging Face Hub cannot be reached and the model is not in the local cache"
     if isa("HfHubHTTPError") and _status(error):
         return f"{name}: the Hugging Face Hub answered HTTP {_status(error)}"
-    first = str(error).splitlines()[0][:160] if str(error) else ""
-    return f"{name}: cannot fetch from the Hugging Face Hub ({type(error).__name__}: {first})"
+    return f"{name}: cannot fetch from the Hugging Face Hub ({type(error).__name__}: {one_line(error)})"
 
 
 # ------------------------------------------------------------------------------------------------ download
@@ -204,7 +203,7 @@ def read_config(path: str | os.PathLike, label: str | None = None) -> dict:
     try:
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(f"{label or path}: unreadable {CONFIG_NAME} ({type(e).__name__})") from None
+        raise CheckpointError(f"{label or path}: unreadable {CONFIG_NAME} ({describe_read_error(e)})") from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{label or path}: {CONFIG_NAME} is not a mapping")
     return doc
@@ -471,7 +470,7 @@ def store_metrics(folder: str | os.PathLike, reports: Sequence[str | os.PathLike
         except FileNotFoundError:
             raise InputError(f"{src}: file not found") from None
         except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"{src}: not a JSON report ({type(e).__name__})") from None
+            raise InputError(f"{src}: not a JSON report ({describe_read_error(e)})") from None
         if not isinstance(report, dict) or not ("mIoU" in report or "RSUM" in report):
             raise InputError(f"{src}: not an evaluation report (no mIoU or RSUM)")
         base = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(report.get("dataset") or src.stem)).strip("-") or "report"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from simseg.errors import InputError
+from simseg.errors import ImageTooLargeError, InputError, one_line
 
 #: Default guard against decompression bombs: 100 megapixels (a 10000 x 10000 image).
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -40,6 +41,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def pillow_refusal(label: str, error: Exception, max_pixels: int | None) -> str:
+    """The message for an image Pillow refuses to open as a decompression bomb (over twice its
+    ``Image.MAX_IMAGE_PIXELS``, before our own limit is looked at): the image's pixel count and the limit in force."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"image of {found.group(1)} pixels" if found else "image"
+    pillow_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    limits = [v for v in (max_pixels, pillow_limit) if v]
+    limit = f"the limit of {min(limits)}" if limits else "the image library's limit"
+    return f"{label}: {size} exceeds {limit} (refused by the image library as a possible decompression bomb)"
 
 
 def load_image(
@@ -78,11 +90,16 @@ def load_image(
         stream = io.BytesIO(path.read_bytes())
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides
+            # Pillow's notes on a damaged file that still decodes (corrupt EXIF, a TIFF tag past the end) would be
+            # printed without the file's name; the image is read all the same. (Only filters are added here: with
+            # several decoding threads, what catch_warnings restores may be another thread's state.)
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
             img = Image.open(stream)
             w, h = img.size  # header only: checked before any pixel is decoded
             if max_pixels is not None and w * h > max_pixels:
-                raise InputError(f"{label}: image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+                raise ImageTooLargeError(f"{label}: image of {w}x{h} = {w * h} pixels exceeds the limit of "
+                                         f"{max_pixels}")
             img.load()
             if exif_transpose:
                 img = ImageOps.exif_transpose(img)
@@ -90,8 +107,8 @@ def load_image(
     except InputError:
         raise
     except Image.DecompressionBombError as e:
-        raise InputError(f"{label}: refused as a decompression bomb ({e})") from None
+        raise ImageTooLargeError(pillow_refusal(label, e, max_pixels)) from None
     except UnidentifiedImageError:
         raise InputError(f"{label}: not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken chunks
-        raise InputError(f"{label}: corrupt or truncated image ({e})") from None
+        raise InputError(f"{label}: corrupt or truncated image ({one_line(e)})") from None

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from simseg.errors import CheckpointError, ConfigError
+from simseg.errors import CheckpointError, ConfigError, one_line
 from simseg.loda import l2_normalize, pool_tokens
 from simseg.schema import POOLINGS, TRAIN_POOLINGS
 from simseg.tokenizer import Tokenizer
@@ -44,17 +44,18 @@ def build_vision_tower(name: str, pretrained: bool, img_size: int, kwargs: dict 
 
     try:
         vit = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **(kwargs or {}))
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise ConfigError(f"model.vision.name: unknown timm model {name!r}") from None
-        raise
     except Exception as e:
+        if isinstance(e, RuntimeError) and "Unknown model" in str(e):
+            raise ConfigError(f"model.vision.name: unknown timm model {name!r}") from None
         if pretrained:
             raise CheckpointError(
-                f"could not load pretrained timm weights for {name!r} ({type(e).__name__}: {e}); "
+                f"could not load pretrained timm weights for {name!r} ({type(e).__name__}: {one_line(e)}); "
                 "set model.vision.pretrained=false or make the weights available offline"
             ) from None
-        raise
+        # the free-form kwargs go to timm as they are: its refusal is the user's setting, not a bug of ours
+        shown = ", ".join(f"{k}={v!r}" for k, v in (kwargs or {}).items()) or "none"
+        raise ConfigError(f"model.vision: timm cannot build {name!r} with img_size={img_size} and kwargs {shown} "
+                          f"({type(e).__name__}: {one_line(e)})") from None
     if getattr(vit, "pos_embed", None) is None or getattr(vit, "patch_embed", None) is None:
         raise ConfigError(f"model.vision.name: {name!r} is not a ViT with an absolute position embedding")
     vit.patch_embed.strict_img_size = False  # other sizes are checked (multiple of the patch) and resampled by us
@@ -76,7 +77,12 @@ def build_text_tower(name: str, pretrained: bool, config: dict | None, vocab_siz
     overrides = dict(config or {})
     if vocab_size is not None and "vocab_size" not in overrides:
         overrides["vocab_size"] = vocab_size
-    return BertModel(BertConfig(**overrides), add_pooling_layer=False)
+    try:
+        return BertModel(BertConfig(**overrides), add_pooling_layer=False)
+    except Exception as e:  # the free-form config goes to transformers as it is
+        shown = ", ".join(f"{k}={v!r}" for k, v in (config or {}).items()) or "none"
+        raise ConfigError(f"model.text.config: transformers cannot build BERT with {shown} "
+                          f"({type(e).__name__}: {one_line(e)})") from None
 
 
 class SimSegModel(nn.Module):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from simseg.errors import InputError
+from simseg.errors import InputError, one_line
 from simseg.files import atomic_write_bytes, atomic_write_text
 from simseg.segdata import (
     CITYSCAPES_LABELIDS_SUFFIX,
@@ -248,7 +248,7 @@ def _load_detail_json(json_path: Path) -> tuple[list[dict], dict[int, list[dict]
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{json_path}: not a readable JSON file ({e})") from None
+        raise InputError(f"{json_path}: not a readable JSON file ({one_line(e)})") from None
     if not isinstance(data, dict) or not {"images", "annos_segmentation"} <= data.keys():
         raise InputError(
             f"{json_path}: expected the PASCAL-in-Detail format with keys 'images' and 'annos_segmentation'"

@@ -13,6 +13,7 @@ without loading torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -96,6 +97,10 @@ class DenseParams:
         bg_threshold: background where the best foreground class's probability is below this (the softmax then runs
             over the foreground classes only); None lets the ``background`` class compete in the softmax.
         batch_size: windows per forward pass.
+        long_side: the short-side resize stops where the long side would exceed this: the image is then resized so
+            its long side is ``long_side`` (MMSegmentation's ``Resize(scale=(long_side, short_side), keep_ratio=True)``;
+            benchmark images are never that elongated, so only panoramas and strips meet it, whose window count it
+            bounds).
     """
 
     short_side: int = 448
@@ -103,9 +108,10 @@ class DenseParams:
     stride: int = 224
     bg_threshold: float | None = None
     batch_size: int = 8
+    long_side: int = 2048
 
     def __post_init__(self) -> None:
-        for name in ("short_side", "crop_size", "stride", "batch_size"):
+        for name in ("short_side", "long_side", "crop_size", "stride", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"protocol parameter {name}: must be at least 1, got {getattr(self, name)}")
         if self.bg_threshold is not None and not 0.0 <= self.bg_threshold <= 1.0:
@@ -167,6 +173,8 @@ def make_params(protocol: str, **params: Any) -> SimSegParams | DenseParams:
             values[name] = None
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"protocol parameter {name}: expected a number, got {value!r}")
+        elif not math.isfinite(value):  # .nan passes no bound check and fails none
+            raise ConfigError(f"protocol parameter {name}: expected a finite number, got {value!r}")
         elif isinstance(default, int) and known[name].type in ("int", int):
             if float(value) != int(value):
                 raise ConfigError(f"protocol parameter {name}: expected an integer, got {value!r}")

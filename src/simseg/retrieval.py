@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from simseg.errors import InputError
+from simseg.errors import InputError, one_line
 from simseg.images import load_image
 from simseg.protocols import RetrievalParams
 
@@ -92,7 +92,7 @@ def _open_parquet(path: Path):
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet files
-        raise InputError(f"{path}: not a readable parquet file ({e})") from None
+        raise InputError(f"{path}: not a readable parquet file ({one_line(e)})") from None
 
 
 def parquet_num_rows(path: str | os.PathLike) -> int:
@@ -126,20 +126,40 @@ def read_parquet_pairs(path: str | os.PathLike, batch_rows: int = 1024) -> Itera
             row += 1
 
 
+def _read_text(path: Path) -> str:
+    """A caption file's text: UTF-8, a byte-order mark dropped; undecodable bytes are an error naming the line (a
+    caption is never silently changed)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+
+
 def _table_records(path: Path) -> tuple[list[str], Iterator[dict]]:
-    """(column names, records) of a CSV, JSON (a list of objects) or JSON-lines file."""
+    """(column names, records) of a CSV, JSON (a list of objects) or JSON-lines file. Windows line ends and blank
+    lines are accepted."""
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json", ".jsonl"):
+        raise InputError(f"{path}: unknown caption file type {suffix!r} (expected .parquet, .csv, .json, .jsonl)")
+    text = _read_text(path)  # caption files are small next to their images: read whole
     if suffix == ".csv":
-        # Caption files are small next to their images: read whole, so no file handle outlives an error.
-        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
-        return list(reader.fieldnames or []), iter(reader)
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # skips blank lines; takes \r\n inside quotes
+        fields = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = fields
+        return fields, iter(reader)
     try:
         if suffix == ".jsonl":
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        elif suffix == ".json":
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
         else:
-            raise InputError(f"{path}: unknown caption file type {suffix!r} (expected .parquet, .csv, .json, .jsonl)")
+            records = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: invalid JSON ({e})") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -156,15 +176,13 @@ def read_table_pairs(path: str | os.PathLike) -> Iterator[Pair]:
 
     Raises:
         InputError: the file is missing or unreadable, or lacks ``image`` / ``caption`` (in its header, or in a
-            JSON record, which is then named by its row number).
+            JSON record, which is then named by its row number), or a record whose image, image_id or id is not a
+            string (ids may be integers).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    try:
-        fields, records = _table_records(path)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not a UTF-8 text file ({e})") from None
+    fields, records = _table_records(path)
     missing = [c for c in ("image", "caption") if c not in fields]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(fields) or 'none'})")
@@ -175,14 +193,24 @@ def read_table_pairs(path: str | os.PathLike) -> Iterator[Pair]:
         if absent:
             raise InputError(f"{where}: missing {', '.join(absent)}")
         image = record["image"]
-        image_path = base / image if isinstance(image, str) and image else None
+        if not isinstance(image, str):  # a JSON number, list, null: a malformed file, not one bad image
+            raise InputError(f"{where}: image must be a path (a string), got {_shown(image)}")
+        image_path = base / image if image else None
         image_id = record.get("image_id")
         if image_id is None or image_id == "":
             image_id = image
         caption_id = record.get("id")
         if caption_id is None or caption_id == "":
             caption_id = row
+        for key, value in (("image_id", image_id), ("id", caption_id)):
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise InputError(f"{where}: {key} must be a string or an integer, got {_shown(value)}")
         yield Pair(caption_id, image_id, record["caption"], image_path, where)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_pairs(source: str | os.PathLike, batch_rows: int = 1024) -> Iterator[Pair]:

@@ -15,6 +15,7 @@ list item), ``length`` (a list's length). Mappings passed on to a library (``mod
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -186,6 +187,8 @@ def _check_scalar(key: str, value: Any, tp: Any, rule: dict) -> None:
     elif tp is float:
         if not _is_number(value):
             raise ConfigError(f"{key}: {_show(value)} is not allowed (must be a number)")
+        if not math.isfinite(value):  # YAML's .nan and .inf pass every bound test or none
+            raise ConfigError(f"{key}: {_show(value)} is not allowed (must be a finite number)")
     elif tp is str:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{key}: {_show(value)} is not allowed (must be a non-empty string)")
@@ -265,6 +268,10 @@ def _check_sizes(cfg: dict) -> None:
         if size is not None and (size < patch or size % patch):
             raise ConfigError(f"{key}: {size} is not allowed (must be a multiple of the patch size {patch} of "
                               f"model.vision, at least {patch})")
+    crop_scale = cfg["data"].get("crop_scale") if isinstance(cfg.get("data"), dict) else None
+    if crop_scale is not None and crop_scale[0] > crop_scale[1]:
+        raise ConfigError(f"data.crop_scale: {_show(list(crop_scale))} is not allowed (must be [min, max] with "
+                          "min <= max)")
     m = cfg["model"]
     if m.get("temperature_min") is not None and m.get("temperature_max") is not None and \
             not m["temperature_min"] <= m.get("temperature_init", m["temperature_min"]) <= m["temperature_max"]:

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from simseg.classnames import benchmark_classes
-from simseg.errors import InputError
+from simseg.errors import InputError, one_line
 from simseg.images import load_image
 
 #: Environment variable naming the folder that holds VOCdevkit/, coco_stuff164k/, cityscapes/, ade/.
@@ -215,7 +215,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     except UnidentifiedImageError:
         raise InputError(f"{p}: not a readable label image") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{p}: corrupt or truncated label image ({e})") from None
+        raise InputError(f"{p}: corrupt or truncated label image ({one_line(e)})") from None
 
 
 def _load_benchmark_image(path: Path) -> Image.Image:
@@ -280,9 +280,11 @@ class SegmentationBenchmark:
         if not self.list_path.is_file():
             raise InputError(f"{self.list_path}: {self.name} list file not found")
         try:
-            lines = self.list_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{self.list_path}: cannot read list file ({e})") from None
+            lines = self.list_path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark dropped
+        except UnicodeDecodeError as e:
+            raise InputError(f"{self.list_path}: cannot read list file (not UTF-8 text: byte {e.start})") from None
+        except OSError as e:
+            raise InputError(f"{self.list_path}: cannot read list file ({e.strerror or e})") from None
         return [line.strip() for line in lines if line.strip()]
 
     def _label_suffix(self) -> str:

@@ -410,7 +410,13 @@ class DenseProtocol:
 
         p = self.params
         width, height = image.size
-        resized = TF.resize(image.convert("RGB"), p.short_side)  # short side, PIL bilinear
+        if max(width, height) * p.short_side > p.long_side * min(width, height):
+            # the long side binds (MMSegmentation's keep_ratio rule): a strip never becomes millions of windows
+            scale = p.long_side / max(width, height)
+            size = [max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))]
+        else:
+            size = p.short_side  # short side, PIL bilinear
+        resized = TF.resize(image.convert("RGB"), size)
         x = TF.normalize(TF.to_tensor(resized), self.mean, self.std)
         _, h, w = x.shape
         crop, stride = p.crop_size, p.stride

@@ -42,7 +42,10 @@ class Tokenizer:
         from tokenizers import BertWordPieceTokenizer
 
         self.vocab_file = Path(vocab_file)
-        lines = self.vocab_file.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = self.vocab_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise InputError(f"{self.vocab_file}: not a vocabulary (not UTF-8 text: byte {e.start})") from None
         if not lines:
             raise InputError(f"{self.vocab_file}: empty vocabulary file")
         self.vocab: list[str] = lines

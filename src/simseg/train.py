@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ import numpy as np
 import torch
 
 from simseg import distributed as du
-from simseg.errors import CheckpointError, ConfigError
+from simseg.errors import CheckpointError, ConfigError, InputError
 from simseg.files import atomic_write_bytes
 from simseg.loss import contrastive_loss
 from simseg.model import SimSegModel
@@ -280,21 +281,62 @@ def _describe_evaluations(step: int, metrics: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the loop
+def check_run_inputs(cfg: dict) -> None:
+    """Fail now, in one line naming the key, on what would otherwise stop a run only later: an output folder that
+    cannot be written (the first checkpoint), an evaluation source that is not there (the first evaluation).
+
+    Raises:
+        ConfigError: ``train.output_dir`` not writable, ``eval.retrieval.path`` or ``eval.segmentation``'s
+            benchmark not found.
+    """
+    run_dir = Path(cfg["train"]["output_dir"])
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".simseg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"train.output_dir {run_dir}: cannot write there ({e.strerror or e})") from None
+    evaluations = cfg.get("eval") or {}
+    retrieval = evaluations.get("retrieval")
+    if retrieval:
+        path = Path(retrieval["path"])
+        target = path / "valid.parquet" if path.is_dir() else path
+        if not target.is_file():
+            raise ConfigError(f"eval.retrieval.path {retrieval['path']}: {target} not found")
+    segmentation = evaluations.get("segmentation")
+    if segmentation:
+        from simseg.segdata import SegmentationBenchmark, resolve_data_root
+
+        try:
+            SegmentationBenchmark(segmentation["dataset"], resolve_data_root(segmentation.get("data_root")),
+                                  class_names=segmentation.get("classes"))
+        except InputError as e:
+            raise ConfigError(f"eval.segmentation: {e}") from None
+
+
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", du.get_local_rank())
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available")
-    return torch.device(name if name != "cuda" else f"cuda:{du.get_local_rank()}")
+    """``train.device``: auto, cpu, cuda (this process's GPU under torchrun) or cuda:N, checked before the model
+    moves there."""
+    try:
+        return du.resolve_device(name, "train.device", du.get_local_rank())
+    except InputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """``train.precision``: ``auto`` is fp16 mixed precision on CUDA (what the original trained with) and fp32 on
-    CPU (bf16 matmul is ~100x slower than fp32 on plain CPUs); fp32, fp16 and bf16 are taken as given."""
+    CPU (bf16 matmul is ~100x slower than fp32 on plain CPUs); fp32, fp16 and bf16 are taken as given.
+
+    Raises:
+        ConfigError: fp16 on a device other than CUDA (its loss scaling is CUDA's: without it, fp16 gradients
+            underflow).
+    """
     if name == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: 'fp16' is not allowed on {device.type} (fp16 mixed precision needs CUDA "
+                          "for its loss scaling; use fp32 or bf16)")
     return name
 
 
@@ -369,6 +411,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     schedule = str(tc.get("schedule", "cosine"))  # values checked by the schema
     train_pooling = str(mc.get("train_pooling") or "masked")
     run_dir = Path(tc["output_dir"])
+    check_run_inputs(cfg)
     total_steps, global_batch = int(tc["steps"]), int(tc["batch_size"])
     if global_batch % world:
         raise ConfigError(f"train.batch_size ({global_batch}) must be a positive multiple of the world size ({world})")

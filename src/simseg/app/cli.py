@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from simseg.app import (checkpoints, demo, eval_retrieval, eval_seg, export, hub, prepare, segment, serve, train,
                         vocab)
@@ -43,9 +43,17 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with each error on one line: the problem, and where the options are listed (argparse's usage block
+    before the error would make it several lines, the first not saying what is wrong)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<20}{command.help}" for name, command in COMMANDS.items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="simseg",
         description="Text-supervised semantic segmentation (SimSeg, CVPR 2023).",
         epilog=f"commands:\n{lines}\n\nRun 'simseg COMMAND --help' for the options of one command.",
@@ -65,7 +73,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
-    from simseg.errors import SimSegError
+    from simseg.errors import SimSegError, one_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
@@ -80,19 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv else 2
     name, rest = argv[0], argv[1:]
     command = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=f"simseg {name}", description=command.help)
+    parser = _Parser(prog=f"simseg {name}", description=command.help)
     command.add_arguments(parser)
     args = _parse(parser, rest)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"simseg {name}: warning: {message}", file=sys.stderr)
+        print(f"simseg {name}: warning: {one_line(message, limit=None)}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
             return int(command.run(args) or 0)
     except SimSegError as e:
-        print(f"simseg {name}: error: {e}", file=sys.stderr)
+        # one line whatever the message holds (a library's text can span several)
+        print(f"simseg {name}: error: {one_line(e, limit=None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"simseg {name}: interrupted", file=sys.stderr)

@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
                         ("--resize-size", args.resize_size), ("--crop-size", args.crop_size)):
         check_at_least(flag, value, 1)
+    check_at_least("--workers", args.workers, 0)
     resize_size, crop_size, recorded = retrieval_sizes(args.resize_size, args.crop_size,
                                                        evaluation_defaults(args.checkpoint))
     if crop_size > resize_size:

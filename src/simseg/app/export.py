@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from simseg.app.options import check_at_least, output_dir
 from simseg.errors import InputError
 
 HELP = "export a checkpoint's image and text towers as ONNX graphs (run them with --backend onnx)"
@@ -37,7 +38,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: output folder exists and is not empty (use --force to overwrite)")
     if args.opset is not None and not 14 <= args.opset <= 23:
         raise InputError(f"--opset {args.opset}: choose an opset from 14 to 23")
+    for size in args.image_sizes or []:
+        check_at_least("--image-size", size, 1)
     model = load_model(args.checkpoint, tokenizer=args.tokenizer)
+    for size in args.image_sizes or []:
+        if size % model.patch_size:
+            raise InputError(f"--image-size {size}: must be a multiple of the patch size {model.patch_size} of the "
+                             "model")
+    output_dir(out, "OUT_DIR")  # an unwritable folder fails here, in one line, not inside the exporter
     fingerprint = checkpoint_fingerprint(args.checkpoint)
     source = fingerprint if fingerprint.get("sha256") else {"path": str(args.checkpoint)}
     manifest = export_onnx(model, out, input_sizes=args.image_sizes or [288], opset=args.opset or DEFAULT_OPSET,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from simseg.classnames import TEMPLATE_SETS
-from simseg.errors import ConfigError, InputError
+from simseg.errors import ConfigError, InputError, describe_yaml_error
 from simseg.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
 
@@ -54,22 +54,14 @@ def resolve_device(name: str | None, local_rank: int | None = None) -> str:
     """The device to run on: ``name``, or cuda when available; ``cuda`` becomes ``cuda:<local rank>`` under torchrun.
 
     Raises:
-        InputError: CUDA asked for on a machine without it, or an unknown device name.
+        InputError: CUDA asked for on a machine without it (or a GPU index it lacks), or an unknown device name.
     """
-    import torch
+    from simseg.distributed import resolve_device as resolve
 
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
-        if device.index is None and local_rank is not None:
-            return f"cuda:{local_rank}"
-    return name
+    device = resolve(name, "--device", local_rank)
+    if name is None or (device.index is not None and ":" not in name):
+        return str(device)
+    return name  # as the user wrote it: reports show that
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -84,7 +76,7 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         try:
             params[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: cannot parse the value ({' '.join(str(e).split())})") from None
+            raise ConfigError(f"--set {item!r}: cannot parse the value ({describe_yaml_error(e)})") from None
     return params
 
 

@@ -18,8 +18,11 @@ Design:
 * Class embeddings live in the :class:`~simseg.segment.Segmenter` objects, kept in a small LRU cache keyed by
   (class list, protocol, CRF, templates) inside the :class:`SegmentService` (and on disk by ``segment.py``).
 * Limits: request body size (413, checked from ``Content-Length`` before anything is read, and while streaming),
-  image pixel count (413, from the image header before decoding), number of classes and class-name length (400).
-  Every error is JSON ``{"error": "..."}``; the page shows it.
+  image pixel count (413 with the limit, from the image header before decoding, whether our limit or Pillow's
+  decompression-bomb guard refuses it), number of classes and class-name length (400).
+* Status codes: 200, 400 (bad input: image, class names, options, form), 404 (unknown path or example), 405 (wrong
+  method), 413, 503, 504, and 500 for a bug (the server stays up). Every error is JSON ``{"error": "..."}`` on one
+  line; the page shows it.
 * The protocol a request gets when it names none is the checkpoint's recorded evaluation default (the demo model:
   ``dense`` at its 64-pixel size), else the paper's ``simseg``; the page starts with it selected.
 * ``/docs`` works offline: Swagger UI from the locally installed ``swagger-ui-bundle`` package (the ``serve``
@@ -37,6 +40,7 @@ import importlib.util
 import io
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -47,9 +51,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from simseg.app.options import add_cache_option, add_checkpoint_options, add_device_option
+from simseg.app.options import add_cache_option, add_checkpoint_options, add_device_option, resolve_device
 from simseg.classnames import TEMPLATE_SETS
-from simseg.errors import InputError, SimSegError
+from simseg.errors import ImageTooLargeError, InputError, SimSegError, one_line
 from simseg.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
 HELP = "a local web page and JSON API to segment your own images"
@@ -90,8 +94,8 @@ class ServeLimits:
         for name in ("max_upload_bytes", "max_pixels", "max_classes", "max_class_chars", "queue", "cache_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"serve limit {name}: must be at least 1, got {getattr(self, name)}")
-        if self.timeout_s <= 0:
-            raise InputError(f"serve limit timeout: must be positive, got {self.timeout_s}")
+        if not self.timeout_s > 0 or self.timeout_s == float("inf"):  # nan and inf too
+            raise InputError(f"serve limit timeout: must be a positive, finite number of seconds, got {self.timeout_s}")
 
 
 class RequestError(SimSegError):
@@ -209,16 +213,23 @@ class SegmentService:
     def check_image_header(self, data: bytes, name: str) -> None:
         """Refuse an empty upload (400) or one whose header says it is over the pixel limit (413), before decoding.
 
-        Anything PIL cannot identify is left to :func:`simseg.images.load_image`, which names the problem.
+        An image Pillow itself refuses as a decompression bomb (over twice its own limit) is 413 too, with the
+        limit. Anything PIL cannot identify is left to :func:`simseg.images.load_image`, which names the problem.
         """
+        from simseg.images import pillow_refusal
+
         if not data:
             raise RequestError(400, f"image {name!r}: empty upload (0 bytes)")
         if len(data) > self.limits.max_upload_bytes:
             raise RequestError(413, f"image {name!r}: {len(data) / 2**20:.1f} MB exceeds the upload limit of "
                                     f"{self.limits.max_upload_bytes / 2**20:g} MB")
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, below
+                with Image.open(io.BytesIO(data)) as img:
+                    width, height = img.size
+        except Image.DecompressionBombError as e:
+            raise RequestError(413, pillow_refusal(f"image {name!r}", e, self.limits.max_pixels)) from None
         except Exception:  # not an image, or a broken header: load_image gives the precise message
             return
         if width * height > self.limits.max_pixels:
@@ -250,7 +261,8 @@ class SegmentService:
             image: the uploaded bytes, or the index of a built-in example.
 
         Raises:
-            RequestError: 400 for an unreadable image or a refused option (e.g. the CRF library missing).
+            RequestError: 400 for an unreadable image or a refused option (e.g. the CRF library missing), 413 for an
+                image over the pixel limit.
         """
         from simseg.images import load_image
         from simseg.visualize import class_colors, label_image, overlay
@@ -263,6 +275,8 @@ class SegmentService:
                 pil = load_image(image, name=f"image {image_name!r}", max_pixels=self.limits.max_pixels)
             seg = self._segmenter(names, protocol, crf, templates)
             result = seg(pil)
+        except ImageTooLargeError as e:
+            raise RequestError(413, str(e)) from None
         except SimSegError as e:
             raise RequestError(400, str(e)) from None
         labels = np.asarray(result.labels)
@@ -510,6 +524,7 @@ def create_app(
         A FastAPI app; its :class:`SegmentService` is ``app.state.service``.
     """
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -544,16 +559,21 @@ def create_app(
 
     @app.exception_handler(RequestError)
     async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse({"error": one_line(exc, limit=None)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"error": one_line(f"invalid request ({problems})", limit=None)}, status_code=400)
+
     @app.exception_handler(Exception)
     async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
         # a bug in one request must not take the server down; the message still reaches the page
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {one_line(exc)}"}, status_code=500)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -588,13 +608,16 @@ def create_app(
             "limits": asdict(limits),
         }
 
-    @app.get("/examples/{index}.png", summary="a built-in example image (PNG)")
-    async def example(index: int) -> Response:
-        if not 0 <= index < len(service.example_png):
-            raise RequestError(404, f"example {index}: no such example (there are {len(service.example_png)})")
-        return Response(service.example_png[index], media_type="image/png")
-
     error = {"content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+    @app.get("/examples/{index}.png", summary="a built-in example image (PNG)",
+             responses={404: {"description": "no such example", **error}})
+    async def example(index: str) -> Response:
+        # read here, not by FastAPI: its validation error would be a 422 in another JSON shape
+        number = int(index) if index.isdigit() else -1
+        if not 0 <= number < len(service.example_png):
+            raise RequestError(404, f"example {index!r}: no such example (there are {len(service.example_png)})")
+        return Response(service.example_png[number], media_type="image/png")
 
     @app.post(
         "/segment",
@@ -610,6 +633,7 @@ def create_app(
             413: {"description": "upload or image over the limits", **error},
             503: {"description": "busy: too many requests waiting; retry after Retry-After seconds", **error},
             504: {"description": "the request took longer than the time limit", **error},
+            500: {"description": "a bug met while serving this request (the server stays up)", **error},
         },
     )
     async def segment(request: Request) -> dict:
@@ -721,11 +745,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401
         import uvicorn
     except ImportError as e:
         raise InputError(f"simseg serve needs the 'serve' extra ({e.name} is missing): pip install 'simseg[serve]'"
                          ) from None
+    # looked up, not imported: python-multipart's old module name warns on import, and Starlette imports the new one
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        raise InputError("simseg serve needs the 'serve' extra (python-multipart is missing): "
+                         "pip install 'simseg[serve]'")
     checkpoint = args.checkpoint
     if checkpoint is None:
         if not args.demo:
@@ -739,9 +766,11 @@ def run(args: argparse.Namespace) -> int:
     from simseg.app.options import describe_recorded, resolve_protocol
     from simseg.checkpoint import evaluation_defaults
 
+    device = resolve_device(args.device)
+    _check_can_listen(args.host, args.port)  # before the model loads: a taken port fails at once
     recorded = evaluation_defaults(checkpoint)
     examples: list[tuple[str, Image.Image]] = []
-    model = simseg.load_model(checkpoint, tokenizer=args.tokenizer, device=args.device)
+    model = simseg.load_model(checkpoint, tokenizer=args.tokenizer, device=device)
     if args.demo:
         examples = demo_examples()
         if not recorded:  # a demo checkpoint written before checkpoints recorded their evaluation defaults
@@ -764,7 +793,6 @@ def run(args: argparse.Namespace) -> int:
         parse_class_list(default_classes)  # a typo in --classes fails here, not on the page
     app = create_app(model, limits, default_classes=default_classes, examples=examples, cache_dir=args.cache_dir,
                      title=checkpoint, protocol_params=protocol_params, default_protocol=protocol)
-    _check_can_listen(args.host, args.port)
     print(f"simseg serve: {checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
