@@ -229,13 +229,13 @@ def test_eval_seg_named_benchmarks(tmp_path, saved_checkpoint, capsys):
     args[2] = "pascal_voc,nope"
     assert main(args) == 2
     assert "unknown dataset(s) 'nope'" in capsys.readouterr().err
-    # nothing under the root: a table of eight missing benchmarks and a warning, no model loaded
+    # nothing under the root: a wrong --data-root, one line, no model loaded and no report written
     (tmp_path / "empty").mkdir()
     args[2], args[4], args[10] = "all", str(tmp_path / "empty"), str(tmp_path / "none")
-    assert main(args) == 0
-    assert "no benchmark found under" in capsys.readouterr().err
-    summary = json.loads((tmp_path / "none" / "summary.json").read_text())
-    assert [row["status"] for row in summary["benchmarks"]] == ["missing"] * 8 and summary["average_mIoU"] is None
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'empty'}: no benchmark found" in err
+    assert not (tmp_path / "none").exists()
 
 
 def test_eval_seg_dense_preset_is_merged_under_set(tmp_path, saved_checkpoint, capsys):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -507,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
     from simseg.checkpoint import evaluation_defaults
     from simseg.protocols import DEFAULT_PROTOCOL
     from simseg.distributed import all_gather_object, get_local_rank, get_rank, get_world_size, init_distributed
+    from simseg.errors import InputError
     from simseg.progress import progress_bar
     from simseg.segdata import parse_benchmark_selection, resolve_data_root, select_benchmarks
 
@@ -525,6 +525,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_set(args.params)
     root = resolve_data_root(args.data_root)
     presence = select_benchmarks(root, args.dataset)
+    if not any(p.present for p in presence):  # a wrong --data-root, not a run with nothing to report
+        raise InputError(f"{root}: no benchmark found; is it the data root (the folder holding VOCdevkit/, "
+                         "coco_stuff164k/, cityscapes/, ade/)?")
     distributed = init_distributed()
     rank, world_size = get_rank(), get_world_size()
     device = resolve_device(args.device, get_local_rank() if distributed else None)
@@ -574,10 +577,6 @@ def run(args: argparse.Namespace) -> int:
             write_summary(out, plans, args, stamp, preset)  # after each benchmark: a stopped run keeps its table
     bar.close()
     if main and not single:
-        if not todo:
-            write_summary(out, plans, args, stamp, preset)
-            print(f"warning: no benchmark found under {root}; is it the data root (the folder holding VOCdevkit/, "
-                  "coco_stuff164k/, cityscapes/, ade/)?", file=sys.stderr)
         for plan in plans:
             if not plan.present:
                 print(f"{plan.title} ({plan.name}): missing: {plan.reason}")
