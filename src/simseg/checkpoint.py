@@ -390,6 +390,8 @@ def load_model(
 
     if backend not in ("torch", "onnx"):
         raise InputError(f"backend {backend!r}: choose torch or onnx")
+    if not str(path_or_preset).strip():  # Path("") is ".", which would name the working folder instead
+        raise InputError("checkpoint: empty name (give a checkpoint folder, a .pth file, a preset or hf-hub:ORG/NAME)")
     if backend == "onnx":
         from simseg.export import load_onnx_model
 

@@ -184,6 +184,8 @@ CASES = [
     case(SEG + " --protocol magic", 2, "--protocol: invalid choice: 'magic'"),
     case(SEG + " --templates all", 2, "--templates: invalid choice: 'all'"),
     case(SEG + " --backend tensorrt", 2, "--backend: invalid choice: 'tensorrt'"),
+    case(["segment", "$img", "--classes", "cat", "--out", "$d/out", "--checkpoint", ""], 2,
+         "checkpoint: empty name", id="segment --checkpoint ''"),
     case("eval-retrieval --checkpoint $ck --batch-size many", 2, "--batch-size: invalid int value: 'many'"),
     case("serve --checkpoint $ck --port http", 2, "--port: invalid int value: 'http'"),
     case("export $ck $d/onnx --image-size big", 2, "--image-size: invalid int value: 'big'"),
