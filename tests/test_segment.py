@@ -504,3 +504,117 @@ def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_pa
     expected = full.argmax(dim=0).numpy()
     np.testing.assert_array_equal(got, expected)
     assert len(np.unique(expected)) > 1
+
+
+# ------------------------------------------------------------------ the paper's rules at their boundaries, and written out
+def test_default_rule_accepts_a_score_exactly_at_the_threshold():
+    """The paper's defaults (top 10, mean + 1.0 x unbiased std, 5 candidates) on scores whose threshold is exact in
+    binary: the top ten are 13/32, 9/32, 7/32, 6/32, 5/32, 4/32, 3/32, 3/32, 0, 0 (mean 5/32, std 4/32), so the
+    threshold is 9/32 exactly, and the class scoring 9/32 is kept: the walk stops only BELOW the threshold."""
+    scores = torch.tensor([13, 0, 7, -16, 9, 6, -8, 5, 4, 3, -24, 3, 0, -32, -4], dtype=torch.float32) / 32
+    top = np.sort(scores.numpy().astype(np.float64))[::-1][:10]
+    assert top.mean() + 1.0 * top.std(ddof=1) == 9 / 32  # the independent computation: exact
+    accepted, threshold = select_classes(scores)
+    assert threshold == 9 / 32
+    assert accepted == [4]  # background (13/32) skipped, 9/32 kept (equal), 7/32 below: the walk stops
+    assert select_classes(scores, background=None)[0] == [0, 4]
+    # the threshold is over the top 10 only: the 5 lowest scores (-1/8 .. -1) would lower the mean and widen the std
+    assert select_classes(scores, top_n=15)[1] != threshold and select_classes(scores, top_n=11)[1] != threshold
+
+
+def test_walk_covers_exactly_five_candidates_background_included():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, -2.0], dtype=torch.float32)
+    # threshold = the mean of all eight (0.275): seven classes are above it, but only the top 5 (background among them) walk
+    assert select_classes(scores, top_n=8, threshold_std=0.0)[0] == [1, 2, 3, 4]
+    assert select_classes(scores, top_n=8, threshold_std=0.0, background=None)[0] == [0, 1, 2, 3, 4]
+    assert select_classes(scores, top_n=8, threshold_std=0.0, candidates=6)[0] == [1, 2, 3, 4, 5]
+
+
+def _bump_tokens(num_classes: int, centres: dict[int, tuple[float, float]], grid: int = 18) -> torch.Tensor:
+    """(grid * grid, 512) patch tokens whose dimension c is a smooth bump around ``centres[c]`` (in patches), plus
+    noise in the dimensions no class uses. With one-hot class embeddings a patch's cosine to class c is then its
+    normalised dimension c: exact, whatever the matrix product's blocking."""
+    g = torch.Generator().manual_seed(11)
+    yy, xx = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    tokens = torch.zeros(grid * grid, 512)
+    tokens[:, num_classes:] = 0.3 * torch.randn(grid * grid, 512 - num_classes, generator=g)
+    for c, (cy, cx) in centres.items():
+        tokens[:, c] = (3.0 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0 ** 2))).reshape(-1)
+    return tokens
+
+
+def _discs_image(centres: dict[int, tuple[float, float]], size: int = 288) -> Image.Image:
+    """Grey noise with one coloured disc per class, a little off its bump: the CRF has edges to snap to."""
+    rng = np.random.default_rng(12)
+    img = rng.normal(110, 20, (size, size, 3))
+    yy, xx = np.mgrid[:size, :size]
+    for i, (c, (cy, cx)) in enumerate(sorted(centres.items())):
+        colour = np.array([(60 * i + 200) % 256, (110 * i + 40) % 256, (170 * i + 90) % 256], np.float64)
+        inside = (yy - 16 * cy - 10) ** 2 + (xx - 16 * cx + 6) ** 2 < (16 * 3.2) ** 2
+        img[inside] = colour + rng.normal(0, 10, (int(inside.sum()), 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _paper_reference(tokens, class_emb, scores, x, size, top_n, crf):
+    """The paper's steps 3-6 written out with literal numbers (top ``top_n``, mean + 1.0 x unbiased std, top 5, skip
+    background, nearest x16, min-max, the dense CRF with 3/3, 40/13/10 and 3 iterations, one 7 x 7 dilation then one
+    erosion, argmax of the score-weighted masks, nearest resize). Returns (labels, accepted, threshold)."""
+    from tests.test_crf import _direct_crf
+
+    s = scores.numpy().astype(np.float64)
+    top = np.sort(s)[::-1][:top_n]
+    threshold = top.mean() + 1.0 * top.std(ddof=1)
+    assert np.abs(s - threshold).min() > 1e-4  # no float32 rounding question in this fixture
+    accepted = []
+    for c in np.argsort(-s, kind="stable")[:5]:
+        if c == 0:
+            continue
+        if s[c] < threshold:
+            break
+        accepted.append(int(c))
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    image = ((x[0] * std + mean) * 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    sims = (F.normalize(tokens, dim=-1) @ class_emb.T).numpy()
+    weighted = np.zeros((len(s), 288, 288))
+    kernel = np.ones((7, 7), np.uint8)
+    for c in accepted:
+        m = sims[:, c].reshape(18, 18).repeat(16, axis=0).repeat(16, axis=1)
+        p = (m - m.min()) / (m.max() - m.min())
+        mask = _direct_crf(image, p)[0] if crf else (p > 0.5)
+        mask = cv2.erode(cv2.dilate(mask.astype(np.uint8) * 255, kernel), kernel) > 0
+        weighted[c] = mask * s[c]
+    labels = weighted.argmax(axis=0).astype(np.uint8)
+    return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST), accepted, threshold
+
+
+@pytest.mark.parametrize(("num_classes", "params", "crf"), [(14, {}, True), (14, {}, False),
+                                                            (35, {"top_n": 30}, True)])
+def test_simseg_postprocess_equals_the_papers_steps_written_out(model, num_classes, params, crf):
+    """Everything after the forward, compared label for label with the paper's description computed here: the
+    threshold over the top 10 (or 30, PASCAL Context's), the 5-candidate walk, the maps, the CRF, the closing, the
+    composition and the resize."""
+    from simseg.segment import make_protocol
+
+    centres = {1: (4.0, 4.0), 2: (4.5, 12.0), 3: (12.0, 5.0), 4: (12.5, 12.5), 5: (8.0, 8.5), 6: (2.0, 15.0)}
+    tokens = _bump_tokens(num_classes, centres)
+    class_emb = torch.eye(num_classes, 512)
+    high = {0: 0.35, 3: 0.33, 1: 0.32, 5: 0.31, 2: 0.30, 4: 0.29, 6: 0.28}  # background on top: skipped
+    it = iter(np.linspace(0.02, -0.4, num_classes - len(high)))
+    scores = torch.tensor([high[c] if c in high else float(next(it)) for c in range(num_classes)],
+                          dtype=torch.float32)
+    if num_classes == 14:  # ten scores set the threshold: only four are well above the rest (background, 3, 1, 5)
+        scores[[2, 4, 6]] = torch.tensor([0.05, 0.04, 0.03])
+    protocol = make_protocol("simseg", crf=crf, **params)
+    x = protocol.preprocess(_discs_image(centres))
+    names = ["background"] + [f"class{c}" for c in range(1, num_classes)]
+    result = protocol.postprocess(model, class_emb, names, x, tokens, (18, 18), scores, size=(200, 150))
+    top_n = params.get("top_n", 10)
+    expected, accepted, threshold = _paper_reference(tokens, class_emb, scores, x, (200, 150), top_n, crf)
+    assert result.details["accepted"] == [names[c] for c in accepted]
+    assert result.details["threshold"] == pytest.approx(threshold, abs=1e-6)
+    np.testing.assert_array_equal(result.labels, expected)
+    # the fixture decides something: several classes segmented, each winning pixels
+    assert accepted == ([3, 1, 5] if num_classes == 14 else [3, 1, 5, 2])
+    assert set(np.unique(expected)) == {0, *accepted}
