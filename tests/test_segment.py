@@ -479,7 +479,7 @@ def test_simseg_protocol_synonyms_scores_and_patch_maps(model, tmp_path):
     assert (result.labels[:40, 8:40] == 1).all()  # the left region is cat through its synonym "kitty"
 
 
-@pytest.mark.parametrize("batch_size", [1, 5])
+@pytest.mark.parametrize("batch_size", [1, 5, 11, 12])  # 12 windows: one short of a batch, exactly one
 def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_path, batch_size):
     from torchvision.transforms import functional as TF
 
@@ -618,3 +618,27 @@ def test_simseg_postprocess_equals_the_papers_steps_written_out(model, num_class
     # the fixture decides something: several classes segmented, each winning pixels
     assert accepted == ([3, 1, 5] if num_classes == 14 else [3, 1, 5, 2])
     assert set(np.unique(expected)) == {0, *accepted}
+
+
+def test_simseg_forward_is_a_square_288_input_and_top5_pooled_cosines(model):
+    """Step 1 and 3 of the paper: Resize((288, 288)) (PIL bilinear), ToTensor, Normalize with ImageNet's numbers, an
+    18 x 18 grid; image-level scores = cosine of the top-5 LoDA-pooled image embedding with each class embedding."""
+    from torchvision import transforms as T
+
+    from simseg.segment import make_protocol
+
+    protocol = make_protocol("simseg", crf=False)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    x = protocol.preprocess(image)
+    reference = T.Compose([T.Resize((288, 288)), T.ToTensor(),
+                           T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(image)
+    assert x.shape == (1, 3, 288, 288) and torch.equal(x[0], reference)
+    class_emb = _unit_rows(6, seed=9)
+    tokens, grid, scores = protocol.forward(model, class_emb, x)
+    assert grid == (18, 18) and tokens.shape[0] == 324
+    with torch.no_grad():
+        patches, _ = model.encode_image_tokens(x)
+    pooled = patches[0].sort(dim=0, descending=True).values[:5].mean(dim=0)
+    pooled = pooled / (pooled.pow(2).sum().sqrt() + 1e-8)
+    torch.testing.assert_close(scores, class_emb @ pooled, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tokens, patches[0], rtol=0, atol=0)

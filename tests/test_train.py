@@ -69,6 +69,18 @@ def test_warmup_length_is_truncated_as_the_original(total):
     assert lr_scale(n, total) == 1.0  # the cosine starts at the first step after the warm-up
 
 
+def test_training_runs_the_schedule_step_by_step(vocab_dir, tmp_path):
+    """The learning rate each step ran at (metrics.jsonl) is the original's: int(5 x 0.3) = 1 warm-up step from lr 0
+    (not the rounded 2), then lr x (0.1 + 0.9 x 0.5 x (1 + cos(pi x progress))) over the 4 remaining steps."""
+    import math
+
+    train(_cfg(vocab_dir, tmp_path / "run", steps=5, warmup=0.3, lr=1e-3), batch_iter=_batches(), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    expected = [0.0] + [1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 4))) for s in range(1, 5)]
+    assert [r["lr"] for r in log] == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
 @pytest.mark.parametrize("preset", ["simseg-vit-s16", "simseg-vit-b16"])
 def test_paper_presets_are_the_original_recipe(tiny_model, preset):
     from simseg.config import load_preset
