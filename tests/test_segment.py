@@ -642,3 +642,22 @@ def test_simseg_forward_is_a_square_288_input_and_top5_pooled_cosines(model):
     pooled = pooled / (pooled.pow(2).sum().sqrt() + 1e-8)
     torch.testing.assert_close(scores, class_emb @ pooled, rtol=0, atol=1e-6)
     torch.testing.assert_close(tokens, patches[0], rtol=0, atol=0)
+
+
+def test_without_crf_a_pixel_at_exactly_one_half_is_background(model):
+    """The "without CRF" variant decides each pixel by the argmax of [1 - p, p], whose tie (p = 0.5 exactly) goes to
+    the first label, background: here the left patches score -1, the middle 0 and the right +1 for the class, so
+    after min-max the middle is exactly 0.5 and stays background."""
+    from simseg.segment import make_protocol
+
+    class_emb = torch.eye(3, 512)
+    tokens = torch.zeros(18, 18, 512)
+    tokens[:, :6, 1] = -1.0
+    tokens[:, 6:12, 10] = 1.0  # orthogonal to every class: cosine 0
+    tokens[:, 12:, 1] = 1.0
+    protocol = make_protocol("simseg", crf=False)
+    result = protocol.postprocess(model, class_emb, ["background", "cat", "dog"], torch.zeros(1, 3, 288, 288),
+                                  tokens.reshape(324, 512), (18, 18), torch.tensor([0.1, 0.5, 0.0]), size=(288, 288))
+    assert result.details["accepted"] == ["cat"]
+    assert (result.labels[:, 200:] == 1).all()
+    assert not result.labels[:, :188].any()  # -1 (p = 0) and 0 (p = 0.5 exactly): background
