@@ -116,7 +116,8 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_decoupled_accumulation_equals_full_batch(vocab_dir):
+@pytest.mark.parametrize("chunk", [5, 6, 12, 13])  # a short last chunk, exact multiples, one chunk, one over
+def test_decoupled_accumulation_equals_full_batch(vocab_dir, chunk):
     torch.manual_seed(0)
     model = build_model(_cfg(vocab_dir, "x")["model"], load_tokenizer(vocab_dir))
     batch = next(_batches(n=12))
@@ -125,9 +126,9 @@ def test_decoupled_accumulation_equals_full_batch(vocab_dir):
     # each chunk's own masks is the next test)
     model.eval()
     ref = []
-    for chunk in (0, 5):
+    for size in (0, chunk):
         model.zero_grad()
-        loss = contrastive_step(model, batch["images"], tok["input_ids"], tok["attention_mask"], chunk_size=chunk)
+        loss = contrastive_step(model, batch["images"], tok["input_ids"], tok["attention_mask"], chunk_size=size)
         ref.append((loss, _grads(model)))
     (l0, g0), (l1, g1) = ref
     assert torch.allclose(l0, l1, atol=1e-6)

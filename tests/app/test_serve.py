@@ -184,6 +184,20 @@ def test_limits_hold_exactly_at_their_boundary(model):
     assert r.status_code == 413 and "exceeds the upload limit" in r.json()["error"]
 
 
+def test_class_count_is_checked_before_parsing_exactly_at_its_boundary(model):
+    """Lists are counted by their commas before they are parsed: up to max_classes + 1 entries (room for background)
+    are parsed (so a bad entry among them is named), one more is refused by the count alone."""
+    client = TestClient(create_app(model, ServeLimits(max_classes=5), segmenter_factory=stand_in_factory()))
+    image = png_bytes()
+    r = post(client, image, classes="c0, c1, c2, c3, c4, ")  # 6 entries, the last empty: parsed
+    assert r.status_code == 400 and "empty class name at position 6" in r.json()["error"]
+    r = post(client, image, classes="c0, c1, c2, c3, c4, c0")  # 6 entries, a duplicate: parsed
+    assert r.status_code == 400 and "duplicate class name 'c0'" in r.json()["error"]
+    for text in ("c0, c1, c2, c3, c4, c5, ", "c0, c1, c2, c3, c4, c5, c0"):  # 7 entries: counted, never parsed
+        r = post(client, image, classes=text)
+        assert r.status_code == 400 and r.json()["error"] == "classes: 7 names given; the limit is 5", text
+
+
 def test_default_limits_at_their_boundary(model):
     """The defaults: 100 classes (background not counted) of up to 100 characters, 16 megapixels, 10 MB uploads."""
     defaults = ServeLimits()
