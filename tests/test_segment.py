@@ -145,6 +145,27 @@ def test_protocol_parameters_are_checked():
     assert make_params("dense", bg_threshold=None).bg_threshold is None
 
 
+@pytest.mark.parametrize(("protocol", "name"), [("simseg", n) for n in ("input_size", "top_n", "candidates",
+                                                                         "crf_iterations")]
+                         + [("dense", n) for n in ("short_side", "crop_size", "stride", "batch_size")])
+def test_protocol_minimums_at_their_boundary(protocol, name):
+    assert getattr(make_params(protocol, **{name: 1}), name) == 1
+    with pytest.raises(ConfigError, match=f"protocol parameter {name}: must be at least 1, got 0"):
+        make_params(protocol, **{name: 0})
+
+
+def test_protocol_ranges_at_their_boundaries():
+    assert make_params("simseg", closing_kernel=0).closing_kernel == 0
+    with pytest.raises(ConfigError, match="closing_kernel: must be >= 0, got -1"):
+        make_params("simseg", closing_kernel=-1)
+    for protocol, name in (("simseg", "no_crf_threshold"), ("dense", "bg_threshold")):
+        for edge in (0.0, 1.0):
+            assert getattr(make_params(protocol, **{name: edge}), name) == edge
+        for outside in (-0.001, 1.001):
+            with pytest.raises(ConfigError, match=f"{name}: must be in \\[0, 1\\]"):
+                make_params(protocol, **{name: outside})
+
+
 # ------------------------------------------------------------------ class embeddings and their cache
 def test_class_embeddings_match_the_per_class_max_length_recipe(model, tmp_path):
     names = ["background", "cat", "dog"]

@@ -156,6 +156,34 @@ def test_image_over_the_pixel_limit_is_413_before_decoding(model):
     assert post(client, png_bytes(30, 30)).status_code == 200
 
 
+@pytest.mark.parametrize("name", ["max_upload_bytes", "max_pixels", "max_classes", "max_class_chars", "queue",
+                                  "cache_size"])
+def test_limit_settings_are_at_least_one(name):
+    from simseg.errors import InputError
+
+    assert getattr(ServeLimits(**{name: 1}), name) == 1
+    with pytest.raises(InputError, match=f"serve limit {name}: must be at least 1, got 0"):
+        ServeLimits(**{name: 0})
+
+
+def test_queue_of_one_admits_exactly_one_request(model):
+    gate = threading.Event()
+    app = create_app(model, ServeLimits(queue=1), segmenter_factory=stand_in_factory(gate=gate))
+    client = TestClient(app)
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(post(client, png_bytes())))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while app.state.service.busy < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r = post(client, png_bytes())
+    assert r.status_code == 503 and "busy: 1 requests" in r.json()["error"] and "(limit 1)" in r.json()["error"]
+    gate.set()
+    thread.join(10)
+    assert [res.status_code for res in result] == [200]
+    assert post(client, png_bytes()).status_code == 200  # the slot is free again
+
+
 def _padded_png(total: int) -> bytes:
     """A valid PNG of exactly ``total`` bytes (zeros after its end chunk, which decoders ignore)."""
     data = png_bytes(40, 30)
