@@ -154,6 +154,14 @@ def test_protocol_minimums_at_their_boundary(protocol, name):
         make_params(protocol, **{name: 0})
 
 
+def test_dense_defaults_are_the_documented_ones():
+    """The dense protocol's own settings (``--preset none``), as docs/protocol.md's table gives them."""
+    from dataclasses import asdict
+
+    assert asdict(make_params("dense")) == {"short_side": 448, "crop_size": 448, "stride": 224, "bg_threshold": None,
+                                            "batch_size": 8}
+
+
 def test_protocol_ranges_at_their_boundaries():
     assert make_params("simseg", closing_kernel=0).closing_kernel == 0
     with pytest.raises(ConfigError, match="closing_kernel: must be >= 0, got -1"):
