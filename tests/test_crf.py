@@ -84,3 +84,85 @@ def test_closing_fills_holes_and_keeps_border_objects():
     assert not out[13:, 13:].any()
     np.testing.assert_array_equal(closing(mask, 1), mask)
     np.testing.assert_array_equal(closing(mask.astype(np.uint8) * 255, 0), mask)
+
+
+# ------------------------------------------------------------------ against a direct pydensecrf2 call with the paper's numbers
+def _textured_image(h: int = 48, w: int = 64) -> np.ndarray:
+    """Colour edges (a red left part, a blue disc), a green ramp and noise: every CRF setting matters on it."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.float64)
+    img[..., 0] = 200 * (xx < 28) + 30
+    img[..., 1] = 2 * xx
+    img[..., 2] = 180 * ((yy - 20) ** 2 + (xx - 40) ** 2 < 150) + 20
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _smooth_map(h: int = 48, w: int = 64) -> np.ndarray:
+    """A foreground probability map that is uncertain in many places (values all over [0.05, 0.95])."""
+    yy, xx = np.mgrid[:h, :w]
+    p = 0.5 + 0.35 * np.sin(xx / 9.0) * np.cos(yy / 7.0) + 0.1 * ((xx // 8 + yy // 8) % 2 - 0.5)
+    return np.clip(p, 0, 1).astype(np.float32)
+
+
+def _direct_crf(image, prob, iterations=3, gauss_sxy=3, gauss_compat=3, bilateral_sxy=40, bilateral_srgb=13,
+                bilateral_compat=10):
+    """The original's CRF written out with pydensecrf2 itself: 2 labels, unary -log([1 - p, p] + 1e-8), a Gaussian
+    kernel (sxy 3, compat 3), a bilateral kernel (sxy 40, srgb 13, compat 10), 3 mean-field iterations, np.argmax.
+    Returns the argmax labels and the marginals."""
+    dcrf = require_densecrf()
+    h, w = prob.shape
+    crf = dcrf.DenseCRF2D(w, h, 2)
+    unary = -np.log(np.stack([1 - prob, prob]).reshape(2, -1) + 1e-8)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
+                             compat=bilateral_compat)
+    q = np.array(crf.inference(iterations))
+    return np.argmax(q, axis=0).reshape(h, w), q
+
+
+def test_crf_parameters_are_the_papers():
+    from simseg.protocols import CRFParams, SimSegParams
+
+    paper = dict(iterations=3, gauss_sxy=3, gauss_compat=3, bilateral_sxy=40, bilateral_srgb=13, bilateral_compat=10)
+    assert {k: getattr(CRFParams(), k) for k in paper} == paper
+    assert {k: getattr(SimSegParams().crf(), k) for k in paper} == paper
+    custom = SimSegParams(crf_iterations=5, crf_gauss_sxy=1, crf_gauss_compat=2, crf_bilateral_sxy=30,
+                          crf_bilateral_srgb=7, crf_bilateral_compat=4).crf()
+    assert (custom.iterations, custom.gauss_sxy, custom.gauss_compat, custom.bilateral_sxy, custom.bilateral_srgb,
+            custom.bilateral_compat) == (5, 1, 2, 30, 7, 4)
+
+
+def test_crf_equals_a_direct_pydensecrf_call_pixel_for_pixel():
+    img, prob = _textured_image(), _smooth_map()
+    expected, _ = _direct_crf(img, prob)
+    got = dense_crf_binary(img, prob)
+    assert got.dtype == np.bool_
+    np.testing.assert_array_equal(got, expected.astype(bool))
+    assert 0.2 < expected.mean() < 0.8  # a real decision, not all one label
+    # the fixture tells the paper's settings from their neighbours: each change below moves pixels, so a wrong or
+    # swapped constant cannot pass the comparison above
+    for change in (dict(iterations=2), dict(iterations=4), dict(gauss_sxy=2), dict(gauss_sxy=4), dict(gauss_compat=2),
+                   dict(gauss_compat=4), dict(bilateral_sxy=13, bilateral_srgb=40), dict(bilateral_srgb=12),
+                   dict(bilateral_srgb=14), dict(bilateral_compat=9), dict(bilateral_compat=11)):
+        assert (_direct_crf(img, prob, **change)[0] != expected).sum() >= 5, change
+    # other parameters reach the library: the call with them equals the direct call with them
+    from simseg.protocols import CRFParams
+
+    other = CRFParams(iterations=2, gauss_sxy=4, gauss_compat=2, bilateral_sxy=30, bilateral_srgb=20,
+                      bilateral_compat=6)
+    np.testing.assert_array_equal(
+        dense_crf_binary(img, prob, other),
+        _direct_crf(img, prob, 2, 4, 2, 30, 20, 6)[0].astype(bool))
+
+
+def test_crf_tie_goes_to_background_as_argmax():
+    """p = 0.5 everywhere: both labels get the same unary and the same messages, so the marginals tie exactly, and
+    np.argmax (the original's) gives the first label, background, at every pixel."""
+    img = _textured_image()
+    half = np.full((48, 64), 0.5, np.float32)
+    labels, q = _direct_crf(img, half)
+    assert np.array_equal(q[0], q[1]) and not labels.any()
+    assert not dense_crf_binary(img, half).any()

@@ -498,6 +498,11 @@ def test_streamed_lost_samples_are_counted_exactly(tmp_path):
     assert sorted(c for c in batch["captions"] if c.startswith("good")) == sorted(
         [f"good a{i}" for i in range(4)] + [f"good b{i}" for i in range(4)])
     assert batch["skipped"] == BROKEN_LOST and batch["skipped_by_source"] == [BROKEN_LOST, 0]
+    # the same with the stream second: its losses are booked to it, not to the first source
+    loader = build_train_loader([ListSource("rows", 8, bad={5}), src], [1.0, 1.0], batch_size=2 * BROKEN_GOOD,
+                                transform=SMALL, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["skipped"] == BROKEN_LOST + 1 and batch["skipped_by_source"] == [1, BROKEN_LOST]
 
 
 def test_shard_losses_without_stats_and_short_shards(tmp_path):

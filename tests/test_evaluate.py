@@ -170,3 +170,15 @@ def test_paper_top_n_per_benchmark():
     assert benchmark_parameters("pascal_context", "dense", {}) == {}
 
 
+def test_paper_top_n_is_30_on_both_context_variants_and_10_elsewhere():
+    from simseg.protocols import make_params
+    from simseg.segdata import BENCHMARKS
+
+    context = {"pascal_context", "pascal_context59"}
+    assert context <= set(BENCHMARKS)
+    for name in BENCHMARKS:
+        params = make_params("simseg", **benchmark_parameters(name, "simseg", {}))
+        assert params.top_n == (30 if name in context else 10), name
+        assert (params.threshold_std, params.candidates) == (1.0, 5), name
+
+

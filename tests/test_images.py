@@ -64,3 +64,31 @@ def test_broken_inputs_name_the_file(tmp_path):
     with pytest.raises(InputError, match="upload.png"):
         load_image(b"garbage", name="upload.png")
     assert load_image(buf.getvalue()).size == (64, 64)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG of that size without pixel data (an empty IDAT chunk): its header reads, it never decodes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_at_its_boundary():
+    """Exactly max_pixels is read, one pixel more is refused from the header; the default limit is 100 megapixels."""
+    from simseg.images import DEFAULT_MAX_PIXELS
+
+    exact = io.BytesIO()
+    Image.new("RGB", (40, 25), (9, 8, 7)).save(exact, format="PNG")
+    assert load_image(exact.getvalue(), max_pixels=1000).size == (40, 25)
+    over = io.BytesIO()
+    Image.new("RGB", (1001, 1)).save(over, format="PNG")
+    with pytest.raises(InputError, match=r"1001x1 = 1001 pixels exceeds the limit of 1000"):
+        load_image(over.getvalue(), max_pixels=1000)
+    assert DEFAULT_MAX_PIXELS == 10000 * 10000
+    with pytest.raises(InputError, match=r"10001x10000 = 100010000 pixels exceeds the limit of 100000000"):
+        load_image(_png_header_only(10001, 10000), name="huge.png")

@@ -145,6 +145,35 @@ def test_protocol_parameters_are_checked():
     assert make_params("dense", bg_threshold=None).bg_threshold is None
 
 
+@pytest.mark.parametrize(("protocol", "name"), [("simseg", n) for n in ("input_size", "top_n", "candidates",
+                                                                         "crf_iterations")]
+                         + [("dense", n) for n in ("short_side", "crop_size", "stride", "batch_size")])
+def test_protocol_minimums_at_their_boundary(protocol, name):
+    assert getattr(make_params(protocol, **{name: 1}), name) == 1
+    with pytest.raises(ConfigError, match=f"protocol parameter {name}: must be at least 1, got 0"):
+        make_params(protocol, **{name: 0})
+
+
+def test_dense_defaults_are_the_documented_ones():
+    """The dense protocol's own settings (``--preset none``), as docs/protocol.md's table gives them."""
+    from dataclasses import asdict
+
+    assert asdict(make_params("dense")) == {"short_side": 448, "crop_size": 448, "stride": 224, "bg_threshold": None,
+                                            "batch_size": 8}
+
+
+def test_protocol_ranges_at_their_boundaries():
+    assert make_params("simseg", closing_kernel=0).closing_kernel == 0
+    with pytest.raises(ConfigError, match="closing_kernel: must be >= 0, got -1"):
+        make_params("simseg", closing_kernel=-1)
+    for protocol, name in (("simseg", "no_crf_threshold"), ("dense", "bg_threshold")):
+        for edge in (0.0, 1.0):
+            assert getattr(make_params(protocol, **{name: edge}), name) == edge
+        for outside in (-0.001, 1.001):
+            with pytest.raises(ConfigError, match=f"{name}: must be in \\[0, 1\\]"):
+                make_params(protocol, **{name: outside})
+
+
 # ------------------------------------------------------------------ class embeddings and their cache
 def test_class_embeddings_match_the_per_class_max_length_recipe(model, tmp_path):
     names = ["background", "cat", "dog"]
@@ -501,7 +530,7 @@ def test_simseg_protocol_synonyms_scores_and_patch_maps(model, tmp_path):
     assert (result.labels[:40, 8:40] == 1).all()  # the left region is cat through its synonym "kitty"
 
 
-@pytest.mark.parametrize("batch_size", [1, 5])
+@pytest.mark.parametrize("batch_size", [1, 5, 11, 12])  # 12 windows: one short of a batch, exactly one
 def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_path, batch_size):
     from torchvision.transforms import functional as TF
 
@@ -526,3 +555,160 @@ def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_pa
     expected = full.argmax(dim=0).numpy()
     np.testing.assert_array_equal(got, expected)
     assert len(np.unique(expected)) > 1
+
+
+# ------------------------------------------------------------------ the paper's rules at their boundaries, and written out
+def test_default_rule_accepts_a_score_exactly_at_the_threshold():
+    """The paper's defaults (top 10, mean + 1.0 x unbiased std, 5 candidates) on scores whose threshold is exact in
+    binary: the top ten are 13/32, 9/32, 7/32, 6/32, 5/32, 4/32, 3/32, 3/32, 0, 0 (mean 5/32, std 4/32), so the
+    threshold is 9/32 exactly, and the class scoring 9/32 is kept: the walk stops only BELOW the threshold."""
+    scores = torch.tensor([13, 0, 7, -16, 9, 6, -8, 5, 4, 3, -24, 3, 0, -32, -4], dtype=torch.float32) / 32
+    top = np.sort(scores.numpy().astype(np.float64))[::-1][:10]
+    assert top.mean() + 1.0 * top.std(ddof=1) == 9 / 32  # the independent computation: exact
+    accepted, threshold = select_classes(scores)
+    assert threshold == 9 / 32
+    assert accepted == [4]  # background (13/32) skipped, 9/32 kept (equal), 7/32 below: the walk stops
+    assert select_classes(scores, background=None)[0] == [0, 4]
+    # the threshold is over the top 10 only: the 5 lowest scores (-1/8 .. -1) would lower the mean and widen the std
+    assert select_classes(scores, top_n=15)[1] != threshold and select_classes(scores, top_n=11)[1] != threshold
+
+
+def test_walk_covers_exactly_five_candidates_background_included():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, -2.0], dtype=torch.float32)
+    # threshold = the mean of all eight (0.275): seven classes are above it, but only the top 5 (background among them) walk
+    assert select_classes(scores, top_n=8, threshold_std=0.0)[0] == [1, 2, 3, 4]
+    assert select_classes(scores, top_n=8, threshold_std=0.0, background=None)[0] == [0, 1, 2, 3, 4]
+    assert select_classes(scores, top_n=8, threshold_std=0.0, candidates=6)[0] == [1, 2, 3, 4, 5]
+
+
+def _bump_tokens(num_classes: int, centres: dict[int, tuple[float, float]], grid: int = 18) -> torch.Tensor:
+    """(grid * grid, 512) patch tokens whose dimension c is a smooth bump around ``centres[c]`` (in patches), plus
+    noise in the dimensions no class uses. With one-hot class embeddings a patch's cosine to class c is then its
+    normalised dimension c: exact, whatever the matrix product's blocking."""
+    g = torch.Generator().manual_seed(11)
+    yy, xx = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    tokens = torch.zeros(grid * grid, 512)
+    tokens[:, num_classes:] = 0.3 * torch.randn(grid * grid, 512 - num_classes, generator=g)
+    for c, (cy, cx) in centres.items():
+        tokens[:, c] = (3.0 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0 ** 2))).reshape(-1)
+    return tokens
+
+
+def _discs_image(centres: dict[int, tuple[float, float]], size: int = 288) -> Image.Image:
+    """Grey noise with one coloured disc per class, a little off its bump: the CRF has edges to snap to."""
+    rng = np.random.default_rng(12)
+    img = rng.normal(110, 20, (size, size, 3))
+    yy, xx = np.mgrid[:size, :size]
+    for i, (c, (cy, cx)) in enumerate(sorted(centres.items())):
+        colour = np.array([(60 * i + 200) % 256, (110 * i + 40) % 256, (170 * i + 90) % 256], np.float64)
+        inside = (yy - 16 * cy - 10) ** 2 + (xx - 16 * cx + 6) ** 2 < (16 * 3.2) ** 2
+        img[inside] = colour + rng.normal(0, 10, (int(inside.sum()), 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _paper_reference(tokens, class_emb, scores, x, size, top_n, crf):
+    """The paper's steps 3-6 written out with literal numbers (top ``top_n``, mean + 1.0 x unbiased std, top 5, skip
+    background, nearest x16, min-max, the dense CRF with 3/3, 40/13/10 and 3 iterations, one 7 x 7 dilation then one
+    erosion, argmax of the score-weighted masks, nearest resize). Returns (labels, accepted, threshold)."""
+    from tests.test_crf import _direct_crf
+
+    s = scores.numpy().astype(np.float64)
+    top = np.sort(s)[::-1][:top_n]
+    threshold = top.mean() + 1.0 * top.std(ddof=1)
+    assert np.abs(s - threshold).min() > 1e-4  # no float32 rounding question in this fixture
+    accepted = []
+    for c in np.argsort(-s, kind="stable")[:5]:
+        if c == 0:
+            continue
+        if s[c] < threshold:
+            break
+        accepted.append(int(c))
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    image = ((x[0] * std + mean) * 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    sims = (F.normalize(tokens, dim=-1) @ class_emb.T).numpy()
+    weighted = np.zeros((len(s), 288, 288))
+    kernel = np.ones((7, 7), np.uint8)
+    for c in accepted:
+        m = sims[:, c].reshape(18, 18).repeat(16, axis=0).repeat(16, axis=1)
+        p = (m - m.min()) / (m.max() - m.min())
+        mask = _direct_crf(image, p)[0] if crf else (p > 0.5)
+        mask = cv2.erode(cv2.dilate(mask.astype(np.uint8) * 255, kernel), kernel) > 0
+        weighted[c] = mask * s[c]
+    labels = weighted.argmax(axis=0).astype(np.uint8)
+    return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST), accepted, threshold
+
+
+@pytest.mark.parametrize(("num_classes", "params", "crf"), [(14, {}, True), (14, {}, False),
+                                                            (35, {"top_n": 30}, True)])
+def test_simseg_postprocess_equals_the_papers_steps_written_out(model, num_classes, params, crf):
+    """Everything after the forward, compared label for label with the paper's description computed here: the
+    threshold over the top 10 (or 30, PASCAL Context's), the 5-candidate walk, the maps, the CRF, the closing, the
+    composition and the resize."""
+    from simseg.segment import make_protocol
+
+    centres = {1: (4.0, 4.0), 2: (4.5, 12.0), 3: (12.0, 5.0), 4: (12.5, 12.5), 5: (8.0, 8.5), 6: (2.0, 15.0)}
+    tokens = _bump_tokens(num_classes, centres)
+    class_emb = torch.eye(num_classes, 512)
+    high = {0: 0.35, 3: 0.33, 1: 0.32, 5: 0.31, 2: 0.30, 4: 0.29, 6: 0.28}  # background on top: skipped
+    it = iter(np.linspace(0.02, -0.4, num_classes - len(high)))
+    scores = torch.tensor([high[c] if c in high else float(next(it)) for c in range(num_classes)],
+                          dtype=torch.float32)
+    if num_classes == 14:  # ten scores set the threshold: only four are well above the rest (background, 3, 1, 5)
+        scores[[2, 4, 6]] = torch.tensor([0.05, 0.04, 0.03])
+    protocol = make_protocol("simseg", crf=crf, **params)
+    x = protocol.preprocess(_discs_image(centres))
+    names = ["background"] + [f"class{c}" for c in range(1, num_classes)]
+    result = protocol.postprocess(model, class_emb, names, x, tokens, (18, 18), scores, size=(200, 150))
+    top_n = params.get("top_n", 10)
+    expected, accepted, threshold = _paper_reference(tokens, class_emb, scores, x, (200, 150), top_n, crf)
+    assert result.details["accepted"] == [names[c] for c in accepted]
+    assert result.details["threshold"] == pytest.approx(threshold, abs=1e-6)
+    np.testing.assert_array_equal(result.labels, expected)
+    # the fixture decides something: several classes segmented, each winning pixels
+    assert accepted == ([3, 1, 5] if num_classes == 14 else [3, 1, 5, 2])
+    assert set(np.unique(expected)) == {0, *accepted}
+
+
+def test_simseg_forward_is_a_square_288_input_and_top5_pooled_cosines(model):
+    """Step 1 and 3 of the paper: Resize((288, 288)) (PIL bilinear), ToTensor, Normalize with ImageNet's numbers, an
+    18 x 18 grid; image-level scores = cosine of the top-5 LoDA-pooled image embedding with each class embedding."""
+    from torchvision import transforms as T
+
+    from simseg.segment import make_protocol
+
+    protocol = make_protocol("simseg", crf=False)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    x = protocol.preprocess(image)
+    reference = T.Compose([T.Resize((288, 288)), T.ToTensor(),
+                           T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(image)
+    assert x.shape == (1, 3, 288, 288) and torch.equal(x[0], reference)
+    class_emb = _unit_rows(6, seed=9)
+    tokens, grid, scores = protocol.forward(model, class_emb, x)
+    assert grid == (18, 18) and tokens.shape[0] == 324
+    with torch.no_grad():
+        patches, _ = model.encode_image_tokens(x)
+    pooled = patches[0].sort(dim=0, descending=True).values[:5].mean(dim=0)
+    pooled = pooled / (pooled.pow(2).sum().sqrt() + 1e-8)
+    torch.testing.assert_close(scores, class_emb @ pooled, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tokens, patches[0], rtol=0, atol=0)
+
+
+def test_without_crf_a_pixel_at_exactly_one_half_is_background(model):
+    """The "without CRF" variant decides each pixel by the argmax of [1 - p, p], whose tie (p = 0.5 exactly) goes to
+    the first label, background: here the left patches score -1, the middle 0 and the right +1 for the class, so
+    after min-max the middle is exactly 0.5 and stays background."""
+    from simseg.segment import make_protocol
+
+    class_emb = torch.eye(3, 512)
+    tokens = torch.zeros(18, 18, 512)
+    tokens[:, :6, 1] = -1.0
+    tokens[:, 6:12, 10] = 1.0  # orthogonal to every class: cosine 0
+    tokens[:, 12:, 1] = 1.0
+    protocol = make_protocol("simseg", crf=False)
+    result = protocol.postprocess(model, class_emb, ["background", "cat", "dog"], torch.zeros(1, 3, 288, 288),
+                                  tokens.reshape(324, 512), (18, 18), torch.tensor([0.1, 0.5, 0.0]), size=(288, 288))
+    assert result.details["accepted"] == ["cat"]
+    assert (result.labels[:, 200:] == 1).all()
+    assert not result.labels[:, :188].any()  # -1 (p = 0) and 0 (p = 0.5 exactly): background

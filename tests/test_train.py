@@ -69,6 +69,18 @@ def test_warmup_length_is_truncated_as_the_original(total):
     assert lr_scale(n, total) == 1.0  # the cosine starts at the first step after the warm-up
 
 
+def test_training_runs_the_schedule_step_by_step(vocab_dir, tmp_path):
+    """The learning rate each step ran at (metrics.jsonl) is the original's: int(5 x 0.3) = 1 warm-up step from lr 0
+    (not the rounded 2), then lr x (0.1 + 0.9 x 0.5 x (1 + cos(pi x progress))) over the 4 remaining steps."""
+    import math
+
+    train(_cfg(vocab_dir, tmp_path / "run", steps=5, warmup=0.3, lr=1e-3), batch_iter=_batches(), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    expected = [0.0] + [1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 4))) for s in range(1, 5)]
+    assert [r["lr"] for r in log] == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
 @pytest.mark.parametrize("preset", ["simseg-vit-s16", "simseg-vit-b16"])
 def test_paper_presets_are_the_original_recipe(tiny_model, preset):
     from simseg.config import load_preset
@@ -104,7 +116,8 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_decoupled_accumulation_equals_full_batch(vocab_dir):
+@pytest.mark.parametrize("chunk", [5, 6, 12, 13])  # a short last chunk, exact multiples, one chunk, one over
+def test_decoupled_accumulation_equals_full_batch(vocab_dir, chunk):
     torch.manual_seed(0)
     model = build_model(_cfg(vocab_dir, "x")["model"], load_tokenizer(vocab_dir))
     batch = next(_batches(n=12))
@@ -113,9 +126,9 @@ def test_decoupled_accumulation_equals_full_batch(vocab_dir):
     # each chunk's own masks is the next test)
     model.eval()
     ref = []
-    for chunk in (0, 5):
+    for size in (0, chunk):
         model.zero_grad()
-        loss = contrastive_step(model, batch["images"], tok["input_ids"], tok["attention_mask"], chunk_size=chunk)
+        loss = contrastive_step(model, batch["images"], tok["input_ids"], tok["attention_mask"], chunk_size=size)
         ref.append((loss, _grads(model)))
     (l0, g0), (l1, g1) = ref
     assert torch.allclose(l0, l1, atol=1e-6)
@@ -141,7 +154,7 @@ def test_accumulation_replays_each_chunks_dropout(vocab_dir):
     assert len(outputs) == 6  # three chunks (5, 5, 2), embedded without a graph, then again with one
     for first, replay in zip(outputs[:3], outputs[3:]):
         for a, b in zip(first, replay):
-            assert torch.allclose(a, b, atol=1e-6)
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
     # dropout really was active: the same chunk embedded again with fresh masks differs
     again = model(batch["images"][:5], tok["input_ids"][:5], tok["attention_mask"][:5])
     assert not torch.allclose(again[1], outputs[0][1], atol=1e-6)

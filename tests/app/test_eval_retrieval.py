@@ -76,6 +76,30 @@ def test_cli_bad_image_fails_unless_skip_bad(tmp_path, vocab_dir, capsys):
 
 
 
+def test_cli_counts_every_bad_image_and_every_caption_it_drops(tmp_path, vocab_dir, capsys):
+    """Two unreadable images, one with 2 captions and one with 1 (11 rows): exactly 2 bad images and 3 captions
+    dropped, in the report, in the one-line message and in what is evaluated."""
+    rows = toy_rows(6, 2)
+    for r in rows:
+        if r["image_id"] in ("img1", "img4"):
+            r["imbytes"] = b"not an image"
+    rows = [r for r in rows if r["id"] != 41]  # img4 keeps one caption
+    write_parquet(tmp_path / "data" / "toy" / "valid.parquet", rows)
+    common = ["--dataset", "toy", "--data-root", str(tmp_path / "data"), "--checkpoint", "tiny", "--tokenizer",
+              str(vocab_dir), "--crop-size", "32", "--resize-size", "36"]
+    assert _cli([*common, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "error: 2 unreadable image(s) (image_id 'img1', 'img4'; 3 captions left out)" in err
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["num_bad_images"] == 2
+    assert _cli([*common, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 unreadable image(s) (image_id 'img1', 'img4'; 3 captions left out)" in err
+    report = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert (report["num_rows"], report["num_images"], report["num_captions"]) == (11, 4, 8)
+    assert (report["num_bad_images"], report["num_captions_dropped"]) == (2, 3)
+    assert [b["image_id"] for b in report["bad_images"]] == ["img1", "img4"]
+
+
 def test_cli_csv_source(tmp_path, vocab_dir):
     lines = ["image,caption,image_id"]
     for r in toy_rows(3, 2):

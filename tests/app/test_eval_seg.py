@@ -210,6 +210,28 @@ def test_eval_seg_all_lists_missing_benchmarks_and_resumes(tmp_path, saved_check
     assert seen == ["pascal_voc", "pascal_voc20", "ade20k"]
 
 
+def test_eval_seg_all_counts_bad_samples_per_benchmark_and_in_all(tmp_path, saved_checkpoint, capsys):
+    """One corrupt VOC image is one bad sample in VOC21 and one in VOC20 (the same images), none in ADE20K: each
+    report, the summary and the exit status count exactly those."""
+    from simseg.app.cli import main
+
+    data, out = tmp_path / "data", tmp_path / "all"
+    _suite_root(data)
+    (data / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2008_000001.jpg").write_bytes(b"\xff\xd8\xff junk")
+    assert main(_suite_args(data, saved_checkpoint, tmp_path / "cache", out, "--num-overlays", "0")) == 1
+    err = capsys.readouterr().err
+    assert "2 bad sample(s), listed in the report(s)" in err and "--skip-bad" in err
+    rows = {row["name"]: row for row in json.loads((out / "summary.json").read_text())["benchmarks"]}
+    assert {name: rows[name]["num_bad"] for name in ("pascal_voc", "pascal_voc20", "ade20k")} == {
+        "pascal_voc": 1, "pascal_voc20": 1, "ade20k": 0}
+    assert {name: rows[name]["num_evaluated"] for name in ("pascal_voc", "pascal_voc20", "ade20k")} == {
+        "pascal_voc": 2, "pascal_voc20": 2, "ade20k": 2}
+    for name, bad in (("pascal_voc", 1), ("pascal_voc20", 1), ("ade20k", 0)):
+        report = json.loads((out / name / "metrics.json").read_text())
+        assert (report["num_bad"], len(report["bad_samples"])) == (bad, bad), name
+    assert "computed (1 bad)" in (out / "summary.md").read_text()
+
+
 def test_eval_seg_named_benchmarks(tmp_path, saved_checkpoint, capsys):
     from simseg.app.cli import main
 

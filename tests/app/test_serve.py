@@ -156,6 +156,135 @@ def test_image_over_the_pixel_limit_is_413_before_decoding(model):
     assert post(client, png_bytes(30, 30)).status_code == 200
 
 
+@pytest.mark.parametrize("name", ["max_upload_bytes", "max_pixels", "max_classes", "max_class_chars", "queue",
+                                  "cache_size"])
+def test_limit_settings_are_at_least_one(name):
+    from simseg.errors import InputError
+
+    assert getattr(ServeLimits(**{name: 1}), name) == 1
+    with pytest.raises(InputError, match=f"serve limit {name}: must be at least 1, got 0"):
+        ServeLimits(**{name: 0})
+
+
+def test_queue_of_one_admits_exactly_one_request(model):
+    gate = threading.Event()
+    app = create_app(model, ServeLimits(queue=1), segmenter_factory=stand_in_factory(gate=gate))
+    client = TestClient(app)
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(post(client, png_bytes())))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while app.state.service.busy < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r = post(client, png_bytes())
+    assert r.status_code == 503 and "busy: 1 requests" in r.json()["error"] and "(limit 1)" in r.json()["error"]
+    gate.set()
+    thread.join(10)
+    assert [res.status_code for res in result] == [200]
+    assert post(client, png_bytes()).status_code == 200  # the slot is free again
+
+
+def _padded_png(total: int) -> bytes:
+    """A valid PNG of exactly ``total`` bytes (zeros after its end chunk, which decoders ignore)."""
+    data = png_bytes(40, 30)
+    assert len(data) <= total
+    return data + b"\0" * (total - len(data))
+
+
+def test_limits_hold_exactly_at_their_boundary(model):
+    """Exactly at each limit is served; one over is refused: classes, class-name length, pixels, upload bytes."""
+    limits = ServeLimits(max_classes=5, max_class_chars=12, max_pixels=1200, max_upload_bytes=4000)
+    client = TestClient(create_app(model, limits, segmenter_factory=stand_in_factory()))
+    image = png_bytes(40, 30)  # 1200 pixels: exactly the pixel limit
+    five = ", ".join(f"c{i}" for i in range(5))
+    assert post(client, image, classes=five).status_code == 200
+    assert post(client, image, classes="background, " + five).status_code == 200  # background is not counted
+    for six in (five + ", c5", "background, " + five + ", c5"):
+        r = post(client, image, classes=six)
+        assert r.status_code == 400 and "names given; the limit is 5" in r.json()["error"], six
+    assert post(client, image, classes="x" * 12 + ", cat").status_code == 200
+    r = post(client, image, classes="x" * 13 + ", cat")
+    assert r.status_code == 400 and "is 13 characters long; the limit is 12" in r.json()["error"]
+    r = post(client, png_bytes(1201, 1))
+    assert r.status_code == 413 and "1201x1 = 1201 pixels exceeds the limit of 1200" in r.json()["error"]
+    assert post(client, _padded_png(4000)).status_code == 200
+    r = post(client, _padded_png(4001))
+    assert r.status_code == 413 and "exceeds the upload limit" in r.json()["error"]
+
+
+def test_class_count_is_checked_before_parsing_exactly_at_its_boundary(model):
+    """Lists are counted by their commas before they are parsed: up to max_classes + 1 entries (room for background)
+    are parsed (so a bad entry among them is named), one more is refused by the count alone."""
+    client = TestClient(create_app(model, ServeLimits(max_classes=5), segmenter_factory=stand_in_factory()))
+    image = png_bytes()
+    r = post(client, image, classes="c0, c1, c2, c3, c4, ")  # 6 entries, the last empty: parsed
+    assert r.status_code == 400 and "empty class name at position 6" in r.json()["error"]
+    r = post(client, image, classes="c0, c1, c2, c3, c4, c0")  # 6 entries, a duplicate: parsed
+    assert r.status_code == 400 and "duplicate class name 'c0'" in r.json()["error"]
+    for text in ("c0, c1, c2, c3, c4, c5, ", "c0, c1, c2, c3, c4, c5, c0"):  # 7 entries: counted, never parsed
+        r = post(client, image, classes=text)
+        assert r.status_code == 400 and r.json()["error"] == "classes: 7 names given; the limit is 5", text
+
+
+def test_default_limits_at_their_boundary(model):
+    """The defaults: 100 classes (background not counted) of up to 100 characters, 16 megapixels, 10 MB uploads."""
+    defaults = ServeLimits()
+    assert (defaults.max_classes, defaults.max_class_chars, defaults.max_pixels, defaults.max_upload_bytes) == (
+        100, 100, 16_000_000, 10 * 1024 * 1024)
+    client = TestClient(create_app(model, segmenter_factory=stand_in_factory()))
+    hundred = ", ".join(f"c{i}" for i in range(100))
+    assert post(client, png_bytes(), classes=hundred).status_code == 200
+    assert post(client, png_bytes(), classes="background, " + hundred).status_code == 200
+    r = post(client, png_bytes(), classes=hundred + ", c100")
+    assert r.status_code == 400 and "101 names given; the limit is 100" in r.json()["error"]
+    r = post(client, png_bytes(), classes="background, " + hundred + ", c100")
+    assert r.status_code == 400 and "names given; the limit is 100" in r.json()["error"]
+    assert post(client, png_bytes(), classes="y" * 100).status_code == 200
+    assert "101 characters long" in post(client, png_bytes(), classes="y" * 101).json()["error"]
+    # pixels are refused from the header: a 4000 x 4001 PNG is never decoded (and is small once compressed)
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 4001)).save(buf, format="PNG")
+    r = post(client, buf.getvalue())
+    assert r.status_code == 413 and "16004000 pixels exceeds the limit of 16000000" in r.json()["error"]
+
+
+def test_body_limit_middleware_at_its_boundary():
+    """The ASGI body limit: exactly ``limit`` bytes pass, one more is a 413, announced or streamed."""
+    import asyncio
+
+    from simseg.app.serve import _BodyLimit
+
+    async def inner(scope, receive, send):
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(size).encode()})
+
+    def request(size: int, announce: bool) -> int:
+        chunks = [b"x" * (size // 3), b"x" * (size // 3), b"x" * (size - 2 * (size // 3))]
+        messages = [{"type": "http.request", "body": c, "more_body": i < 2} for i, c in enumerate(chunks)]
+        headers = [(b"content-length", str(size).encode())] if announce else []
+        sent = []
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "headers": headers}
+        asyncio.run(_BodyLimit(inner, limit=300, upload_limit=300)(scope, receive, send))
+        return sent[0]["status"]
+
+    for announce in (True, False):
+        assert request(300, announce) == 200, announce
+        assert request(301, announce) == 413, announce
+
+
 @pytest.mark.parametrize(
     ("fields", "data", "status", "message"),
     [
