@@ -11,7 +11,7 @@ from simseg.errors import CheckpointError, InputError
 from tests.test_checkpoint import Evil, _outputs, _to_original_layout, small_model  # noqa: F401
 
 
-def test_bad_files_give_one_line_errors(tmp_path, small_model, vocab_dir, capsys):
+def test_bad_files_give_one_line_errors(tmp_path, small_model, vocab_dir, capsys):  # noqa: F811
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "x": Evil()}, evil)
     text = tmp_path / "notes.pth"
@@ -35,7 +35,7 @@ def test_bad_files_give_one_line_errors(tmp_path, small_model, vocab_dir, capsys
 
 
 
-def test_cli_convert_and_info(tmp_path, small_model, vocab_dir, capsys):
+def test_cli_convert_and_info(tmp_path, small_model, vocab_dir, capsys):  # noqa: F811
     src = tmp_path / "simseg.vit-x.pth"
     torch.save(_to_original_layout(small_model), src)
     out = tmp_path / "converted"
