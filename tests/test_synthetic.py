@@ -136,26 +136,6 @@ def test_most_scenes_hold_one_or_two_objects(scenes):
     assert counts.min() > 0 and counts[0] > counts[1] > counts[2]
 
 
-def test_empty_scenes_show_only_the_surface_and_name_it():
-    """Scenery-only pictures, as real caption data holds: no object pixel, a caption naming the surface and no
-    colour or shape word; without the option the stream of scenes is unchanged."""
-    mixed = synthetic.generate_scenes(100, seed=5, empty_prob=0.3)
-    empty = [s for s in mixed if not s.objects]
-    assert 15 <= len(empty) <= 45
-    for scene in empty:
-        assert not scene.colour_mask.any() and not scene.shape_mask.any()
-        words = _words(scene.caption)
-        assert scene.background.split()[0] in words
-        assert words.isdisjoint(COLOUR_NAMES) and words.isdisjoint(SHAPES)
-        assert any(scene.caption.endswith(p) for p in synthetic.BACKGROUNDS[scene.background]), scene.caption
-    plain, zero = synthetic.generate_scenes(10, seed=5), synthetic.generate_scenes(10, seed=5, empty_prob=0.0)
-    assert [s.caption for s in plain] == [s.caption for s in zero]
-    with pytest.raises(InputError, match="empty_prob"):
-        synthetic.generate_scenes(3, seed=0, empty_prob=1.5)
-    with pytest.raises(InputError, match="at least one object or a background"):
-        synthetic.caption_variants((), np.random.default_rng(0))
-
-
 def test_spatial_words_are_true():
     left = SceneObject("red", "circle", (2, 20, 22, 40))
     right = SceneObject("blue", "star", (40, 22, 60, 42))

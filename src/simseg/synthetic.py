@@ -278,24 +278,18 @@ def _render(
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), colour_mask, shape_mask, background_name
 
 
-def generate_scene(rng: np.random.Generator, size: int = 64, empty_prob: float = 0.0) -> Scene:
+def generate_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     """Draw one scene from ``rng``.
 
     Args:
         rng: the random generator; the scene is a function of its state alone.
         size: image side in pixels (>= 32).
-        empty_prob: probability of a scene with no object, only the surface and a caption naming it ("a photo of
-            grey stone"), as real caption data holds pictures of scenery. With 0 the rng stream is the same as
-            without the option.
 
     Raises:
-        InputError: ``size`` is too small, or ``empty_prob`` is not in [0, 1].
+        InputError: ``size`` is too small.
     """
     _check_size(size)
-    if not 0.0 <= empty_prob <= 1.0:
-        raise InputError(f"empty_prob: must be in [0, 1], got {empty_prob!r}")
-    empty = empty_prob > 0 and rng.random() < empty_prob
-    objects = () if empty else _layout(rng, size)
+    objects = _layout(rng, size)
     image, colour_mask, shape_mask, background = _render(rng, objects, size)
     caption = caption_variants(objects, rng, background=background)[0]
     for array in (image, colour_mask, shape_mask):
@@ -304,24 +298,22 @@ def generate_scene(rng: np.random.Generator, size: int = 64, empty_prob: float =
                  background=background)
 
 
-def generate_scenes(n: int, seed: int, size: int = 64, empty_prob: float = 0.0) -> list[Scene]:
+def generate_scenes(n: int, seed: int, size: int = 64) -> list[Scene]:
     """``n`` scenes from ``seed``: the same seed always gives the same scenes, different seeds different ones.
-    ``empty_prob``: see :func:`generate_scene`.
 
     Raises:
-        InputError: ``n`` is negative, ``size`` is too small, or ``empty_prob`` is not in [0, 1].
+        InputError: ``n`` is negative, or ``size`` is too small.
     """
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise InputError(f"n: number of scenes must be a non-negative integer, got {n!r}")
     _check_size(size)
     rng = np.random.default_rng(seed)
-    return [generate_scene(rng, size, empty_prob) for _ in range(n)]
+    return [generate_scene(rng, size) for _ in range(n)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Captions
 
-_EMPTY = ("{bg}", "a photo of {bg}", "a picture of {bg}", "an image of {bg}", "there is only {bg}")
 _ONE = ("{a}", "a photo of {a}", "a picture of {a}", "there is {a}", "an image of {a}")
 _TWO = ("{a} and {b}", "{a} next to {b}", "there is {a} and {b}", "a picture of {a} and {b}", "{a} with {b}", "{rel}")
 _THREE = (
@@ -361,10 +353,6 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
 
 
 def _caption(objects: Sequence[SceneObject], rng: np.random.Generator, background: str | None = None) -> str:
-    if not objects:  # scenery alone: the caption names the surface
-        phrases = BACKGROUNDS[background]
-        template = _EMPTY[int(rng.integers(len(_EMPTY)))]
-        return template.format(bg=phrases[int(rng.integers(len(phrases)))])
     text = _objects_phrase(objects, rng)
     if background is not None and rng.random() < _BACKGROUND_NAMED_PROB:
         phrases = BACKGROUNDS[background]
@@ -393,15 +381,15 @@ def caption_variants(objects: Sequence[SceneObject], rng: np.random.Generator, n
     Every object is named (by its colour, its shape or both) in a random order; only colours and shapes present
     are mentioned, and spatial words ("to the left of", "above") are used only when true of the boxes. With a
     ``background`` (a key of :data:`BACKGROUNDS`), the caption ends with where the objects lie ("... on grey
-    stone"), or, with no objects, names the surface alone ("a photo of grey stone").
+    stone").
 
     Raises:
-        InputError: no objects and no background, ``n`` < 1, or an unknown background.
+        InputError: no objects, ``n`` < 1, or an unknown background.
     """
     if background is not None and background not in BACKGROUNDS:
         raise InputError(f"background: expected one of {', '.join(BACKGROUNDS)}, got {background!r}")
-    if not objects and background is None:
-        raise InputError("objects: a caption needs at least one object or a background")
+    if not objects:
+        raise InputError("objects: a caption needs at least one object")
     if n < 1:
         raise InputError(f"n: number of captions must be >= 1, got {n}")
     captions: list[str] = []

@@ -69,7 +69,6 @@ class DemoPlan:
         batch_size: training batch (None: the preset's ``train.batch_size``).
         lr: peak learning rate (None: the preset's ``train.lr``).
         train_scenes: distinct training scenes (the loader cycles through them in reshuffled epochs).
-        empty_scenes: fraction of training scenes with no object, only the surface and a caption naming it.
         eval_scenes: held-out scenes for segmentation.
         retrieval_scenes: held-out scenes for retrieval (the first ones of the segmentation set), one caption each.
         grid_rows: held-out scenes shown in the picture grid.
@@ -79,7 +78,6 @@ class DemoPlan:
     batch_size: int | None = None
     lr: float | None = None
     train_scenes: int = 6400
-    empty_scenes: float = 0.0
     eval_scenes: int = 200
     retrieval_scenes: int = 100
     grid_rows: int = 6
@@ -176,15 +174,14 @@ def _check_arguments(steps: int | None, seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _generate(n: int, seed: int, desc: str, progress: bool, empty_prob: float = 0.0) -> list:
-    """``synthetic.generate_scenes(n, seed, empty_prob=...)`` with a progress bar (the same rng stream, so the same
-    scenes)."""
+def _generate(n: int, seed: int, desc: str, progress: bool) -> list:
+    """``synthetic.generate_scenes(n, seed)`` with a progress bar (the same rng stream, so the same scenes)."""
     from tqdm import tqdm
 
     from simseg.synthetic import generate_scene
 
     rng = np.random.default_rng(seed)
-    return [generate_scene(rng, empty_prob=empty_prob) for _ in tqdm(range(n), desc=desc, unit="scene", disable=not progress,
+    return [generate_scene(rng) for _ in tqdm(range(n), desc=desc, unit="scene", disable=not progress,
                                               dynamic_ncols=True, leave=False)]
 
 
@@ -199,7 +196,7 @@ def prepare_data(out: Path, plan: DemoPlan, seed: int, progress: bool = True) ->
     from simseg.tokenizer import train_wordpiece_vocab
 
     data = out / "data"
-    train_scenes = _generate(plan.train_scenes, seed, "training scenes", progress, plan.empty_scenes)
+    train_scenes = _generate(plan.train_scenes, seed, "training scenes", progress)
     train_csv = export_csv_folder(train_scenes, data / "train", image_format="jpg")
     vocab = train_wordpiece_vocab([s.caption for s in train_scenes], data / "vocab", vocab_size=1000)
     eval_scenes = _generate(max(plan.eval_scenes, plan.retrieval_scenes), seed + EVAL_SEED_OFFSET,
