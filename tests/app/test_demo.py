@@ -126,3 +126,30 @@ def test_force_replaces_only_the_demos_own_files(tmp_path):
     clear_previous_outputs(out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert "loda" in OUTPUTS and "report.md" in OUTPUTS
+
+
+def _run_results(paper: float, dense_bg: float, dense_fg: float) -> dict:
+    def seg(miou: float, fg: float) -> dict:
+        return {"mIoU": miou, "fg_mIoU": fg, "mIoU_by_objects": {"1": miou + 10, "2": miou - 10}}
+
+    return {"segmentation": {"simseg": seg(paper, 60.0), "dense_threshold": seg(dense_bg, 70.0),
+                             "dense_colours": seg(0.0, dense_fg)},
+            "retrieval": {"I2T_R@1": 30.0, "T2I_R@1": 20.0, "num_images": 100}}
+
+
+def test_table_and_verdict_show_the_three_views_and_every_threshold():
+    from simseg.app.demo import THRESHOLDS, count_note, metrics_table, verdict
+
+    loda, cls = _run_results(47.0, 56.0, 99.5), _run_results(6.0, 12.0, 10.0)
+    table = metrics_table(loda, cls).splitlines()
+    views = [line for line in table if line.startswith("| ") and not line.startswith("| view")]
+    assert [v.split("|")[1].strip().split(" (")[0].split(",")[0] for v in views] == [
+        "paper protocol", "dense protocol", "CLS baseline", "CLS baseline"]
+    assert "| 47.0 | 60.0 |" in views[0] and "| 56.0 | 99.5 |" in views[1] and "| 6.0 | 60.0 |" in views[2]
+    rows = verdict(loda, cls)
+    assert [r["threshold"] for r in rows] == [THRESHOLDS[k] for k in ("paper_miou", "fg_miou", "bg_miou", "gap")]
+    assert [r["passed"] for r in rows] == [True, True, True, True]
+    assert rows[3]["value"] == pytest.approx(0.895)
+    # the paper protocol alone below its threshold fails its row and only it
+    assert [r["passed"] for r in verdict(_run_results(44.9, 56.0, 99.5), cls)] == [False, True, True, True]
+    assert "57.0 with 1 object, 37.0 with 2 objects" in count_note(loda)
