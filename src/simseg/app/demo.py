@@ -107,8 +107,8 @@ def segmentation_protocols(input_size: int) -> dict[str, dict[str, Any]]:
 
 def recorded_evaluation(input_size: int) -> dict[str, Any]:
     """The evaluation defaults the demo's checkpoints record (``meta.evaluation``): the protocols at the model's
-    input size, ``dense`` with the background threshold by default (the one that works on this world), the colour
-    classes. ``segment``, ``eval-seg``, ``eval-retrieval`` and ``serve`` use them unless told otherwise."""
+    input size, ``dense`` with the background threshold by default (the one that scores highest on this world), the
+    colour classes. ``segment``, ``eval-seg``, ``eval-retrieval`` and ``serve`` use them unless told otherwise."""
     from simseg.synthetic import colour_class_names
 
     protocols = segmentation_protocols(input_size)
