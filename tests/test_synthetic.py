@@ -111,6 +111,31 @@ def test_captions_name_every_object_and_nothing_absent(scenes):
     assert len({s.caption for s in scenes}) > 150
 
 
+def test_captions_name_the_background_with_its_tint(scenes):
+    """Real captions name the scene around the objects; here every caption says what the objects lie on, with the
+    surface's tint, so background patches have words of their own."""
+    kinds = set()
+    for scene in scenes:
+        assert scene.background in synthetic.BACKGROUNDS
+        tint = scene.background.split()[0]
+        phrase = scene.caption.rsplit(" on ", 1)[-1]
+        assert phrase in synthetic.BACKGROUNDS[scene.background], scene.caption
+        assert tint in _words(phrase) and ({"grey", "brown"} - {tint}).isdisjoint(_words(scene.caption))
+        # the tint is true of the pixels: grey backgrounds have (almost) no saturation, brown ones some
+        bg = scene.image.reshape(-1, 3)[scene.colour_mask.reshape(-1) == 0].astype(np.float32)
+        saturation = np.median((bg.max(axis=1) - bg.min(axis=1)) / np.maximum(bg.max(axis=1), 1))
+        assert (saturation < 0.08) == (tint == "grey"), (scene.background, saturation)
+        kinds.add(scene.background)
+    assert kinds == set(synthetic.BACKGROUNDS)
+    with pytest.raises(InputError, match="background"):
+        synthetic.caption_variants(scenes[0].objects, np.random.default_rng(0), background="lava")
+
+
+def test_most_scenes_hold_one_or_two_objects(scenes):
+    counts = np.bincount([len(scene.objects) for scene in scenes], minlength=4)[1:]
+    assert counts.min() > 0 and counts[0] > counts[1] > counts[2]
+
+
 def test_spatial_words_are_true():
     left = SceneObject("red", "circle", (2, 20, 22, 40))
     right = SceneObject("blue", "star", (40, 22, 60, 42))

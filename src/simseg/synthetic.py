@@ -10,8 +10,10 @@ words in a few minutes on a CPU, which is the paper's central claim made visible
   never looks like a class colour;
 - objects of 12-28 px (at 64 x 64; scaled with ``size``) that never overlap, so every mask pixel is the colour of
   its label;
-- captions that always name every object, with one attribute sometimes omitted ("a star and a blue circle"), and
-  spatial words only when they are true.
+- captions that always name every object, with one attribute sometimes omitted ("a star and a blue circle"),
+  spatial words only when they are true, and the surface the objects lie on, always with its tint ("on grey
+  stone", "on a brown wooden floor"): as in real captions, the background has words of its own;
+- mostly one or two objects per scene (1: 50 %, 2: 35 %, 3: 15 %).
 
 Exporters write the real on-disk formats (a CSV folder, img2dataset-style webdataset shards, the PASCAL VOC
 MMSegmentation layout, a retrieval parquet), so the demo exercises the same readers as real data.
@@ -48,12 +50,30 @@ COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 #: Shape classes.
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 
+#: The background textures, in the order :func:`_background` draws them.
+_TEXTURES = ("blotchy", "striped", "checkered")
+
+#: Background names (tint and texture, as :func:`_background` draws them) -> the phrases a caption uses for it, the
+#: way real captions name the scene around the objects ("on a sandy beach"). Every phrase names the tint: a tint
+#: that some phrases leave out is learned as "no word", and its patches then match the part that every colour's
+#: class embedding shares, which is what makes the paper's per-class min-max maps fail.
+BACKGROUNDS: dict[str, tuple[str, ...]] = {
+    "grey blotchy": ("grey stone", "a grey stone floor"),
+    "brown blotchy": ("brown sand", "a brown sandy beach"),
+    "grey striped": ("a grey striped wall", "grey stripes"),
+    "brown striped": ("a brown wooden floor", "brown wood"),
+    "grey checkered": ("a grey checkered floor", "grey tiles"),
+    "brown checkered": ("a brown checkered floor", "brown tiles"),
+}
+#: Probability that a caption names the background ("... on grey stone").
+_BACKGROUND_NAMED_PROB = 1.0
+
 #: Object side at the default 64 x 64 scene size, in pixels (inclusive range); scaled for other sizes.
 _OBJECT_SIZE_64 = (12, 28)
 #: Smallest scene side that still fits three objects of the smallest size.
 _MIN_SIZE = 32
 #: Probability of 1, 2 or 3 objects in a scene.
-_COUNT_PROBS = (0.3, 0.4, 0.3)
+_COUNT_PROBS = (0.5, 0.35, 0.15)
 #: Per-channel jitter of an object's colour (uniform, +-), and per-pixel noise (normal sigma), in 0-255 units.
 _OBJECT_JITTER = 15
 _PIXEL_NOISE = 4.0
@@ -89,6 +109,7 @@ class Scene:
         colour_mask: (H, W) uint8, 0 = background, i = ``COLOURS`` index + 1.
         shape_mask: (H, W) uint8, 0 = background, i = ``SHAPES`` index + 1.
         objects: the shapes drawn, in drawing order.
+        background: the background's name, a key of :data:`BACKGROUNDS` (tint and texture).
     """
 
     image: np.ndarray
@@ -96,6 +117,7 @@ class Scene:
     colour_mask: np.ndarray
     shape_mask: np.ndarray
     objects: tuple[SceneObject, ...]
+    background: str
 
     @property
     def colour_shape_mask(self) -> np.ndarray:
@@ -134,20 +156,21 @@ def _object_size_range(size: int) -> tuple[int, int]:
     return max(6, round(lo * size / 64)), max(8, round(hi * size / 64))
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A textured (size, size, 3) float background in a low-saturation grey or brown.
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """A textured (size, size, 3) float background in a low-saturation grey or brown, and its name (a key of
+    :data:`BACKGROUNDS`: the tint and the texture, e.g. ``"grey stone"``).
 
     The texture multiplies all three channels by the same factor, which leaves the HSV saturation unchanged, so no
     background pixel drifts towards a class colour however strong the texture.
     """
     value = rng.uniform(0.3, 0.8)
     if rng.random() < 0.5:  # grey, with the faintest tint
-        hue, sat = rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.06)
+        tint, hue, sat = "grey", rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.06)
     else:  # brown / beige
-        hue, sat = rng.uniform(20 / 360, 45 / 360), rng.uniform(0.1, 0.3)
+        tint, hue, sat = "brown", rng.uniform(20 / 360, 45 / 360), rng.uniform(0.1, 0.3)
     base = np.array(_hsv_to_rgb(hue, sat, value)) * 255.0
 
-    kind = rng.integers(3)
+    kind = int(rng.integers(3))
     if kind == 0:  # blotches: low-frequency noise
         cells = int(rng.integers(3, 9))
         coarse = Image.fromarray(rng.uniform(-1.0, 1.0, (cells, cells)).astype(np.float32), mode="F")
@@ -163,7 +186,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         texture = (((yy // tile) + (xx // tile)) % 2 * 2.0 - 1.0) * rng.uniform(0.05, 0.15)
     grain = rng.normal(0.0, 0.04, (size, size))
     factor = (1.0 + texture + grain).astype(np.float32)
-    return factor[:, :, None] * base[None, None, :].astype(np.float32)
+    return factor[:, :, None] * base[None, None, :].astype(np.float32), f"{tint} {_TEXTURES[kind]}"
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
@@ -221,9 +244,9 @@ def _boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap
 
 def _render(
     rng: np.random.Generator, objects: Sequence[SceneObject], size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw the objects on a fresh background; return (image, colour_mask, shape_mask)."""
-    image = _background(rng, size)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Draw the objects on a fresh background; return (image, colour_mask, shape_mask, background name)."""
+    image, background_name = _background(rng, size)
     colour_mask = np.zeros((size, size), np.uint8)
     shape_mask = np.zeros((size, size), np.uint8)
     colour_index = {name: i for i, (name, _) in enumerate(COLOURS)}
@@ -252,7 +275,7 @@ def _render(
     background = colour_mask == 0
     noise[background] = noise[background][:, :1]
     image += noise
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), colour_mask, shape_mask
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), colour_mask, shape_mask, background_name
 
 
 def generate_scene(rng: np.random.Generator, size: int = 64) -> Scene:
@@ -267,11 +290,12 @@ def generate_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     """
     _check_size(size)
     objects = _layout(rng, size)
-    image, colour_mask, shape_mask = _render(rng, objects, size)
-    caption = caption_variants(objects, rng)[0]
+    image, colour_mask, shape_mask, background = _render(rng, objects, size)
+    caption = caption_variants(objects, rng, background=background)[0]
     for array in (image, colour_mask, shape_mask):
         array.flags.writeable = False
-    return Scene(image=image, caption=caption, colour_mask=colour_mask, shape_mask=shape_mask, objects=objects)
+    return Scene(image=image, caption=caption, colour_mask=colour_mask, shape_mask=shape_mask, objects=objects,
+                 background=background)
 
 
 def generate_scenes(n: int, seed: int, size: int = 64) -> list[Scene]:
@@ -290,7 +314,7 @@ def generate_scenes(n: int, seed: int, size: int = 64) -> list[Scene]:
 # ----------------------------------------------------------------------------------------------------------------
 # Captions
 
-_ONE = ("{a}", "a photo of {a}", "a picture of {a}", "there is {a}", "{a} on a textured background", "an image of {a}")
+_ONE = ("{a}", "a photo of {a}", "a picture of {a}", "there is {a}", "an image of {a}")
 _TWO = ("{a} and {b}", "{a} next to {b}", "there is {a} and {b}", "a picture of {a} and {b}", "{a} with {b}", "{rel}")
 _THREE = (
     "{a}, {b} and {c}",
@@ -328,7 +352,15 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
     return "next to"
 
 
-def _caption(objects: Sequence[SceneObject], rng: np.random.Generator) -> str:
+def _caption(objects: Sequence[SceneObject], rng: np.random.Generator, background: str | None = None) -> str:
+    text = _objects_phrase(objects, rng)
+    if background is not None and rng.random() < _BACKGROUND_NAMED_PROB:
+        phrases = BACKGROUNDS[background]
+        text += " on " + phrases[int(rng.integers(len(phrases)))]
+    return text
+
+
+def _objects_phrase(objects: Sequence[SceneObject], rng: np.random.Generator) -> str:
     order = [objects[i] for i in rng.permutation(len(objects))]
     phrases = [_describe(obj, rng) for obj in order]
     if len(order) == 1:
@@ -342,28 +374,33 @@ def _caption(objects: Sequence[SceneObject], rng: np.random.Generator) -> str:
     return template.format(a=phrases[0], b=phrases[1], c=phrases[2])
 
 
-def caption_variants(objects: Sequence[SceneObject], rng: np.random.Generator, n: int = 1) -> list[str]:
+def caption_variants(objects: Sequence[SceneObject], rng: np.random.Generator, n: int = 1,
+                     background: str | None = None) -> list[str]:
     """``n`` captions of the same objects, distinct where the phrasings allow.
 
     Every object is named (by its colour, its shape or both) in a random order; only colours and shapes present
-    are mentioned, and spatial words ("to the left of", "above") are used only when true of the boxes.
+    are mentioned, and spatial words ("to the left of", "above") are used only when true of the boxes. With a
+    ``background`` (a key of :data:`BACKGROUNDS`), the caption ends with where the objects lie ("... on grey
+    stone").
 
     Raises:
-        InputError: no objects, or ``n`` < 1.
+        InputError: no objects, ``n`` < 1, or an unknown background.
     """
+    if background is not None and background not in BACKGROUNDS:
+        raise InputError(f"background: expected one of {', '.join(BACKGROUNDS)}, got {background!r}")
     if not objects:
         raise InputError("objects: a caption needs at least one object")
     if n < 1:
         raise InputError(f"n: number of captions must be >= 1, got {n}")
     captions: list[str] = []
     for _ in range(20 * n):
-        caption = _caption(objects, rng)
+        caption = _caption(objects, rng, background)
         if caption not in captions:
             captions.append(caption)
         if len(captions) == n:
             break
     while len(captions) < n:  # a single plain object has few phrasings; repeats are then the honest answer
-        captions.append(_caption(objects, rng))
+        captions.append(_caption(objects, rng, background))
     return captions
 
 
@@ -372,7 +409,9 @@ def caption_corpus(n: int, seed: int) -> list[str]:
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise InputError(f"n: number of captions must be a non-negative integer, got {n!r}")
     rng = np.random.default_rng(seed)
-    return [caption_variants(_layout(rng, 64), rng)[0] for _ in range(n)]
+    names = list(BACKGROUNDS)
+    return [caption_variants(_layout(rng, 64), rng, background=names[int(rng.integers(len(names)))])[0]
+            for _ in range(n)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -527,11 +566,11 @@ def export_retrieval_parquet(
         for _ in range(20 * captions_per_image):
             if len(texts) == captions_per_image:
                 break
-            candidate = caption_variants(scene.objects, rng)[0]
+            candidate = caption_variants(scene.objects, rng, background=scene.background)[0]
             if candidate not in texts:
                 texts.append(candidate)
         while len(texts) < captions_per_image:
-            texts.append(caption_variants(scene.objects, rng)[0])
+            texts.append(caption_variants(scene.objects, rng, background=scene.background)[0])
         for text in texts:
             imbytes.append(encoded)
             captions.append(text)
