@@ -504,3 +504,68 @@ def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_pa
     expected = full.argmax(dim=0).numpy()
     np.testing.assert_array_equal(got, expected)
     assert len(np.unique(expected)) > 1
+
+
+# ------------------------------------------------------------------ the pipelined path (segment_many)
+def _photo_like(seed: int, size: tuple[int, int]) -> Image.Image:
+    """Smooth colour fields with flat shapes: images on which the CRF has edges to follow."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = cv2.resize(rng.integers(0, 256, (4, 5, 3)).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(3):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(10, 60)), color, -1)
+    return Image.fromarray(img)
+
+
+def _random_class_segmenter(model, tmp_path, crf: bool = True) -> Segmenter:
+    """21 classes with random unit embeddings, so that the walk accepts a few classes per image, as a trained
+    model's scores do (a random tiny model's own class embeddings are nearly parallel)."""
+    from simseg.classnames import benchmark_classes
+
+    seg = Segmenter(model, benchmark_classes("pascal_voc"), crf=crf, templates="single", cache_dir=tmp_path)
+    emb = torch.randn(len(seg.class_names), seg.class_emb.shape[1], generator=torch.Generator().manual_seed(5))
+    seg.class_emb = emb / emb.norm(dim=-1, keepdim=True)
+    return seg
+
+
+def test_segment_many_with_crf_workers_gives_the_serial_labels(model, tmp_path):
+    seg = _random_class_segmenter(model, tmp_path)
+    images = [_photo_like(i, size) for i, size in enumerate([(160, 120), (96, 128), (200, 150), (64, 64)] * 3)]
+    serial = [seg(im) for im in images]
+    # the comparison means something: the CRF ran on several classes of several images, and changed their maps
+    crf_calls = sum(sum(1 for name in r.details["accepted"] if r.scores[r.class_names.index(name)] > 0)
+                    for r in serial)
+    assert crf_calls >= 10 and sum(len(r.found) > 1 for r in serial) >= 2
+    no_crf = copy.copy(seg)
+    no_crf.crf = False
+    assert sum(not np.array_equal(no_crf(im).labels, r.labels) for im, r in zip(images, serial)) >= 6
+    for crf_workers, lanes in ((2, 1), (1, 3)):
+        piped = list(seg.segment_many(iter(images), crf_workers=crf_workers, lanes=lanes))
+        assert len(piped) == len(images)
+        for a, b in zip(serial, piped):
+            np.testing.assert_array_equal(a.labels, b.labels)
+            assert a.details == b.details and a.found == b.found
+            np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_segment_many_without_workers_and_its_errors(model, tmp_path):
+    seg = _random_class_segmenter(model, tmp_path, crf=False)
+    images = [_photo_like(i, (80, 60)) for i in range(4)]
+    serial = [seg(im).labels for im in images]
+    assert all(np.array_equal(a, b.labels) for a, b in zip(serial, seg.segment_many(images, lanes=2)))
+
+    class Unreadable:  # an image whose conversion fails the way a truncated file does
+        size = (10, 10)
+
+        def convert(self, mode):
+            raise InputError("broken.jpg: truncated image")
+
+    mixed = [images[0], Unreadable(), images[1]]
+    for lanes in (1, 2):
+        out = list(seg.segment_many(mixed, lanes=lanes, return_exceptions=True))
+        assert isinstance(out[1], InputError) and "broken.jpg" in str(out[1])
+        np.testing.assert_array_equal(out[0].labels, serial[0])
+        np.testing.assert_array_equal(out[2].labels, serial[1])
+        with pytest.raises(InputError, match="broken.jpg"):
+            list(seg.segment_many(mixed, lanes=lanes))
