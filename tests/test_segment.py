@@ -561,11 +561,13 @@ def test_segment_many_without_workers_and_its_errors(model, tmp_path):
         def convert(self, mode):
             raise InputError("broken.jpg: truncated image")
 
-    mixed = [images[0], Unreadable(), images[1]]
+    # an error raised by the segmentation, and one handed in by the caller (a file it could not read)
+    mixed = [images[0], Unreadable(), images[1], InputError("missing.png: file not found"), images[2]]
     for lanes in (1, 2):
         out = list(seg.segment_many(mixed, lanes=lanes, return_exceptions=True))
         assert isinstance(out[1], InputError) and "broken.jpg" in str(out[1])
-        np.testing.assert_array_equal(out[0].labels, serial[0])
-        np.testing.assert_array_equal(out[2].labels, serial[1])
+        assert isinstance(out[3], InputError) and "missing.png" in str(out[3])
+        for i, j in ((0, 0), (2, 1), (4, 2)):
+            np.testing.assert_array_equal(out[i].labels, serial[j])
         with pytest.raises(InputError, match="broken.jpg"):
             list(seg.segment_many(mixed, lanes=lanes))

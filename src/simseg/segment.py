@@ -664,7 +664,8 @@ class Segmenter:
 
         Args:
             images: RGB PIL images; any iterable, read one at a time as the pipeline needs them (a generator that
-                loads files keeps only the images in flight in memory).
+                loads files keeps only the images in flight in memory). An item that is a
+                :class:`~simseg.errors.SimSegError` (a file that could not be read) passes through in its place.
             crf_workers: run the dense-CRF calls in that many worker processes (:class:`simseg.crf.CRFPool`): the
                 calls of one image in parallel, and the next image's forward while they run. 0: in this process.
             lanes: images whose preprocessing, forward and post-processing run concurrently, in threads of this
@@ -694,7 +695,9 @@ class Segmenter:
             return self.protocol.start(self.model, self.class_emb, self.class_names, image, self.class_of_name,
                                        crf_pool=pool)
 
-        def started(image: Image.Image) -> Any:
+        def started(image: Image.Image | SimSegError) -> Any:
+            if isinstance(image, SimSegError):
+                return image
             if threads is not None:
                 return threads.submit(start, image)
             try:
