@@ -540,13 +540,21 @@ def test_segment_many_with_crf_workers_gives_the_serial_labels(model, tmp_path):
     no_crf = copy.copy(seg)
     no_crf.crf = False
     assert sum(not np.array_equal(no_crf(im).labels, r.labels) for im, r in zip(images, serial)) >= 6
-    for crf_workers, lanes in ((2, 1), (1, 3)):
-        piped = list(seg.segment_many(iter(images), crf_workers=crf_workers, lanes=lanes))
+    from simseg.crf import CRFPool
+
+    def check(piped):
         assert len(piped) == len(images)
         for a, b in zip(serial, piped):
             np.testing.assert_array_equal(a.labels, b.labels)
             assert a.details == b.details and a.found == b.found
             np.testing.assert_array_equal(a.scores, b.scores)
+
+    for crf_workers, lanes in ((2, 1), (1, 3)):
+        check(list(seg.segment_many(iter(images), crf_workers=crf_workers, lanes=lanes)))
+    with CRFPool(2) as pool:  # a pool of the caller's, shared by two runs
+        pool.start().wait_ready()
+        for lanes in (1, 2):
+            check(list(seg.segment_many(images, lanes=lanes, crf_pool=pool)))
 
 
 def test_segment_many_without_workers_and_its_errors(model, tmp_path):

@@ -197,6 +197,12 @@ class CRFPool:
         self._started = [self._executor.submit(_ready) for _ in range(self.workers)]
         return self
 
+    def wait_ready(self) -> "CRFPool":
+        """Block until every worker started by :meth:`start` is running (raises what a worker could not do)."""
+        for future in self._started:
+            future.result()
+        return self
+
     def submit(self, image: np.ndarray, prob: np.ndarray, patch_size: int, params: CRFParams = CRFParams(),
                kernel: int = 7) -> Future:
         """:func:`refine_patch_map` in a worker; the future's result is the (H, W) bool mask."""

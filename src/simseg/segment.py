@@ -657,8 +657,9 @@ class Segmenter:
         """Segment one RGB PIL image; the label map has the image's size."""
         return self.protocol(self.model, self.class_emb, self.class_names, image, self.class_of_name)
 
-    def segment_many(self, images: Iterable[Image.Image], crf_workers: int = 0, lanes: int = 1,
-                     return_exceptions: bool = False) -> Iterator[SegmentationResult | SimSegError]:
+    def segment_many(self, images: Iterable[Image.Image | SimSegError], crf_workers: int = 0, lanes: int = 1,
+                     return_exceptions: bool = False,
+                     crf_pool: Any = None) -> Iterator[SegmentationResult | SimSegError]:
         """Segment images in their order, overlapping the work of consecutive images: the same labels as calling
         the segmenter on each image (every image is computed alone, with the same operations).
 
@@ -674,6 +675,8 @@ class Segmenter:
                 fill every core (several multi-threaded lanes would make their thread teams compete).
             return_exceptions: a :class:`~simseg.errors.SimSegError` raised for one image is yielded in its place
                 instead of ending the iteration.
+            crf_pool: a running :class:`simseg.crf.CRFPool` to use instead of starting ``crf_workers`` new ones
+                (several calls, e.g. one per benchmark, then share its workers; the caller closes it).
 
         Yields:
             One :class:`SegmentationResult` per image, in order (or the image's error, see ``return_exceptions``).
@@ -682,8 +685,9 @@ class Segmenter:
         from concurrent.futures import ThreadPoolExecutor
 
         lanes = max(1, int(lanes))
-        pool = None
-        if crf_workers > 0 and self.crf:
+        pool = crf_pool if self.crf else None
+        own_pool = pool is None and crf_workers > 0 and self.crf
+        if own_pool:
             from simseg.crf import CRFPool
 
             pool = CRFPool(int(crf_workers)).start()
@@ -726,7 +730,7 @@ class Segmenter:
         finally:
             if threads is not None:
                 threads.shutdown(wait=True, cancel_futures=True)
-            if pool is not None:
+            if own_pool:
                 pool.close()
 
 
