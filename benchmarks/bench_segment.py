@@ -354,10 +354,10 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, rep
         with threads(t):
             for _ in range(2):
                 ours(), ref.forward(x), ours(m=plain), ours(x2)
-            rows.append((f"ours (SDPA attention, inference_mode)", t, 1, _median_time(ours, reps)))
-            rows.append((f"ours, torch.no_grad", t, 1, _median_time(ours_no_grad, reps)))
-            rows.append((f"ours, explicit softmax attention", t, 1, _median_time(lambda: ours(m=plain), reps)))
-            rows.append((f"ours, batch of 2 images", t, 2, _median_time(lambda: ours(x2), reps)))
+            rows.append(("ours (SDPA attention, inference_mode)", t, 1, _median_time(ours, reps)))
+            rows.append(("ours, torch.no_grad", t, 1, _median_time(ours_no_grad, reps)))
+            rows.append(("ours, explicit softmax attention", t, 1, _median_time(lambda: ours(m=plain), reps)))
+            rows.append(("ours, batch of 2 images", t, 2, _median_time(lambda: ours(x2), reps)))
             rows.append((f"reference: timm forward at {size}", t, 1, _median_time(lambda: ref.forward(x), reps)))
     # lanes: one-thread forwards side by side, as segment_many runs them on a CPU
     with threads(1), ThreadPoolExecutor(cores) as pool:
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(n_threads)
     print(f"simseg benchmark, CPU, torch {torch.__version__}, {cores} cores, {n_threads} threads; start: {load()}")
     peaks = {t: matmul_peak(t) for t in sorted({1, n_threads, cores})}
-    print(f"[peak] fp32 torch.mm 2048^3: " + ", ".join(f"{t} thread(s) {p:.1f} GFLOP/s" for t, p in peaks.items()))
+    print("[peak] fp32 torch.mm 2048^3: " + ", ".join(f"{t} thread(s) {p:.1f} GFLOP/s" for t, p in peaks.items()))
     classes = benchmark_classes("pascal_voc")
     failed = False
     with tempfile.TemporaryDirectory() as tmp:

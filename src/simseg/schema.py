@@ -118,6 +118,7 @@ class TrainSchema:
     wandb: bool = _optional(False)
     schedule: str = _optional("cosine", choices=SCHEDULES)
     decay_exclude_1d: bool = _optional(False)
+    compile: bool = _optional(False)
 
 
 @dataclass(kw_only=True)
