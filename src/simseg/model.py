@@ -30,7 +30,7 @@ def state_sha256(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] | Non
     for name, t in sorted(state.items()):
         if prefixes is None or name.startswith(prefixes):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))  # no copy
     return h.hexdigest()
 
 
