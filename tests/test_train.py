@@ -462,7 +462,7 @@ def test_finetuning_from_a_bad_checkpoint_is_one_clear_line(vocab_dir, tmp_path,
 # ------------------------------------------------------------------------------------------------ deterministic mode
 def _deterministic_cfg(vocab_dir, out, csv, init, steps=3):
     cfg = _cfg(vocab_dir, out, steps=steps, batch_size=8, checkpoint_every=1, keep_checkpoints=0, lr=1e-3,
-               schedule="constant")
+               schedule="constant", adamw="loop", pad_captions="max_length")  # bit-exact with the original's step
     cfg["model"].update(init=str(init), dropout=0, tokenizer=None)
     cfg["data"].update(train=[{"type": "csv", "path": str(csv)}], image_size=32, augment=False, shuffle=False)
     return cfg
@@ -639,6 +639,7 @@ def test_padding_to_the_longest_gives_the_same_masked_step(tiny_model):
     from simseg.train import caption_padding
 
     assert caption_padding(True) == "longest" and caption_padding(False) == "max_length"
+    assert caption_padding(True, "max_length") == caption_padding(False, "auto") == "max_length"
     model = copy.deepcopy(tiny_model).train()
     from simseg.model import set_dropout
 
@@ -728,6 +729,8 @@ def test_train_compile_is_a_checked_config_key(vocab_dir, tmp_path):
 
     cfg = _cfg(vocab_dir, tmp_path / "run")
     assert cfg["train"]["compile"] is False  # in the preset
-    cfg["train"]["compile"] = "yes"
-    with pytest.raises(ConfigError, match="train.compile"):
-        validate_config(cfg)
+    assert (cfg["train"]["adamw"], cfg["train"]["pad_captions"]) == ("fused", "auto")
+    for key, bad in (("compile", "yes"), ("adamw", "turbo"), ("pad_captions", "shortest")):
+        broken = {**cfg, "train": {**cfg["train"], key: bad}}
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            validate_config(broken)

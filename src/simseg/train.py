@@ -28,7 +28,8 @@ Fine-tuning: ``model.init=PATH`` (a simseg folder or an original ``.pth``) start
 key checked, the position embedding resampled to ``model.vision.img_size``; nothing is downloaded.
 
 Deterministic mode, for debugging and cross-implementation checks: ``data.augment=false data.shuffle=false
-train.schedule=constant model.dropout=0`` (square resize, source order, constant learning rate, no dropout), with
+train.schedule=constant model.dropout=0`` (square resize, source order, constant learning rate, no dropout), and for
+bit-exact equality with the original's step ``train.adamw=loop train.pad_captions=max_length``, with
 ``train.checkpoint_every=1 train.keep_checkpoints=0`` to keep every step's weights. Each step's loss is in
 ``metrics.jsonl``, its updated weights in ``checkpoints/step-N/model.safetensors`` and its gradients in AdamW's first
 moments (``train_state.pt``): ``g_1 = m_1 / (1 - beta1)``, ``g_n = (m_n - beta1 * m_(n-1)) / (1 - beta1)``.
@@ -209,11 +210,12 @@ class GradientBuffer:
         return base if offset == base.numel() else None
 
 
-def caption_padding(masked: bool) -> str:
-    """How training pads captions: to the longest in the batch when the text pooling is masked (BERT attends only to
-    real tokens and the masked pooling ignores padding, so the embeddings are the same to float rounding at a
-    fraction of the cost), to ``max_length`` (the original's) for the vanilla pooling, where padding tokens count."""
-    return "longest" if masked else "max_length"
+def caption_padding(masked: bool, setting: str = "auto") -> str:
+    """How training pads captions (``train.pad_captions``). ``auto``: to the longest in the batch when the text
+    pooling is masked (BERT attends only to real tokens and the masked pooling ignores padding, so the embeddings are
+    the same to float rounding at a fraction of the cost), to ``max_length`` for the vanilla pooling, where padding
+    tokens count. ``max_length``: always to 25 tokens, the original's (bit-exact cross-implementation checks)."""
+    return "longest" if masked and setting == "auto" else "max_length"
 
 
 def compiler_problem(device: torch.device) -> str | None:
@@ -488,7 +490,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     model.to(device).train()
     broadcast_parameters(model)
     opt = adamw(param_groups(model, float(tc["weight_decay"]), bool(tc.get("decay_exclude_1d", False))),
-                lr=float(tc["lr"]), betas=tuple(tc["betas"]), eps=float(tc["eps"]))
+                lr=float(tc["lr"]), betas=tuple(tc["betas"]), eps=float(tc["eps"]), kernel=str(tc.get("adamw", "fused")))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if found is not None:
         try:
@@ -542,7 +544,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
                        else [0] * n_sources)
     keep = int(tc.get("keep_checkpoints", 3))
     masked = train_pooling == "masked"
-    padding = caption_padding(masked)
+    padding = caption_padding(masked, str(tc.get("pad_captions", "auto")))
     if tc.get("compile", False):
         compile_forward(model, device)
     grads = GradientBuffer(model) if world > 1 else None  # in a single process the backward's own tensors are kept
