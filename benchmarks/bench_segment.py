@@ -1,25 +1,44 @@
-"""Time the ``simseg`` protocol per image on CPU: model forward vs post-processing.
+"""Speed of the ``simseg`` protocol on CPU against an original-equivalent reference, and of what surrounds it.
 
-For ViT-S/16 and ViT-B/16 at 288 x 288 (random weights: timing does not depend on them), on synthetic 500 x 375
-images, it reports per image: preprocessing, model forward, our post-processing, the dense-CRF library's own calls
-(counted apart: their cost is fixed by fidelity), the ratio post / forward and images per second. It also runs a line-by-line
-reference of the original post-processing (a (C, H, W) float64 array, per-class map, per-class resize) on the same
-forward outputs, checks that the labels are identical, and prints its cost for comparison.
+Everything is measured in one run on one machine, and printed as ratios next to the machine's load (timings taken
+while other processes compete for the cores are not comparable between runs; ratios within a run are fairer):
 
-Class embeddings are computed before timing (one template, a small vocabulary) and then replaced by random unit
-vectors, so the image-level scores spread like a trained model's and the walk accepts a realistic 1-3 classes.
+- ``peak``: the fp32 matmul peak, a large ``torch.mm`` loop, at the thread counts used below.
+- ``throughput``: the paper's protocol per image, whole (PIL image in, label map out), for a line-by-line port of
+  the original pipeline (torchvision ``Resize((288, 288))`` + ``ToTensor`` + ``Normalize``, timm's forward of a ViT
+  built at 288 with the resampled position embedding, the original's post-processing loop with its (C, H, W)
+  float64 array and per-class interpolate / min-max / CRF / dilate / erode / resize, ``argmax``) and for ours:
+  one image at a time, and pipelined (``Segmenter.segment_many``: CRF calls in worker processes, forward lanes). Both
+  sides see the same images, warmed up on the same images, timed over the same images, steady state. ``same``:
+  images whose labels equal the reference's. The limit is the CPU time of forward + CRF spread over the cores.
+  The dense-CRF library's own calls are counted apart (``crf``): building the CRF, its kernels and the mean-field
+  iterations; the unary (``-log(p + 1e-8)``) and the argmax of the marginals count as post-processing on both sides.
+- ``forward``: the ViT forward (with projection, pooling, scores) in GFLOP/s and in % of the matmul peak, with the
+  variants that decide it (threads, attention kernel, batching, lanes running side by side).
+- ``embeddings``: class embeddings of new classes with BERT-base, tokens/s against the BERT FLOP limit of the
+  tokens they contain (analytic FLOPs per token at the measured peak), prompts sorted by length or not.
+- ``dense``: the dense protocol per image against its own FLOP limit (the windows' forwards at the peak).
+- ``startup``: a whole ``simseg segment`` process on one image with a warm class-embedding cache (median of 5),
+  with a ViT-S/16 + BERT-base checkpoint written here (random weights: timing does not depend on them).
+
+Class embeddings of the throughput section are random unit vectors, so the image-level scores spread like a trained
+model's and the walk accepts a realistic 1-3 classes per image.
 
 Run:
-    python benchmarks/bench_segment.py [--images 10] [--models simseg-vit-s16 simseg-vit-b16] [--threads 2]
+    python benchmarks/bench_segment.py [--images 30] [--model simseg-vit-s16] [--sections peak throughput ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from statistics import mean, median
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,10 +47,67 @@ import torch.nn.functional as F
 from PIL import Image
 
 import simseg
-from simseg.classnames import benchmark_classes
+from simseg.classnames import IMAGENET_TEMPLATES, benchmark_classes
 from simseg.crf import binary_unary, crf_from_unary
 from simseg.segment import Segmenter
-from simseg.tokenizer import train_wordpiece_vocab
+
+SECTIONS = ("peak", "throughput", "forward", "embeddings", "dense", "startup")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def load() -> str:
+    """The machine's load averages and how many other processes are running now."""
+    with open("/proc/loadavg") as f:
+        one, five, fifteen, running = f.read().split()[:4]
+    return f"load {one} / {five} / {fifteen} (1 / 5 / 15 min), {running.split('/')[0]} running, {os.cpu_count()} cores"
+
+
+class threads:
+    """torch's intra-op threads inside a block."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def matmul_peak(n_threads: int, size: int = 2048, seconds: float = 1.5) -> float:
+    """Best GFLOP/s of an fp32 (size x size) @ (size x size) ``torch.mm`` over a loop of ``seconds``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    best = 0.0
+    with threads(n_threads):
+        torch.mm(a, b, out=out)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = max(best, 2 * size ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def vit_flops(vit: torch.nn.Module, grid: tuple[int, int], embed_dim: int = 512) -> float:
+    """Multiply-adds x 2 of a timm ViT's forward at ``grid`` patches, with the projection of the patch tokens."""
+    patches = grid[0] * grid[1]
+    n = patches + vit.num_prefix_tokens
+    width = vit.embed_dim
+    hidden = vit.blocks[0].mlp.fc1.out_features
+    patch_in = vit.patch_embed.proj.weight[0].numel()
+    per_block = 2 * n * width * 3 * width + 2 * n * width * width + 4 * n * width * hidden + 4 * n * n * width
+    return len(vit.blocks) * per_block + 2 * patches * patch_in * width + 2 * patches * width * embed_dim
+
+
+def bert_flops_per_token(bert: torch.nn.Module, length: float, embed_dim: int = 512) -> float:
+    """FLOPs per real token of a BERT encoder (and the projection) over sequences of ``length`` tokens."""
+    c = bert.config
+    h, inter = c.hidden_size, c.intermediate_size
+    per_layer = 2 * 4 * h * h + 4 * h * inter + 4 * length * h
+    return c.num_hidden_layers * per_layer + 2 * h * embed_dim
 
 
 def synthetic_images(n: int, width: int = 500, height: int = 375, seed: int = 0) -> list[Image.Image]:
@@ -58,42 +134,42 @@ class TimedCRF:
     """``crf_fn`` for the segmenter that times our unary computation and the library's calls separately."""
 
     def __init__(self) -> None:
-        self.ours = 0.0
         self.library = 0.0
         self.calls = 0
 
     def __call__(self, image: np.ndarray, prob: np.ndarray, **kw) -> np.ndarray:
-        t0 = time.perf_counter()
         unary = binary_unary(prob)
-        t1 = time.perf_counter()
+        t0 = time.perf_counter()
         mask = crf_from_unary(image, unary, **kw)
-        t2 = time.perf_counter()
-        self.ours += t1 - t0
-        self.library += t2 - t1
+        self.library += time.perf_counter() - t0
         self.calls += 1
         return mask
 
 
-def _original_dense_crf(img: np.ndarray, probs: np.ndarray, n_labels: int = 2) -> np.ndarray:
-    """The original's CRF function, step by step (unary from np.append, argmax over the marginals)."""
+# ----------------------------------------------------------------------------------------------- the reference
+def _original_dense_crf(img: np.ndarray, probs: np.ndarray, timer: list, n_labels: int = 2) -> np.ndarray:
+    """The original's CRF function, step by step; ``timer`` collects the seconds of the library's own calls."""
     import pydensecrf.densecrf as dcrf
 
     h, w = probs.shape
     probs = np.expand_dims(probs, 0)
     probs = np.append(1 - probs, probs, axis=0)
-    d = dcrf.DenseCRF2D(w, h, n_labels)
     unary = np.ascontiguousarray((-np.log(probs + 1e-8)).reshape((n_labels, -1))).astype(np.float32)
+    t0 = time.perf_counter()
+    d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(unary)
     d.addPairwiseGaussian(sxy=3, compat=3)
     d.addPairwiseBilateral(sxy=40, srgb=13, rgbim=np.ascontiguousarray(img), compat=10)
     q = d.inference(3)
+    timer.append(time.perf_counter() - t0)
     return np.argmax(np.array(q), axis=0).reshape((h, w))
 
 
 def reference_labels(x: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor, class_emb: torch.Tensor,
                      mean_: tuple, std_: tuple, raw_hw: tuple[int, int], top_n: int = 10,
-                     patch_size: int = 16) -> tuple[np.ndarray, float]:
-    """The original evaluation loop's post-processing, written out plainly; returns labels and CRF library seconds."""
+                     patch_size: int = 16) -> tuple[np.ndarray, list]:
+    """The original evaluation loop's post-processing, written out plainly; returns labels and the CRF calls'
+    library seconds."""
     image_mean = torch.tensor(mean_).view(1, 3, 1, 1)
     image_norm = torch.tensor(std_).view(1, 3, 1, 1)
     num_patch = x.shape[-1] // patch_size
@@ -104,7 +180,7 @@ def reference_labels(x: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor
     threshold = topk_scores.mean() + 1.0 * topk_scores.std()
     raw_h, raw_w = raw_hw
     temp_pred = np.zeros((len(class_emb), raw_h, raw_w))
-    crf_seconds = 0.0
+    timer: list = []
     for index in topk_index[:5]:
         if index in [0, 255]:
             continue
@@ -116,90 +192,329 @@ def reference_labels(x: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor
         if score < threshold:
             break
         norm_attn = (attn - attn.min()) / (attn.max() - attn.min())
-        t0 = time.perf_counter()
-        binary_mask = (_original_dense_crf(np.array(image_a).astype(np.uint8), norm_attn) * 255).astype("uint8")
-        crf_seconds += time.perf_counter() - t0
+        binary_mask = (_original_dense_crf(np.array(image_a).astype(np.uint8), norm_attn, timer) * 255).astype("uint8")
         kernel = np.ones((7, 7), dtype=np.uint8)
         final_mask = cv2.dilate(binary_mask, kernel, 5)
         final_mask = cv2.erode(final_mask, kernel, 3)
         final_mask = cv2.resize(final_mask.astype(np.uint8), dsize=(raw_w, raw_h), interpolation=cv2.INTER_NEAREST)
         temp_pred[index] = final_mask * score
-    return temp_pred.argmax(0), crf_seconds
+    return temp_pred.argmax(0), timer
 
 
-def bench_model(preset: str, images: list[Image.Image], vocab: str, classes: list[str], repeats: int) -> dict:
+class Reference:
+    """The original's whole per-image pipeline on a model's weights: its transforms, timm's forward of a ViT built
+    at the input size (position embedding resampled once, as the original's loader), pooling, scores and the
+    post-processing loop."""
+
+    def __init__(self, model, class_emb: torch.Tensor, size: int = 288):
+        import timm
+        from torchvision import transforms as T
+
+        vit = model.image_encoder
+        grid = (size // model.patch_size, size // model.patch_size)
+        kwargs = (model.config.get("vision") or {}).get("kwargs") or {}
+        self.vit = timm.create_model(model.config["vision"]["name"], num_classes=0, img_size=size, **kwargs).eval()
+        state = {k: v for k, v in vit.state_dict().items()}
+        with torch.no_grad():
+            state["pos_embed"] = model.position_embedding(grid).detach().clone()
+        self.vit.load_state_dict(state)
+        self.proj = copy.deepcopy(model.image_projection).eval()
+        self.class_emb = class_emb
+        self.mean, self.std = model.mean, model.std
+        self.patch = model.patch_size
+        self.transform = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.proj(self.vit.forward_features(x)[:, 1:])
+        pooled = tokens.topk(5, dim=1).values.mean(dim=1)
+        pooled = pooled / (pooled.pow(2).sum(dim=-1, keepdim=True).sqrt() + 1e-8)
+        return tokens[0], (pooled[0].unsqueeze(0) * self.class_emb).sum(dim=1)
+
+    def __call__(self, image: Image.Image) -> tuple[np.ndarray, dict]:
+        t0 = time.perf_counter()
+        x = self.transform(image.convert("RGB")).unsqueeze(0)
+        t1 = time.perf_counter()
+        tokens, scores = self.forward(x)
+        t2 = time.perf_counter()
+        labels, timer = reference_labels(x, tokens, scores, self.class_emb, self.mean, self.std,
+                                         (image.height, image.width), patch_size=self.patch)
+        t3 = time.perf_counter()
+        return labels, {"pre": t1 - t0, "fwd": t2 - t1, "post": t3 - t2 - sum(timer), "crf": sum(timer),
+                        "calls": len(timer), "total": t3 - t0}
+
+
+# ----------------------------------------------------------------------------------------------- sections
+def make_segmenter(preset: str, vocab: str, classes: list[str]) -> Segmenter:
     torch.manual_seed(0)  # the random weights decide how many classes the walk accepts: keep them fixed
-    model = simseg.load_model(preset, tokenizer=vocab)  # the Segmenter sets the ViT to 288
+    model = simseg.load_model(preset, tokenizer=vocab)
     seg = Segmenter(model, classes, templates="single", cache_dir=None)
     gen = torch.Generator().manual_seed(0)
     emb = torch.randn(len(classes), seg.class_emb.shape[1], generator=gen)
     seg.class_emb = emb / emb.norm(dim=-1, keepdim=True)
-    # warm-up: the first calls allocate and pick kernels
-    x0 = seg.preprocess(images[0])
-    for _ in range(3):
-        seg.forward(x0)
+    return seg
+
+
+def section_throughput(seg: Segmenter, images: list[Image.Image], warm: list[Image.Image], n_threads: int,
+                       cores: int, fwd1_s: float) -> None:
+    ref = Reference(seg.model, seg.class_emb, seg.params.input_size)
+    rows = {}
+    with threads(n_threads):
+        for image in warm:
+            ref(image)
+            seg(image)
+        ref_out = [ref(image) for image in images]
+        ref_labels = [labels for labels, _ in ref_out]
+        r = {k: statistics.fmean(t[k] for _, t in ref_out) for k in ref_out[0][1]}
+        rows["reference (original port)"] = (r["total"], ref_labels, f"{n_threads} threads")
+        # ours, one image at a time, with the CRF library's calls timed apart
+        parts = []
+        for image in images:
+            crf = TimedCRF()
+            t0 = time.perf_counter()
+            x = seg.preprocess(image)
+            t1 = time.perf_counter()
+            tokens, grid, scores = seg.forward(x)
+            t2 = time.perf_counter()
+            result = seg.postprocess(x, tokens, grid, scores, image.size, crf_fn=crf)
+            t3 = time.perf_counter()
+            parts.append(({"pre": t1 - t0, "fwd": t2 - t1, "post": t3 - t2 - crf.library, "crf": crf.library,
+                           "calls": crf.calls, "total": t3 - t0}, result.labels))
+        o = {k: statistics.fmean(p[k] for p, _ in parts) for k in parts[0][0]}
+        rows["ours, one image at a time"] = (o["total"], [lab for _, lab in parts], f"{n_threads} threads")
+    configs = [(f"ours, {cores} lanes x 1 thread + {cores} CRF workers", cores, cores, 1),
+               (f"ours, 1 lane x {n_threads} threads + {cores} CRF workers", 1, cores, n_threads),
+               (f"ours, {cores + 1} lanes x 1 thread + {cores} CRF workers", cores + 1, cores, 1)]
+    from simseg.crf import CRFPool
+
+    for name, lanes, workers, t in configs:
+        with threads(t), CRFPool(workers) as pool:
+            pool.start().wait_ready()  # its start (once per run of eval-seg or segment) is not the steady state
+            stream = seg.segment_many(warm + images, lanes=lanes, crf_pool=pool)
+            for _ in warm:  # the pipeline is full and its workers started: time the steady state from here
+                next(stream)
+            t0 = time.perf_counter()
+            out = [r.labels for r in stream]
+            rows[name] = ((time.perf_counter() - t0) / len(images), out, f"{t} thread(s) per lane")
+    crf_cpu = o["crf"]
+    limit = (fwd1_s + o["pre"] + o["post"] + crf_cpu) / cores  # our post holds the unary, upsampling, closing
+    print(f"\n[throughput] simseg protocol, {len(images)} images 500x375, {len(seg.class_names)} classes, input "
+          f"{seg.params.input_size}; steady state after {len(warm)} warm-up images; {load()}")
+    print(f"{'':<50}{'ms/img':>8}{'img/s':>7}{'x ref':>7}{'same':>7}  notes")
+    ref_ms = rows["reference (original port)"][0]
+    failed = False
+    for name, (seconds, labels, note) in rows.items():
+        same = sum(np.array_equal(a, b) for a, b in zip(labels, ref_labels))
+        failed |= same != len(images)
+        print(f"{name:<50}{seconds * 1e3:8.1f}{1 / seconds:7.2f}{ref_ms / seconds:7.2f}{same:>4}/{len(images)}  {note}")
+    print(f"{'limit: CPU time per image / cores':<50}{limit * 1e3:8.1f}{1 / limit:7.2f}{ref_ms / limit:7.2f}"
+          f"{'':>7}  (pre {o['pre'] * 1e3:.0f} + forward {fwd1_s * 1e3:.0f} at 1 thread + post {o['post'] * 1e3:.0f}"
+          f" + CRF {crf_cpu * 1e3:.0f} ms) / {cores} cores")
+    print(f"per image (means)        {'pre':>7}{'fwd':>7}{'post':>7}{'crf':>7}{'calls':>7}")
+    for name, t in (("reference", r), ("ours", o)):
+        print(f"  {name:<23}{t['pre'] * 1e3:7.1f}{t['fwd'] * 1e3:7.1f}{t['post'] * 1e3:7.1f}{t['crf'] * 1e3:7.1f}"
+              f"{t['calls']:7.2f}  ms; crf = the dense-CRF library's calls, apart")
+    return failed
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, reps: int = 7) -> float:
+    """Prints the forward table; returns the 1-thread forward seconds (the CPU time of one forward)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = seg.model
+    size = seg.params.input_size
+    grid = (size // model.patch_size, size // model.patch_size)
+    flops = vit_flops(model.image_encoder, grid, model.embed_dim)
+    x = torch.randn(1, 3, size, size)
+    x2 = torch.randn(2, 3, size, size)
+    ref = Reference(model, seg.class_emb, size)
+    plain = copy.deepcopy(model)
+    for block in plain.image_encoder.blocks:
+        block.attn.fused_attn = False  # the explicit softmax(q k^T) v of the original's hand-written forward
+
+    def ours(batch=x, m=model):
+        with torch.inference_mode():
+            return m.encode_image_tokens(batch)
+
+    def ours_no_grad(batch=x):
+        with torch.no_grad():
+            return model.encode_image_tokens(batch)
 
     rows = []
-    mismatched = 0
-    for image in images:
+    for t in sorted({1, n_threads}):
+        with threads(t):
+            for _ in range(2):
+                ours(), ref.forward(x), ours(m=plain), ours(x2)
+            rows.append(("ours (SDPA attention, inference_mode)", t, 1, _median_time(ours, reps)))
+            rows.append(("ours, torch.no_grad", t, 1, _median_time(ours_no_grad, reps)))
+            rows.append(("ours, explicit softmax attention", t, 1, _median_time(lambda: ours(m=plain), reps)))
+            rows.append(("ours, batch of 2 images", t, 2, _median_time(lambda: ours(x2), reps)))
+            rows.append((f"reference: timm forward at {size}", t, 1, _median_time(lambda: ref.forward(x), reps)))
+    # lanes: one-thread forwards side by side, as segment_many runs them on a CPU
+    with threads(1), ThreadPoolExecutor(cores) as pool:
+        list(pool.map(lambda _: ours(), range(cores)))
         t0 = time.perf_counter()
-        x = seg.preprocess(image)
-        t1 = time.perf_counter()
-        tokens, grid, scores = seg.forward(x)
-        t2 = time.perf_counter()
-        post_runs = []
-        for _ in range(repeats):  # the post-processing is short: repeat to steady the number
-            crf = TimedCRF()
-            ta = time.perf_counter()
-            result = seg.postprocess(x, tokens, grid, scores, image.size, crf_fn=crf)
-            tb = time.perf_counter()
-            post_runs.append((tb - ta - crf.library, crf.library, crf.calls))
-        ours, library, calls = min(post_runs, key=lambda r: r[0])
-        tr = time.perf_counter()
-        ref, ref_crf = reference_labels(x, tokens, scores, seg.class_emb, model.mean, model.std,
-                                        (image.height, image.width))
-        ref_total = time.perf_counter() - tr
-        same = np.array_equal(ref, result.labels)
-        mismatched += not same
-        rows.append({"pre": t1 - t0, "fwd": t2 - t1, "post": ours, "crf": library, "calls": calls,
-                     "ref_post": ref_total - ref_crf, "ref_crf": ref_crf})
-    # forward and preprocessing: medians, robust to another process stealing a core for a moment; the parts whose
-    # work depends on how many classes an image accepts: means over the images
-    summary = {k: (median if k in ("pre", "fwd") else mean)(r[k] for r in rows) for k in rows[0]}
-    summary["mismatched"] = mismatched
-    summary["n"] = len(rows)
-    return summary
+        list(pool.map(lambda _: ours(), range(cores * reps)))
+        lanes_s = (time.perf_counter() - t0) / reps  # seconds for `cores` images
+    print(f"\n[forward] ViT at {size} ({grid[0]}x{grid[1]} patches), {flops / 1e9:.2f} GFLOP per image (analytic, "
+          f"with the projection); median of {reps}; {load()}")
+    print(f"{'':<44}{'threads':>8}{'ms/img':>8}{'GFLOP/s':>9}{'% peak':>8}")
+    one_thread = None
+    for name, t, batch, seconds in rows:
+        per_image = seconds / batch
+        if name.startswith("ours (") and t == 1:
+            one_thread = per_image
+        print(f"{name:<44}{t:>8}{per_image * 1e3:8.1f}{flops / per_image / 1e9:9.1f}"
+              f"{100 * flops / per_image / 1e9 / peaks[t]:8.1f}")
+    per_image = lanes_s / cores
+    print(f"{f'ours, {cores} lanes x 1 thread side by side':<44}{cores:>8}{per_image * 1e3:8.1f}"
+          f"{flops / per_image / 1e9:9.1f}{100 * flops / per_image / 1e9 / peaks[cores]:8.1f}   (segment_many on a CPU)")
+    print(f"% peak: of the fp32 matmul peak at that thread count ({', '.join(f'{t}: {p:.1f}' for t, p in peaks.items())}"
+          f" GFLOP/s)")
+    return one_thread
+
+
+def section_embeddings(preset: str, n_threads: int, peak: float, num_classes: int, reps: int = 1) -> None:
+    from simseg.embeddings import encode_class_names
+
+    torch.manual_seed(0)
+    model = simseg.load_model(preset)  # BERT-base with the shipped bert-base-uncased vocabulary
+    classes = benchmark_classes("pascal_voc")[:num_classes]
+    prompts = [t.format(c) for c in classes for t in IMAGENET_TEMPLATES]
+    tok = model.tokenize(prompts, padding="longest")
+    lengths = tok["attention_mask"].sum(dim=1).float()
+    tokens = int(lengths.sum())
+    # attention costs per token grow with the sequence: the mean real length over the prompts
+    flops = tokens * bert_flops_per_token(model.text_encoder, float(lengths.mean()), model.embed_dim)
+
+    def unsorted(batch_size: int = 256, padding: str = "longest"):
+        with torch.no_grad():
+            for s in range(0, len(prompts), batch_size):
+                b = model.tokenize(prompts[s:s + batch_size], padding=padding)
+                model.encode_text(b["input_ids"], b["attention_mask"])
+
+    rows = []
+    with threads(n_threads):
+        encode_class_names(model, classes[:1], IMAGENET_TEMPLATES[:8])  # warm-up
+        rows.append(("ours: sorted by length, batch 256", _median_time(
+            lambda: encode_class_names(model, classes, IMAGENET_TEMPLATES), reps)))
+        rows.append(("prompt order, padded to the longest of 256", _median_time(unsorted, reps)))
+        rows.append(("original: prompt order, padded to 25", _median_time(
+            lambda: unsorted(padding="max_length"), reps)))
+    limit = flops / (peak * 1e9)
+    print(f"\n[embeddings] {len(classes)} classes x {len(IMAGENET_TEMPLATES)} templates = {len(prompts)} prompts, "
+          f"{tokens} tokens (mean {float(lengths.mean()):.1f}), BERT-base {flops / tokens / 1e6:.0f} MFLOP/token; "
+          f"{n_threads} threads; {load()}")
+    print(f"{'':<46}{'s':>7}{'tokens/s':>10}{'% limit':>9}")
+    for name, seconds in rows:
+        print(f"{name:<46}{seconds:7.2f}{tokens / seconds:10.0f}{100 * limit / seconds:9.1f}")
+    print(f"{'limit: real tokens x FLOP/token at the peak':<46}{limit:7.2f}{tokens / limit:10.0f}{100.0:9.1f}"
+          f"   (peak {peak:.1f} GFLOP/s)")
+
+
+def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, peak: float, cores: int,
+                  peaks: dict) -> None:
+    dense = Segmenter(seg.model, seg.class_names, protocol="dense", templates="single", cache_dir=None)
+    dense.class_emb = seg.class_emb
+    model = seg.model
+    rows = []
+    with threads(n_threads):
+        first = dense(images[0])
+        windows = first.details["windows"]
+        crop = dense.params.crop_size
+        flops = windows * vit_flops(model.image_encoder, (crop // model.patch_size,) * 2, model.embed_dim)
+        t0 = time.perf_counter()
+        for image in images:
+            dense(image)
+        rows.append((f"one image at a time, {n_threads} threads", (time.perf_counter() - t0) / len(images), peak))
+    with threads(1):
+        stream = dense.segment_many(images[:1] + images, lanes=cores)
+        next(stream)
+        t0 = time.perf_counter()
+        for _ in stream:
+            pass
+        rows.append((f"segment_many, {cores} lanes x 1 thread", (time.perf_counter() - t0) / len(images),
+                     peaks[cores]))
+    print(f"\n[dense] {len(images)} images 500x375 -> short side {dense.params.short_side}, {windows} windows of "
+          f"{crop} (stride {dense.params.stride}), {flops / 1e9:.1f} GFLOP per image; {load()}")
+    print(f"{'':<44}{'ms/img':>8}{'GFLOP/s':>9}{'% limit':>9}")
+    for name, seconds, p in rows:
+        print(f"{name:<44}{seconds * 1e3:8.1f}{flops / seconds / 1e9:9.1f}{100 * flops / seconds / 1e9 / p:9.1f}")
+    print("limit: the windows' forwards at the matmul peak of the threads used")
+
+
+def section_startup(preset: str, runs: int = 5) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        from simseg.checkpoint import save_model
+
+        save_model(simseg.load_model(preset), tmp / "ck")
+        synthetic_images(1)[0].save(tmp / "photo.jpg")
+        cmd = [sys.executable, "-m", "simseg", "segment", str(tmp / "photo.jpg"), "--classes", "cat,dog,grass",
+               "--checkpoint", str(tmp / "ck"), "--out", str(tmp / "out"), "--cache-dir", str(tmp / "cache")]
+
+        def once() -> float:
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            return time.perf_counter() - t0
+
+        cold = once()  # fills the class-embedding cache: 4 names x 80 templates
+        warm = [once() for _ in range(runs)]
+    print(f"\n[startup] whole process: python -m simseg segment (1 image 500x375, 3 classes, 80 templates), "
+          f"{preset} checkpoint; {load()}")
+    print(f"  empty class-embedding cache: {cold:.2f} s")
+    print(f"  warm cache: median {statistics.median(warm):.2f} s of {runs} ({', '.join(f'{w:.2f}' for w in warm)})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10)
-    parser.add_argument("--models", nargs="+", default=["simseg-vit-s16", "simseg-vit-b16"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--repeats", type=int, default=3, help="post-processing repeats per image (min taken)")
+    parser.add_argument("--images", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--model", default="simseg-vit-s16")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--embed-classes", type=int, default=6, help="classes of the embeddings section (x 80)")
+    parser.add_argument("--dense-images", type=int, default=6)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_threads = args.threads or cores
+    torch.set_num_threads(n_threads)
+    print(f"simseg benchmark, CPU, torch {torch.__version__}, {cores} cores, {n_threads} threads; start: {load()}")
+    peaks = {t: matmul_peak(t) for t in sorted({1, n_threads, cores})}
+    print("[peak] fp32 torch.mm 2048^3: " + ", ".join(f"{t} thread(s) {p:.1f} GFLOP/s" for t, p in peaks.items()))
     classes = benchmark_classes("pascal_voc")
-    images = synthetic_images(args.images)
-    print(f"simseg protocol, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{len(images)} synthetic 500x375 images, {len(classes)} VOC classes, input 288")
+    failed = False
     with tempfile.TemporaryDirectory() as tmp:
+        from simseg.tokenizer import train_wordpiece_vocab
+
         vocab = str(train_wordpiece_vocab(classes + ["a photo of a {}."], tmp, vocab_size=200))
-        header = (f"{'model':<16}{'pre ms':>8}{'fwd ms':>8}{'post ms':>9}{'crf ms':>8}{'crf/img':>8}"
-                  f"{'post/fwd':>9}{'img/s':>7}{'ref post':>9}{'same':>6}")
-        print(header)
-        failed = False
-        for preset in args.models:
-            s = bench_model(preset, images, vocab, classes, args.repeats)
-            total = s["pre"] + s["fwd"] + s["post"] + s["crf"]
-            print(f"{preset:<16}{s['pre'] * 1e3:8.1f}{s['fwd'] * 1e3:8.1f}{s['post'] * 1e3:9.2f}"
-                  f"{s['crf'] * 1e3:8.1f}{s['calls']:8.2f}{s['post'] / s['fwd']:9.3f}{1 / total:7.2f}"
-                  f"{s['ref_post'] * 1e3:9.2f}{s['n'] - s['mismatched']:>4}/{s['n']}")
-            failed |= s["mismatched"] > 0
-    print("per image (pre, fwd: medians; the rest: means); post = our post-processing without the dense-CRF library's calls (crf ms, per image); "
-          "ref post = the same part in a line-by-line port of the original; same = images whose labels equal the "
-          "reference's")
+        seg = make_segmenter(args.model, vocab, classes) if {"throughput", "forward", "dense"} & set(args.sections) \
+            else None
+        fwd1 = None
+        if "forward" in args.sections or "throughput" in args.sections:
+            fwd1 = section_forward(seg, n_threads, cores, peaks)
+        if "throughput" in args.sections:
+            images = synthetic_images(args.images)
+            warm = synthetic_images(args.warmup, seed=1)
+            failed |= section_throughput(seg, images, warm, n_threads, cores, fwd1)
+        if "dense" in args.sections:
+            section_dense(seg, synthetic_images(args.dense_images, seed=2), n_threads, peaks[n_threads], cores,
+                          peaks)
+    if "embeddings" in args.sections:
+        section_embeddings(args.model, n_threads, peaks[n_threads], args.embed_classes)
+    if "startup" in args.sections:
+        section_startup(args.model)
+    print(f"\nend: {load()}")
     return 1 if failed else 0
 
 

@@ -137,3 +137,41 @@ def test_resizing_back_and_forth_does_not_compound(small_model):
         m.image_encoder.pos_embed.add_(1.0)
     m.set_image_size(288)
     assert not torch.equal(m.image_encoder.pos_embed.detach(), at288)
+
+
+@pytest.mark.parametrize("source", ["own", "original"])
+def test_loading_without_initialisation_equals_the_initialised_path(tmp_path, small_model, vocab_dir, source):
+    """The fast start-up path (empty build, assigned weights) gives the embeddings and labels of the plain path
+    (random initialisation, then the weights copied in) and draws no random number."""
+    import numpy as np
+    from PIL import Image
+
+    from simseg.classnames import IMAGENET_TEMPLATES
+    from simseg.embeddings import class_embeddings
+    from simseg.segment import Segmenter
+
+    if source == "own":
+        path = save_model(small_model, tmp_path / "ck")
+    else:
+        path = tmp_path / "simseg.small.pth"
+        torch.save(_to_original_layout(small_model), path)
+    before = torch.get_rng_state()
+    fast = load_model(path, tokenizer=vocab_dir)
+    assert torch.equal(torch.get_rng_state(), before)  # nothing was randomly initialised
+    assert not [n for n, t in [*fast.named_parameters(), *fast.named_buffers()] if t.is_meta]
+    plain = build_model(fast.config, load_tokenizer(vocab_dir), pretrained=False)
+    plain.load_state_dict(small_model.state_dict())
+    plain.eval()
+    for name, buf in plain.named_buffers():  # the buffers no state dict holds
+        assert torch.equal(dict(fast.named_buffers())[name], buf), name
+    classes = ["cat", "dog", "grass", "sky"]
+    emb_fast = class_embeddings(fast, classes, IMAGENET_TEMPLATES, use_cache=False)
+    emb_plain = class_embeddings(plain, classes, IMAGENET_TEMPLATES, use_cache=False)
+    torch.testing.assert_close(emb_fast, emb_plain, rtol=0, atol=1e-6)
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        image = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8).repeat(24, 0).repeat(20, 1))
+        a = Segmenter(fast, classes, templates="single", cache_dir=tmp_path, threshold_std=-10)(image)
+        b = Segmenter(plain, classes, templates="single", cache_dir=tmp_path, threshold_std=-10)(image)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.scores, b.scores)

@@ -136,3 +136,21 @@ def test_non_square_input_and_bad_size(tiny_model):
     assert grid == (3, 5) and tokens.shape[1] == 15
     with pytest.raises(ValueError, match="multiple of the patch size"):
         tiny_model.encode_image(torch.randn(1, 3, 3 * p + 1, 5 * p))
+
+
+def test_state_sha256_is_the_sha256_of_names_and_bytes_in_name_order():
+    import hashlib
+
+    import numpy as np
+
+    from simseg.model import state_sha256
+
+    state = {"b.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3).t(),  # not contiguous
+             "a.bias": torch.tensor([1.5, -2.0]), "c.flag": torch.tensor([True, False])}
+    h = hashlib.sha256()
+    for name in ("a.bias", "b.weight", "c.flag"):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(state[name].numpy()).tobytes())
+    assert state_sha256(state) == h.hexdigest()
+    assert state_sha256(state, prefixes=("a.",)) == hashlib.sha256(b"a.bias" + state["a.bias"].numpy().tobytes()
+                                                                   ).hexdigest()

@@ -712,3 +712,77 @@ def test_without_crf_a_pixel_at_exactly_one_half_is_background(model):
     assert result.details["accepted"] == ["cat"]
     assert (result.labels[:, 200:] == 1).all()
     assert not result.labels[:, :188].any()  # -1 (p = 0) and 0 (p = 0.5 exactly): background
+
+# ------------------------------------------------------------------ the pipelined path (segment_many)
+def _photo_like(seed: int, size: tuple[int, int]) -> Image.Image:
+    """Smooth colour fields with flat shapes: images on which the CRF has edges to follow."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = cv2.resize(rng.integers(0, 256, (4, 5, 3)).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(3):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(10, 60)), color, -1)
+    return Image.fromarray(img)
+
+
+def _random_class_segmenter(model, tmp_path, crf: bool = True) -> Segmenter:
+    """21 classes with random unit embeddings, so that the walk accepts a few classes per image, as a trained
+    model's scores do (a random tiny model's own class embeddings are nearly parallel)."""
+    from simseg.classnames import benchmark_classes
+
+    seg = Segmenter(model, benchmark_classes("pascal_voc"), crf=crf, templates="single", cache_dir=tmp_path)
+    emb = torch.randn(len(seg.class_names), seg.class_emb.shape[1], generator=torch.Generator().manual_seed(5))
+    seg.class_emb = emb / emb.norm(dim=-1, keepdim=True)
+    return seg
+
+
+def test_segment_many_with_crf_workers_gives_the_serial_labels(model, tmp_path):
+    seg = _random_class_segmenter(model, tmp_path)
+    images = [_photo_like(i, size) for i, size in enumerate([(160, 120), (96, 128), (200, 150), (64, 64)] * 3)]
+    serial = [seg(im) for im in images]
+    # the comparison means something: the CRF ran on several classes of several images, and changed their maps
+    crf_calls = sum(sum(1 for name in r.details["accepted"] if r.scores[r.class_names.index(name)] > 0)
+                    for r in serial)
+    assert crf_calls >= 10 and sum(len(r.found) > 1 for r in serial) >= 2
+    no_crf = copy.copy(seg)
+    no_crf.crf = False
+    assert sum(not np.array_equal(no_crf(im).labels, r.labels) for im, r in zip(images, serial)) >= 6
+    from simseg.crf import CRFPool
+
+    def check(piped):
+        assert len(piped) == len(images)
+        for a, b in zip(serial, piped):
+            np.testing.assert_array_equal(a.labels, b.labels)
+            assert a.details == b.details and a.found == b.found
+            np.testing.assert_array_equal(a.scores, b.scores)
+
+    for crf_workers, lanes in ((2, 1), (1, 3)):
+        check(list(seg.segment_many(iter(images), crf_workers=crf_workers, lanes=lanes)))
+    with CRFPool(2) as pool:  # a pool of the caller's, shared by two runs
+        pool.start().wait_ready()
+        for lanes in (1, 2):
+            check(list(seg.segment_many(images, lanes=lanes, crf_pool=pool)))
+
+
+def test_segment_many_without_workers_and_its_errors(model, tmp_path):
+    seg = _random_class_segmenter(model, tmp_path, crf=False)
+    images = [_photo_like(i, (80, 60)) for i in range(4)]
+    serial = [seg(im).labels for im in images]
+    assert all(np.array_equal(a, b.labels) for a, b in zip(serial, seg.segment_many(images, lanes=2)))
+
+    class Unreadable:  # an image whose conversion fails the way a truncated file does
+        size = (10, 10)
+
+        def convert(self, mode):
+            raise InputError("broken.jpg: truncated image")
+
+    # an error raised by the segmentation, and one handed in by the caller (a file it could not read)
+    mixed = [images[0], Unreadable(), images[1], InputError("missing.png: file not found"), images[2]]
+    for lanes in (1, 2):
+        out = list(seg.segment_many(mixed, lanes=lanes, return_exceptions=True))
+        assert isinstance(out[1], InputError) and "broken.jpg" in str(out[1])
+        assert isinstance(out[3], InputError) and "missing.png" in str(out[3])
+        for i, j in ((0, 0), (2, 1), (4, 2)):
+            np.testing.assert_array_equal(out[i].labels, serial[j])
+        with pytest.raises(InputError, match="broken.jpg"):
+            list(seg.segment_many(mixed, lanes=lanes))

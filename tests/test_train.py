@@ -93,6 +93,7 @@ def test_paper_presets_are_the_original_recipe(tiny_model, preset):
     assert (tc["lr"], tuple(tc["betas"]), tc["eps"], tc["batch_size"], tc["chunk_size"]) == (
         1e-4, (0.9, 0.98), 1e-6, 4096, 1024)
     assert (mc["train_pooling"], mc["init"], mc["dropout"]) == ("masked", None, None)
+    assert (tc["adamw"], tc["pad_captions"], tc["compile"]) == ("loop", "max_length", False)  # the original's step
     assert dc["autoaugment"] and dc["augment"] and dc["shuffle"]
     assert all("weight" not in s for s in dc["train"])  # mixed by size, as the original's concatenation
     assert resolve_precision(tc["precision"], torch.device("cuda", 0)) == "fp16"  # the original's mixed precision
@@ -475,7 +476,7 @@ def test_finetuning_from_a_bad_checkpoint_is_one_clear_line(vocab_dir, tmp_path,
 # ------------------------------------------------------------------------------------------------ deterministic mode
 def _deterministic_cfg(vocab_dir, out, csv, init, steps=3):
     cfg = _cfg(vocab_dir, out, steps=steps, batch_size=8, checkpoint_every=1, keep_checkpoints=0, lr=1e-3,
-               schedule="constant")
+               schedule="constant", adamw="loop", pad_captions="max_length")  # bit-exact with the original's step
     cfg["model"].update(init=str(init), dropout=0, tokenizer=None)
     cfg["data"].update(train=[{"type": "csv", "path": str(csv)}], image_size=32, augment=False, shuffle=False)
     return cfg
@@ -636,3 +637,114 @@ def test_lost_samples_are_counted_exactly_in_the_log_and_summary(vocab_dir, tmp_
     assert summary["bad_samples"] == BROKEN_LOST + 2 and summary["bad_samples_by_source"] == [BROKEN_LOST, 2]
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["bad_samples"] == BROKEN_LOST + 2 and record["bad_samples_by_source"] == [BROKEN_LOST, 2]
+
+
+# ------------------------------------------------------------------------------------------------ step speed paths
+def _step_grads(model, captions, padding, images):
+    tokens = model.tokenize(captions, padding=padding)
+    model.zero_grad(set_to_none=True)
+    loss = contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"], masked=True)
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_padding_to_the_longest_gives_the_same_masked_step(tiny_model):
+    import copy
+
+    from simseg.train import caption_padding
+
+    assert caption_padding(True) == "longest" and caption_padding(False) == "max_length"
+    assert caption_padding(True, "max_length") == caption_padding(False, "auto") == "max_length"
+    model = copy.deepcopy(tiny_model).train()
+    from simseg.model import set_dropout
+
+    set_dropout(model, 0.0)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    captions = CAPTIONS[:4]
+    assert model.tokenize(captions, padding="longest")["input_ids"].shape[1] < model.max_length
+    loss_a, grads_a = _step_grads(model, captions, "max_length", images)
+    loss_b, grads_b = _step_grads(model, captions, "longest", images)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:  # float rounding only: attention over 25 or fewer keys sums in another order
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4), \
+            (name, float((grads_a[name] - grads_b[name]).abs().max()), float(grads_a[name].abs().max()))
+
+
+@pytest.mark.parametrize("kernel", ["fused", "foreach"])
+def test_adamw_kernels_make_the_loop_update(tiny_model, kernel):
+    import copy
+
+    from simseg.optim import adamw
+
+    models = [copy.deepcopy(tiny_model) for _ in range(2)]
+    opts = [torch.optim.AdamW(param_groups(models[0], 0.2), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, foreach=False),
+            adamw(param_groups(models[1], 0.2), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, kernel=kernel)]
+    assert opts[1].defaults["fused" if kernel == "fused" else "foreach"]
+    g = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=g) for p in models[0].parameters()] for _ in range(3)]
+    for step_grads in grads:
+        for model, opt in zip(models, opts):
+            for p, gr in zip(model.parameters(), step_grads):
+                p.grad = gr.clone()
+            opt.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_adamw_rejects_an_unknown_kernel(tiny_model):
+    from simseg.optim import adamw
+
+    with pytest.raises(ConfigError, match="AdamW kernel 'turbo'"):
+        adamw(param_groups(tiny_model, 0.2), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, kernel="turbo")
+
+
+def test_gradient_buffer_backward_accumulates_into_its_views(tiny_model):
+    import copy
+
+    from simseg.train import GradientBuffer
+
+    model = copy.deepcopy(tiny_model).train()
+    buf = GradientBuffer(model)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert GradientBuffer.base_of(grads) is buf.flat
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = model.tokenize(CAPTIONS[:4], padding="longest")
+    for _ in range(2):  # two steps: each starts from zero and ends in the views, no new gradient tensor
+        buf.zero()
+        torch.manual_seed(0)
+        contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"])
+        assert all(p.grad._base is buf.flat for p in model.parameters() if p.requires_grad)
+        from_buffer = buf.flat.clone()
+    # the same step with fresh gradient tensors gives the same gradients
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"])
+    fresh = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
+    assert torch.allclose(from_buffer, fresh, atol=1e-7)
+    assert GradientBuffer.base_of([p.grad for p in model.parameters() if p.requires_grad]) is None
+
+
+def test_train_compile_falls_back_to_eager_without_a_compiler(tiny_model, monkeypatch, capsys):
+    import copy
+
+    import simseg.train as tr
+
+    monkeypatch.setattr(tr.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert "no C++ compiler" in tr.compiler_problem(torch.device("cpu"))
+    model = copy.deepcopy(tiny_model)
+    assert tr.compile_forward(model, torch.device("cpu")) is False
+    assert "train.compile=true but torch.compile cannot run here" in capsys.readouterr().out
+    assert model._compiled_call_impl is None  # still the eager forward
+
+
+def test_train_compile_is_a_checked_config_key(vocab_dir, tmp_path):
+    from simseg.schema import validate_config
+
+    cfg = _cfg(vocab_dir, tmp_path / "run")
+    assert cfg["train"]["compile"] is False  # in the preset
+    assert (cfg["train"]["adamw"], cfg["train"]["pad_captions"]) == ("fused", "auto")
+    for key, bad in (("compile", "yes"), ("adamw", "turbo"), ("pad_captions", "shortest")):
+        broken = {**cfg, "train": {**cfg["train"], key: bad}}
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            validate_config(broken)

@@ -27,7 +27,7 @@ from simseg.checkpoint_format import (CONFIG_NAME, FORMAT_VERSION, TOKENIZER_DIR
                                       check_evaluation_defaults, save_model)
 from simseg.errors import CheckpointError, ConfigError, InputError, describe_yaml_error, one_line
 from simseg.files import atomic_write_bytes
-from simseg.model import SimSegModel, build_model
+from simseg.model import SimSegModel, build_model, meta_tensors
 from simseg.schema import validate_model_config
 from simseg.tokenizer import Tokenizer, load_tokenizer
 
@@ -174,15 +174,19 @@ def _load_own(directory: Path, tokenizer: Tokenizer | None) -> SimSegModel:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: corrupt or truncated weights ({one_line(e)})") from None
     try:
-        model = build_model(doc["model"], tokenizer, pretrained=False)
+        model = build_model(doc["model"], tokenizer, pretrained=False, empty=True)
     except ConfigError as e:  # a model section the libraries refuse: the file is named
         raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
-    _load_checked(model, state, str(weights))
+    _load_checked(model, state, str(weights), assign=True)
     return model
 
 
-def _load_checked(model: SimSegModel, state: dict[str, torch.Tensor], label: str) -> None:
-    """``load_state_dict`` that reports every missing, unexpected and mis-shaped key in one error."""
+def _load_checked(model: SimSegModel, state: dict[str, torch.Tensor], label: str, assign: bool = False) -> None:
+    """``load_state_dict`` that reports every missing, unexpected and mis-shaped key in one error.
+
+    ``assign=True`` makes the checkpoint's tensors the model's (no copy): for a model built with ``empty=True``,
+    whose every weight must come from ``state``; each tensor keeps the model's dtype.
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -198,7 +202,14 @@ def _load_checked(model: SimSegModel, state: dict[str, torch.Tensor], label: str
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{title}: {shown}")
         raise CheckpointError(f"{label}: checkpoint does not match the model ({'; '.join(parts)})")
-    model.load_state_dict(state, strict=True)
+    if not assign:
+        model.load_state_dict(state, strict=True)
+        return
+    state = {k: v if v.dtype == own[k].dtype else v.to(own[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    left = meta_tensors(model)
+    if left:  # a tensor that no state dict holds and no builder made: a bug, never a silent uninitialised weight
+        raise CheckpointError(f"{label}: no value for {', '.join(left[:8])}")
 
 
 # ------------------------------------------------------------------------------------------------ original format
@@ -353,8 +364,8 @@ def import_original(
     ``load_model(..., image_size=288)``) for the evaluation resolution.
     """
     state, mapped = read_original_state(path)
-    model = build_model(model_config or infer_original_config(state), tokenizer, pretrained=False)
-    _load_checked(model, mapped, str(path))
+    model = build_model(model_config or infer_original_config(state), tokenizer, pretrained=False, empty=True)
+    _load_checked(model, mapped, str(path), assign=True)
     return model
 
 

@@ -3,10 +3,17 @@
 The CRF is the fully connected CRF of Krähenbühl & Koltun through ``pydensecrf2`` (an optional extra:
 ``pip install 'simseg[crf]'``); it is imported only when a CRF is actually run, so the rest of the package works
 without it. Its parameters default to the ones the paper's numbers were made with (:class:`simseg.protocols.CRFParams`).
+
+A CRF call costs tens of milliseconds of one core and the library holds the interpreter while it runs, so
+:class:`CRFPool` runs calls in worker processes: the calls of one image in parallel, and overlapped with the next
+image's forward (:meth:`simseg.segment.Segmenter.segment_many`). A worker computes exactly what the serial path
+computes (:func:`refine_patch_map`), so the labels are the same.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future
 from types import ModuleType
 
 import cv2
@@ -124,3 +131,89 @@ def closing(mask: np.ndarray, kernel: int = 7) -> np.ndarray:
         element = np.ones((kernel, kernel), dtype=np.uint8)
         m = cv2.erode(cv2.dilate(m, element), element)
     return m.astype(bool)
+
+
+def refine_patch_map(image: np.ndarray, prob: np.ndarray, patch_size: int, params: CRFParams = CRFParams(),
+                     kernel: int = 7) -> np.ndarray:
+    """One class of the ``simseg`` protocol from its min-max normalised patch map to its closed mask.
+
+    Nearest upsampling by ``patch_size`` (pure repetition), :func:`dense_crf_binary`, then :func:`closing`: the steps
+    the serial path runs, in one function that a worker process can run (its arguments are small arrays).
+
+    Args:
+        image: (gh * patch_size, gw * patch_size, 3) uint8 image for the bilateral term.
+        prob: (gh, gw) foreground probability in [0, 1] (the min-max normalised similarity map).
+        patch_size: the upsampling factor.
+        params: the CRF's settings.
+        kernel: side of the closing's square element.
+
+    Returns:
+        (H, W) bool mask.
+    """
+    full = np.repeat(np.repeat(prob, patch_size, axis=0), patch_size, axis=1)
+    return closing(dense_crf_binary(image, full, params), kernel)
+
+
+def _worker_init() -> None:
+    """A CRF worker runs one call at a time on one core: OpenCV's own thread pool would only compete with the other
+    workers and the forward."""
+    cv2.setNumThreads(1)
+
+
+def _ready() -> int:
+    require_densecrf()
+    return os.getpid()
+
+
+class CRFPool:
+    """Dense-CRF calls in worker processes (a ``ProcessPoolExecutor`` of the ``spawn`` start method).
+
+    ``spawn`` (not ``fork``): the parent holds torch's thread pools, which a forked child must not inherit. A call's
+    arguments are a small uint8 image and an 18 x 18 map, so sending them costs far less than the call.
+
+    Args:
+        workers: number of worker processes (at least 1).
+        start_method: ``spawn`` (default) or ``forkserver``.
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, workers: int, start_method: str = "spawn"):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if workers < 1:
+            raise ValueError(f"CRFPool: workers must be at least 1, got {workers}")
+        self.workers = int(workers)
+        self._started: list[Future] = []
+        context = multiprocessing.get_context(start_method)
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init)
+
+    def start(self) -> "CRFPool":
+        """Start every worker now (they otherwise start on the first calls) and check that each can run the CRF.
+
+        Returns the pool; the start runs in the background, so the caller's work (e.g. loading a model) overlaps it.
+        """
+        self._started = [self._executor.submit(_ready) for _ in range(self.workers)]
+        return self
+
+    def wait_ready(self) -> "CRFPool":
+        """Block until every worker started by :meth:`start` is running (raises what a worker could not do)."""
+        for future in self._started:
+            future.result()
+        return self
+
+    def submit(self, image: np.ndarray, prob: np.ndarray, patch_size: int, params: CRFParams = CRFParams(),
+               kernel: int = 7) -> Future:
+        """:func:`refine_patch_map` in a worker; the future's result is the (H, W) bool mask."""
+        return self._executor.submit(refine_patch_map, image, prob, patch_size, params, kernel)
+
+    def close(self) -> None:
+        """Stop the workers (calls not yet started are cancelled)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "CRFPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -101,7 +101,12 @@ def warn_unknown_words(tokenizer: Any, class_names: Sequence[str]) -> list[str]:
 def encode_class_names(
     model: Any, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
-    """Encode every class in every template (masked LoDA, padded to the longest prompt) and average per class.
+    """Encode every class in every template (masked LoDA) and average per class.
+
+    The prompts are encoded in order of their token length, each batch padded to its own longest prompt, then put
+    back in place: BERT attends only to real tokens, so the features are those of any padding (to float rounding),
+    while the work is that of the real tokens (sorted, a batch holds prompts of nearly one length, so almost no
+    padding is computed).
 
     Returns:
         (C, D) float32 on the model's device: the template mean of the L2-normalised prompt embeddings, divided by
@@ -110,13 +115,20 @@ def encode_class_names(
     from tqdm import tqdm
 
     prompts = [t.format(name) for name in class_names for t in templates]
+    tokens = model.tokenize(prompts, padding="longest")
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    lengths = mask.sum(dim=1)
+    order = torch.sort(lengths, stable=True).indices  # stable: equal lengths keep the prompts' order
     starts = range(0, len(prompts), batch_size)
-    chunks = []
+    per_prompt: torch.Tensor | None = None
     for start in tqdm(starts, desc="encoding class prompts", unit="batch", leave=False, disable=len(starts) < 4):
-        batch = model.tokenize(prompts[start:start + batch_size], padding="longest")
-        chunks.append(model.encode_text(batch["input_ids"], batch["attention_mask"]).float())
-    per_prompt = torch.cat(chunks).reshape(len(class_names), len(templates), -1)
-    mean = per_prompt.mean(dim=1)
+        rows = order[start:start + batch_size]
+        width = int(lengths[rows].max())
+        out = model.encode_text(ids[rows, :width], mask[rows, :width]).float()
+        if per_prompt is None:
+            per_prompt = torch.empty((len(prompts), out.shape[1]), dtype=torch.float32, device=out.device)
+        per_prompt[rows.to(out.device)] = out
+    mean = per_prompt.reshape(len(class_names), len(templates), -1).mean(dim=1)
     return mean / mean.norm(dim=-1, keepdim=True)
 
 

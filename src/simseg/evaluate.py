@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,8 @@ def evaluate_segmentation(
     world_size: int = 1,
     on_prediction: PredictionCallback | None = None,
     progress: bool = True,
+    crf_workers: int = 0,
+    lanes: int = 1,
 ) -> dict:
     """Run a segmenter over a benchmark and compute its metrics.
 
@@ -59,6 +62,9 @@ def evaluate_segmentation(
             the same totals and each image is counted exactly once.
         on_prediction: optional callback per evaluated sample (e.g. to write overlays).
         progress: show a progress bar (on rank 0).
+        crf_workers, lanes: with a segmenter that has ``segment_many``, overlap consecutive images through it
+            (:meth:`simseg.segment.Segmenter.segment_many`: CRF calls in worker processes, forwards in lanes); the
+            labels, hence the metrics, are those of the one-image-at-a-time loop.
 
     Returns:
         ``{"mIoU", "aAcc", "mAcc", "per_class", "num_images", "num_evaluated", "num_bad", "bad_samples",
@@ -81,19 +87,44 @@ def evaluate_segmentation(
     evaluated = 0
     start = time.perf_counter()
     bar = progress_bar(indices, desc=f"eval {dataset.name}", unit="img", disable=rank != 0 or not progress)
-    for index in bar:
-        sample_id = dataset.sample_ids[index]
-        try:
-            image, label, sample_id = dataset[index]
-            result = segmenter(image)
-        except LabelValueError:
-            bar.close()
-            raise  # not one bad file: the labels are not this benchmark's, and every number would be wrong
-        except InputError as e:
-            bad.append({"index": index, "sample_id": sample_id, "error": str(e)})
-            bar.write(f"bad sample {sample_id}: {e}", file=sys.stderr)
-            bar.set_postfix(bad=len(bad))
+    read: deque = deque()  # (index, sample id, image, label) of the images handed to the segmenter, in order
+
+    def report_bad(index: int, sample_id: str, error: Exception) -> None:
+        bad.append({"index": index, "sample_id": sample_id, "error": str(error)})
+        bar.write(f"bad sample {sample_id}: {error}", file=sys.stderr)
+        bar.set_postfix(bad=len(bad))
+
+    def images():
+        for index in bar:
+            sample_id = dataset.sample_ids[index]
+            try:
+                image, label, sample_id = dataset[index]
+            except LabelValueError:
+                bar.close()
+                raise  # not one bad file: the labels are not this benchmark's, and every number would be wrong
+            except InputError as e:
+                report_bad(index, sample_id, e)
+                continue
+            read.append((index, sample_id, image, label))
+            yield image
+
+    def one_at_a_time():
+        for image in images():
+            try:
+                yield segmenter(image)
+            except InputError as e:
+                yield e
+
+    pipelined = hasattr(segmenter, "segment_many") and (crf_workers > 0 or lanes > 1)
+    results = (segmenter.segment_many(images(), crf_workers=crf_workers, lanes=lanes, return_exceptions=True)
+               if pipelined else one_at_a_time())
+    for result in results:
+        index, sample_id, image, label = read.popleft()
+        if isinstance(result, InputError):
+            report_bad(index, sample_id, result)
             continue
+        if isinstance(result, Exception):
+            raise result
         pred = np.asarray(result.labels)
         if pred.shape != label.shape:  # the segmenter's contract, not the user's data: a bug
             raise RuntimeError(f"{sample_id}: prediction {pred.shape} does not match ground truth {label.shape}")

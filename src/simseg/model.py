@@ -30,7 +30,7 @@ def state_sha256(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] | Non
     for name, t in sorted(state.items()):
         if prefixes is None or name.startswith(prefixes):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))  # no copy
     return h.hexdigest()
 
 
@@ -369,13 +369,26 @@ def set_dropout(model: nn.Module, p: float) -> int:
     return count
 
 
-def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained: bool | None = None) -> SimSegModel:
+def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained: bool | None = None,
+                empty: bool = False) -> SimSegModel:
     """Build a model from the ``model`` section of a config.
 
     ``pretrained`` overrides both towers' ``pretrained`` flags (False when weights come from a checkpoint).
     ``train_pooling`` ("masked" by default) is the training forward's LoDA variant; ``dropout`` (None: the towers' own
     dropout) sets every dropout of both towers (:func:`set_dropout`).
+
+    ``empty=True`` builds the model on the meta device, without computing any initial weight (a random
+    initialisation of 131M parameters costs seconds): for a checkpoint that gives every weight, assigned with
+    ``load_state_dict(state, assign=True)`` (:func:`simseg.checkpoint.load_model` does). The buffers that no state
+    dict holds (BERT's position and token-type ids) are made on the CPU as the library makes them.
     """
+    if empty:
+        if pretrained:
+            raise ValueError("build_model: empty=True builds without weights; pretrained weights would be lost")
+        with torch.device("meta"):
+            model = build_model(model_cfg, tokenizer, pretrained=False)
+        _bert_buffers(model.text_encoder)
+        return model
     cfg = dict(model_cfg)
     vision, text = dict(cfg["vision"]), dict(cfg["text"])
     vp = vision.get("pretrained", False) if pretrained is None else pretrained
@@ -406,6 +419,24 @@ def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained:
     if cfg.get("dropout") is not None:
         set_dropout(model, cfg["dropout"])
     return model
+
+
+def _bert_buffers(bert: nn.Module) -> None:
+    """BERT's two non-persistent buffers (in no state dict), on the CPU, with the values ``BertEmbeddings`` gives
+    them: position ids ``0..max_position - 1`` and all-zero token-type ids, each of shape (1, max_position)."""
+    emb = bert.embeddings
+    n = int(bert.config.max_position_embeddings)
+    position_ids = torch.arange(n, device="cpu").expand((1, -1))
+    emb.register_buffer("position_ids", position_ids, persistent=False)
+    if "token_type_ids" in emb._buffers:
+        emb.register_buffer("token_type_ids", torch.zeros(position_ids.size(), dtype=torch.long, device="cpu"),
+                            persistent=False)
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers still on the meta device (none once a model built with ``empty=True``
+    has been given its weights)."""
+    return [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
 
 
 def parameter_counts(model: SimSegModel) -> dict[str, int]:

@@ -36,6 +36,31 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_1d: bool = False
     return [g for g in groups if g["params"]]
 
 
+#: AdamW kernels: ``fused`` (one kernel over every tensor, CPU and CUDA), ``foreach`` (multi-tensor ops) and
+#: ``loop`` (one tensor at a time, what the original's ``torch.optim.AdamW`` ran on a CPU). The same update.
+ADAMW_KERNELS = ("fused", "foreach", "loop")
+
+
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float, kernel: str = "fused"
+          ) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``groups`` with the chosen kernel.
+
+    ``fused`` reads and writes each parameter, gradient and moment once per step instead of once per elementwise
+    op: on a CPU the optimizer step of ViT-S/16 + BERT-base (131M parameters) takes a fraction of the loop's time,
+    with no extra memory (``foreach`` holds temporaries for every tensor at once). Where the fused kernel is not
+    available (a device or dtype it does not support), the ``foreach`` kernel is used.
+    """
+    if kernel not in ADAMW_KERNELS:
+        raise ConfigError(f"AdamW kernel {kernel!r} is not one of {', '.join(ADAMW_KERNELS)}")
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[kernel]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **options)
+    except (RuntimeError, TypeError, ValueError):
+        if kernel != "fused":
+            raise
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+
+
 def warmup_steps(total_steps: int, warmup: float) -> int:
     """Number of warm-up steps: ``int(total_steps * warmup)``, truncated as the original's scheduler does."""
     return int(total_steps * warmup)

@@ -119,6 +119,9 @@ class TrainSchema:
     wandb: bool = _optional(False)
     schedule: str = _optional("cosine", choices=SCHEDULES)
     decay_exclude_1d: bool = _optional(False)
+    compile: bool = _optional(False)
+    adamw: str = _optional("fused", choices=("fused", "foreach", "loop"))
+    pad_captions: str = _optional("auto", choices=("auto", "max_length"))
 
 
 @dataclass(kw_only=True)

@@ -39,6 +39,8 @@ so one model can serve segmenters of different sizes, a training run's evaluatio
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -50,7 +52,7 @@ from PIL import Image
 
 from simseg.classnames import flatten_synonyms, max_over_synonyms, parse_class_list, resolve_templates, templates_name
 from simseg.embeddings import class_embeddings
-from simseg.errors import ConfigError, InputError
+from simseg.errors import ConfigError, InputError, SimSegError
 from simseg.protocols import DEFAULT_PROTOCOL, DenseParams, SimSegParams, make_params
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -185,7 +187,8 @@ def simseg_masks(
     crf: bool = True,
     crf_fn: CRFFunction | None = None,
     class_of_name: ClassOfName = None,
-) -> list[tuple[int, float, np.ndarray]]:
+    crf_pool: Any = None,
+) -> list[tuple[int, float, Any]]:
     """Binary masks at input resolution of the accepted classes (up to the final resize).
 
     Args:
@@ -201,9 +204,12 @@ def simseg_masks(
         crf_fn: the CRF function (default :func:`simseg.crf.dense_crf_binary`); the benchmark passes a timed one.
         class_of_name: the class of each row of ``class_emb`` when classes have several names: a patch's
             similarity to a class is then the maximum over its names.
+        crf_pool: a :class:`simseg.crf.CRFPool`: the CRF calls (with the upsampling and the closing,
+            :func:`simseg.crf.refine_patch_map`) are submitted to its workers, all of them before any is waited for.
 
     Returns:
-        (class, score, bool mask) per accepted class whose score is positive (others cannot win a pixel).
+        (class, score, bool mask) per accepted class whose score is positive (others cannot win a pixel); with
+        ``crf_pool`` (and the CRF on), a future of the mask in place of the mask.
     """
     from simseg.crf import closing
 
@@ -223,6 +229,10 @@ def simseg_masks(
     for cls, cmap in zip(live, maps):
         prob = minmax(cmap)
         if prob is None:
+            continue
+        if crf and crf_pool is not None:
+            out.append((cls, float(scores[cls]), crf_pool.submit(crf_image, prob, patch_size, params.crf(),
+                                                                 params.closing_kernel)))
             continue
         # nearest x patch_size is pure repetition; done after min-max, which it does not change
         prob = np.repeat(np.repeat(prob, patch_size, axis=0), patch_size, axis=1)
@@ -332,40 +342,63 @@ class SimSegProtocol:
         scores = (pooled[0].unsqueeze(0) * class_emb).sum(dim=1)
         return tokens[0], grid, per_class(scores, class_of_name)
 
-    @torch.inference_mode()
     def postprocess(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str], x: torch.Tensor,
                     tokens: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor, size: tuple[int, int],
-                    crf_fn: CRFFunction | None = None, class_of_name: ClassOfName = None) -> "SegmentationResult":
+                    crf_fn: CRFFunction | None = None, class_of_name: ClassOfName = None,
+                    crf_pool: Any = None) -> "SegmentationResult":
         """Everything after the forward: class selection, maps, CRF, closing, compositing, resize to ``size`` (W, H).
 
-        ``scores`` are per class; ``class_emb`` and ``class_of_name`` as in :meth:`forward`.
+        ``scores`` are per class; ``class_emb`` and ``class_of_name`` as in :meth:`forward`; ``crf_pool`` runs the
+        CRF calls of the image in parallel in its workers (the same labels).
         """
+        return self.start_postprocess(model, class_emb, class_names, x, tokens, grid, scores, size, crf_fn=crf_fn,
+                                      class_of_name=class_of_name, crf_pool=crf_pool)()
+
+    @torch.inference_mode()
+    def start_postprocess(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str], x: torch.Tensor,
+                          tokens: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor, size: tuple[int, int],
+                          crf_fn: CRFFunction | None = None, class_of_name: ClassOfName = None,
+                          crf_pool: Any = None) -> Callable[[], "SegmentationResult"]:
+        """:meth:`postprocess` in two halves: this call selects the classes, computes their maps and submits their
+        CRF calls to ``crf_pool`` (or runs them, without a pool); the function it returns waits for the masks and
+        composes the result. Between the two, the caller may run the next image's forward."""
         p = self.params
         accepted, threshold = select_classes(scores, p.top_n, p.threshold_std, p.candidates, background=0)
         crf_image = rebuild_uint8(x[0], self.mean, self.std) if self.crf and accepted else None
         masks = simseg_masks(tokens, grid, model.patch_size, class_emb, accepted, scores, crf_image, p,
-                             crf=self.crf, crf_fn=crf_fn, class_of_name=class_of_name)
+                             crf=self.crf, crf_fn=crf_fn, class_of_name=class_of_name, crf_pool=crf_pool)
         side = (grid[0] * model.patch_size, grid[1] * model.patch_size)
-        labels = composite_labels(masks, side, label_dtype(len(class_names)))
-        width, height = size
-        labels = resize_labels(labels, height, width).astype(np.int32)
         score_arr = scores.detach().float().cpu().numpy()
-        return SegmentationResult(
-            labels=labels,
-            class_names=list(class_names),
-            scores=score_arr,
-            found=_found(labels, class_names, score_arr),
-            protocol=self.info(),
-            details={"threshold": threshold, "accepted": [class_names[c] for c in accepted]},
-        )
+        details = {"threshold": threshold, "accepted": [class_names[c] for c in accepted]}
+
+        def finish() -> SegmentationResult:
+            done = [(c, s, m.result() if isinstance(m, Future) else m) for c, s, m in masks]
+            labels = composite_labels(done, side, label_dtype(len(class_names)))
+            width, height = size
+            labels = resize_labels(labels, height, width).astype(np.int32)
+            return SegmentationResult(
+                labels=labels,
+                class_names=list(class_names),
+                scores=score_arr,
+                found=_found(labels, class_names, score_arr),
+                protocol=self.info(),
+                details=details,
+            )
+
+        return finish
+
+    def start(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str], image: Image.Image,
+              class_of_name: ClassOfName = None, crf_pool: Any = None) -> Callable[[], "SegmentationResult"]:
+        """Preprocess, forward and :meth:`start_postprocess` of one image; the returned function completes it."""
+        x = self.preprocess(image)
+        tokens, grid, scores = self.forward(model, class_emb, x, class_of_name)
+        return self.start_postprocess(model, class_emb, class_names, x, tokens, grid, scores, image.size,
+                                      class_of_name=class_of_name, crf_pool=crf_pool)
 
     def __call__(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str],
                  image: Image.Image, class_of_name: ClassOfName = None) -> "SegmentationResult":
         """Segment one RGB PIL image; the label map has the image's size."""
-        x = self.preprocess(image)
-        tokens, grid, scores = self.forward(model, class_emb, x, class_of_name)
-        return self.postprocess(model, class_emb, class_names, x, tokens, grid, scores, image.size,
-                                class_of_name=class_of_name)
+        return self.start(model, class_emb, class_names, image, class_of_name)()
 
 
 class DenseProtocol:
@@ -392,6 +425,12 @@ class DenseProtocol:
     def with_crf(self, crf: bool) -> "DenseProtocol":
         """The dense protocol has no CRF: the same protocol."""
         return self
+
+    def start(self, model: Any, class_emb: torch.Tensor, class_names: Sequence[str], image: Image.Image,
+              class_of_name: ClassOfName = None, crf_pool: Any = None) -> Callable[[], "SegmentationResult"]:
+        """The whole of :meth:`__call__` (there is no CRF to wait for); the returned function gives the result."""
+        result = self(model, class_emb, class_names, image, class_of_name)
+        return lambda: result
 
     def info(self) -> dict[str, Any]:
         """The protocol's name, every parameter value, and how background is decided."""
@@ -623,6 +662,82 @@ class Segmenter:
     def __call__(self, image: Image.Image) -> SegmentationResult:
         """Segment one RGB PIL image; the label map has the image's size."""
         return self.protocol(self.model, self.class_emb, self.class_names, image, self.class_of_name)
+
+    def segment_many(self, images: Iterable[Image.Image | SimSegError], crf_workers: int = 0, lanes: int = 1,
+                     return_exceptions: bool = False,
+                     crf_pool: Any = None) -> Iterator[SegmentationResult | SimSegError]:
+        """Segment images in their order, overlapping the work of consecutive images: the same labels as calling
+        the segmenter on each image (every image is computed alone, with the same operations).
+
+        Args:
+            images: RGB PIL images; any iterable, read one at a time as the pipeline needs them (a generator that
+                loads files keeps only the images in flight in memory). An item that is a
+                :class:`~simseg.errors.SimSegError` (a file that could not be read) passes through in its place.
+            crf_workers: run the dense-CRF calls in that many worker processes (:class:`simseg.crf.CRFPool`): the
+                calls of one image in parallel, and the next image's forward while they run. 0: in this process.
+            lanes: images whose preprocessing, forward and post-processing run concurrently, in threads of this
+                process (torch's kernels release the interpreter). On a CPU, use ``lanes`` = cores with
+                ``torch.set_num_threads(1)``: each lane then keeps one core busy, and lanes and CRF workers together
+                fill every core (several multi-threaded lanes would make their thread teams compete).
+            return_exceptions: a :class:`~simseg.errors.SimSegError` raised for one image is yielded in its place
+                instead of ending the iteration.
+            crf_pool: a running :class:`simseg.crf.CRFPool` to use instead of starting ``crf_workers`` new ones
+                (several calls, e.g. one per benchmark, then share its workers; the caller closes it).
+
+        Yields:
+            One :class:`SegmentationResult` per image, in order (or the image's error, see ``return_exceptions``).
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        lanes = max(1, int(lanes))
+        pool = crf_pool if self.crf else None
+        own_pool = pool is None and crf_workers > 0 and self.crf
+        if own_pool:
+            from simseg.crf import CRFPool
+
+            pool = CRFPool(int(crf_workers)).start()
+        threads = ThreadPoolExecutor(lanes, thread_name_prefix="simseg-lane") if lanes > 1 else None
+        ahead = lanes if threads is not None else (1 if pool is not None else 0)  # images started beyond the oldest
+        pending: deque = deque()
+
+        def start(image: Image.Image) -> Callable[[], SegmentationResult]:
+            return self.protocol.start(self.model, self.class_emb, self.class_names, image, self.class_of_name,
+                                       crf_pool=pool)
+
+        def started(image: Image.Image | SimSegError) -> Any:
+            if isinstance(image, SimSegError):
+                return image
+            if threads is not None:
+                return threads.submit(start, image)
+            try:
+                return start(image)
+            except SimSegError as e:  # raised (or yielded) in the image's turn, after the images before it
+                return e
+
+        def finish(item: Any) -> SegmentationResult | SimSegError:
+            try:
+                done = item.result() if isinstance(item, Future) else item
+                if isinstance(done, BaseException):
+                    raise done
+                return done()
+            except SimSegError as e:
+                if return_exceptions:
+                    return e
+                raise
+
+        try:
+            for image in images:
+                pending.append(started(image))
+                while len(pending) > ahead:
+                    yield finish(pending.popleft())
+            while pending:
+                yield finish(pending.popleft())
+        finally:
+            if threads is not None:
+                threads.shutdown(wait=True, cancel_futures=True)
+            if own_pool:
+                pool.close()
 
 
 def _query_names(class_names: list[str], num_given: int,

@@ -28,7 +28,8 @@ Fine-tuning: ``model.init=PATH`` (a simseg folder or an original ``.pth``) start
 key checked, the position embedding resampled to ``model.vision.img_size``; nothing is downloaded.
 
 Deterministic mode, for debugging and cross-implementation checks: ``data.augment=false data.shuffle=false
-train.schedule=constant model.dropout=0`` (square resize, source order, constant learning rate, no dropout), with
+train.schedule=constant model.dropout=0`` (square resize, source order, constant learning rate, no dropout), and for
+bit-exact equality with the original's step ``train.adamw=loop train.pad_captions=max_length``, with
 ``train.checkpoint_every=1 train.keep_checkpoints=0`` to keep every step's weights. Each step's loss is in
 ``metrics.jsonl``, its updated weights in ``checkpoints/step-N/model.safetensors`` and its gradients in AdamW's first
 moments (``train_state.pt``): ``g_1 = m_1 / (1 - beta1)``, ``g_n = (m_n - beta1 * m_(n-1)) / (1 - beta1)``.
@@ -45,9 +46,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -60,7 +63,7 @@ from simseg.errors import CheckpointError, ConfigError, InputError
 from simseg.files import atomic_write_bytes
 from simseg.loss import contrastive_loss
 from simseg.model import SimSegModel
-from simseg.optim import lr_scale, param_groups, set_lr
+from simseg.optim import adamw, lr_scale, param_groups, set_lr
 from simseg.schema import validate_config
 from simseg.train_state import resume_checkpoint, restore_rng, rng_snapshot, save_training_checkpoint
 
@@ -138,10 +141,19 @@ def contrastive_step(
 
 
 def average_gradients(model: torch.nn.Module, world_size: int) -> None:
-    """All-reduce gradients and divide by ``world_size`` (one flat buffer; no-op in a single process)."""
+    """All-reduce gradients and divide by ``world_size`` (one flat buffer; no-op in a single process).
+
+    When the gradients are views of one buffer (:class:`GradientBuffer`) the all-reduce runs on that buffer in place;
+    otherwise they are packed into one and unpacked after (two copies of every gradient).
+    """
     if world_size <= 1:
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = GradientBuffer.base_of(grads)
+    if flat is not None:
+        du.all_reduce_sum(flat)
+        flat /= world_size
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     du.all_reduce_sum(flat)
     flat /= world_size
@@ -149,6 +161,88 @@ def average_gradients(model: torch.nn.Module, world_size: int) -> None:
     for g in grads:
         g.copy_(flat[offset: offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+class GradientBuffer:
+    """Every trainable parameter's ``.grad`` as a view of one flat buffer, so that the all-reduce of data parallelism
+    runs on the buffer itself (no packing and unpacking copies, what DDP's gradient buckets do).
+
+    The backward passes accumulate into the views in place; :meth:`zero` clears them for the next step (in place of
+    ``optimizer.zero_grad``, which would replace the views). One buffer per dtype and device is not needed: the
+    model's trainable parameters share one (fp32 master weights).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        params = [p for p in model.parameters() if p.requires_grad]
+        first = params[0]
+        self.flat = torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
+        self.params = params
+        self.attach()
+
+    def attach(self) -> None:
+        """(Re)point every parameter's ``.grad`` at its slice of the buffer."""
+        offset = 0
+        for p in self.params:
+            p.grad = self.flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def zero(self) -> None:
+        """Clear the gradients in place (re-pointing any ``.grad`` that something replaced)."""
+        self.flat.zero_()
+        if any(p.grad is None or p.grad._base is not self.flat for p in self.params):
+            self.attach()
+
+    @staticmethod
+    def base_of(grads: list[torch.Tensor]) -> torch.Tensor | None:
+        """The flat buffer that ``grads`` tile exactly, in order, or None."""
+        if not grads or grads[0]._base is None:
+            return None
+        base = grads[0]._base
+        if base.dim() != 1 or not base.is_contiguous():
+            return None
+        offset = 0
+        start = base.data_ptr()
+        size = base.element_size()
+        for g in grads:
+            if g._base is not base or g.data_ptr() != start + offset * size or not g.is_contiguous():
+                return None
+            offset += g.numel()
+        return base if offset == base.numel() else None
+
+
+def caption_padding(masked: bool, setting: str = "auto") -> str:
+    """How training pads captions (``train.pad_captions``). ``auto``: to the longest in the batch when the text
+    pooling is masked (BERT attends only to real tokens and the masked pooling ignores padding, so the embeddings are
+    the same to float rounding at a fraction of the cost), to ``max_length`` for the vanilla pooling, where padding
+    tokens count. ``max_length``: always to 25 tokens, the original's (bit-exact cross-implementation checks)."""
+    return "longest" if masked and setting == "auto" else "max_length"
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot compile for ``device`` here (None: it can). Inductor builds C++ kernels on a CPU
+    and Triton kernels on a GPU."""
+    if device.type == "cpu":
+        names = [os.environ.get("CXX") or "", "g++", "c++", "clang++"]
+        if not any(n and shutil.which(n) for n in names):
+            return "no C++ compiler (g++, c++ or clang++) on PATH"
+        return None
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    return None
+
+
+def compile_forward(model: SimSegModel, device: torch.device) -> bool:
+    """``train.compile``: compile the training forward (``model(...)``) with ``torch.compile``; evaluations, which call
+    the encoders' methods, stay eager, and the state dict keeps its keys. Falls back to eager with a warning where no
+    compiler works. Returns whether the forward is compiled."""
+    problem = compiler_problem(device)
+    if problem is not None:
+        if du.is_main_process():
+            print(f"warning: train.compile=true but torch.compile cannot run here ({problem}): training eagerly",
+                  flush=True)
+        return False
+    model.compile()
+    return True
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
@@ -437,8 +531,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         model = _initial_model_everywhere(mc)
     model.to(device).train()
     broadcast_parameters(model)
-    opt = torch.optim.AdamW(param_groups(model, float(tc["weight_decay"]), bool(tc.get("decay_exclude_1d", False))),
-                            lr=float(tc["lr"]), betas=tuple(tc["betas"]), eps=float(tc["eps"]))
+    opt = adamw(param_groups(model, float(tc["weight_decay"]), bool(tc.get("decay_exclude_1d", False))),
+                lr=float(tc["lr"]), betas=tuple(tc["betas"]), eps=float(tc["eps"]), kernel=str(tc.get("adamw", "fused")))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if found is not None:
         try:
@@ -492,6 +586,10 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
                        else [0] * n_sources)
     keep = int(tc.get("keep_checkpoints", 3))
     masked = train_pooling == "masked"
+    padding = caption_padding(masked, str(tc.get("pad_captions", "auto")))
+    if tc.get("compile", False):
+        compile_forward(model, device)
+    grads = GradientBuffer(model) if world > 1 else None  # in a single process the backward's own tensors are kept
 
     def by_source_total() -> list[int]:
         rows = du.all_gather_object(local_by_source)
@@ -520,9 +618,12 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
             positions[str(batch["stream"])] = {str(k): v for k, v in batch["positions"].items()}
         lr = base_lr * lr_scale(step, total_steps, warmup, floor, schedule)
         set_lr(opt, lr)
-        tokens = model.tokenize(list(batch["captions"]), padding="max_length")
+        tokens = model.tokenize(list(batch["captions"]), padding=padding)
         images = batch["images"].to(device, non_blocking=True)
-        opt.zero_grad(set_to_none=True)
+        if grads is not None:
+            grads.zero()
+        else:
+            opt.zero_grad(set_to_none=True)
         loss = contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"], rank, world,
                                 int(tc.get("chunk_size", 0)), autocast,
                                 scaler.scale if scaler is not None else (lambda x: x), masked=masked)

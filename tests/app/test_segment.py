@@ -45,6 +45,37 @@ def test_cli_segment_end_to_end(vocab_dir, tmp_path, capsys):
 
 
 
+def test_cli_parallel_path_writes_what_the_serial_path_writes(tiny_model, tmp_path, capsys):
+    from simseg.checkpoint import save_model
+
+    ck = save_model(tiny_model, tmp_path / "ck")
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"img{i}.png"
+        pixels = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8).repeat(12 + 4 * i, 0).repeat(16, 1)
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    (tmp_path / "img2.png").write_bytes(b"not an image")  # a failure in the middle keeps its place
+    runs = {}
+    for mode in (["--serial"], ["--workers", "2"]):
+        out = tmp_path / mode[0].strip("-")
+        # threshold_std=-10 accepts the top classes of every image: several CRF calls per image
+        rc = main(["segment", *paths, "--classes", "cat,dog,sky,grass,car", "--checkpoint", str(ck), "--out",
+                   str(out), "--templates", "single", "--cache-dir", str(tmp_path / "cache"), "--set",
+                   "threshold_std=-10", "--no-progress", *mode])
+        captured = capsys.readouterr()
+        assert rc == 1 and "img2.png" in captured.err
+        runs[mode[0]] = (out, captured.out, json.loads((out / "segment.json").read_text()))
+    (serial, serial_out, serial_report), (piped, piped_out, piped_report) = runs.values()
+    assert piped_out == serial_out  # the same lines in the same order
+    assert piped_report["images"] == serial_report["images"]
+    assert sum(len(rec.get("found", [])) > 1 for rec in serial_report["images"]) >= 2
+    for i in (0, 1, 3, 4):
+        np.testing.assert_array_equal(np.asarray(Image.open(piped / f"img{i}_labels.png")),
+                                      np.asarray(Image.open(serial / f"img{i}_labels.png")))
+
+
 def test_cli_all_good_exits_zero_and_dense_works(vocab_dir, tmp_path, capsys):
     good, _ = _write_images(tmp_path)
     classes = tmp_path / "classes.txt"

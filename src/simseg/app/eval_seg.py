@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simseg.app.options import (add_checkpoint_options, add_device_option, add_protocol_options, check_at_least,
-                                describe_recorded, output_dir, parse_set, resolve_device)
+from simseg.app.options import (add_checkpoint_options, add_device_option, add_parallel_options, add_protocol_options,
+                                check_at_least, describe_recorded, output_dir, parallel_plan, parse_set,
+                                resolve_device, torch_threads)
 from simseg.presets import DEFAULT_DENSE_PRESET, DENSE_PRESETS, PRESET_SOURCES
 from simseg.segdata import BENCHMARKS
 
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-overlays", type=int, default=4,
                         help="prediction overlays to write per benchmark (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_parallel_options(parser)
     add_device_option(parser)
 
 
@@ -276,9 +278,13 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
     segmenter = Segmenter(model, dataset.class_names, protocol=args.protocol, crf=not args.no_crf,
                           templates=args.templates, cache_dir=args.cache_dir, synonyms=plan.synonyms, **plan.params)
     overlays = overlay_writer(out / "overlays", classes, args.num_overlays) if rank == 0 else None
-    metrics = evaluate_segmentation(segmenter, dataset, limit=args.limit, rank=rank, world_size=world_size,
-                                    on_prediction=overlays if args.num_overlays else None,
-                                    progress=not args.no_progress)
+    # consecutive images overlap (CRF calls in worker processes, forwards in lanes): the labels of one at a time
+    parallel = parallel_plan(args, str(model.device), segmenter.crf)
+    with torch_threads(parallel["threads"]):
+        metrics = evaluate_segmentation(segmenter, dataset, limit=args.limit, rank=rank, world_size=world_size,
+                                        on_prediction=overlays if args.num_overlays else None,
+                                        progress=not args.no_progress, crf_workers=parallel["crf_workers"],
+                                        lanes=parallel["lanes"])
     protocol = segmenter.protocol_info()
     report = {
         **plan.key,

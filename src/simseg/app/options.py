@@ -8,7 +8,9 @@ message that names the option.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -134,3 +136,56 @@ def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     except OSError as e:
         raise InputError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
     return path
+
+
+def add_parallel_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--serial``: how images are overlapped (the labels are the same either way)."""
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="images in flight: N dense-CRF worker processes and, on a CPU, N forward lanes of one "
+                             "thread each (default: the CPU cores available to this process)")
+    parser.add_argument("--serial", action="store_true",
+                        help="one image at a time, in this process (no CRF workers, no lanes)")
+
+
+def parallel_plan(args: argparse.Namespace, device: str, crf: bool, images: int | None = None) -> dict[str, int]:
+    """How to overlap images: ``{"crf_workers", "lanes", "threads"}`` (``threads``: torch's intra-op threads while
+    the images run; 0 leaves them as they are).
+
+    On a CPU the cores are shared out: ``lanes`` forwards of one thread each (a single-threaded forward wastes
+    nothing on synchronisation, and several keep every core busy) beside as many CRF workers, which take a core
+    while a lane waits for its masks. On a GPU one lane feeds the device and the CRF workers use the CPU cores.
+    Under ``torchrun`` the cores are divided among the ranks of the node. A single image, ``--serial`` or no CRF
+    on a GPU: nothing to overlap.
+    """
+    check_at_least("--workers", args.workers, 1)
+    if getattr(args, "serial", False) or (images is not None and images < 2):
+        return {"crf_workers": 0, "lanes": 1, "threads": 0}
+    if args.workers is not None:
+        cores = args.workers
+    else:
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = max(1, available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    on_gpu = not str(device).startswith("cpu")
+    if cores < 2 and not on_gpu:  # one core: a second process would only take turns with this one
+        return {"crf_workers": 0, "lanes": 1, "threads": 0}
+    lanes = 1 if on_gpu else cores
+    crf_workers = cores if crf else 0
+    if lanes == 1 and crf_workers == 0:
+        return {"crf_workers": 0, "lanes": 1, "threads": 0}
+    return {"crf_workers": crf_workers, "lanes": lanes, "threads": 1 if lanes > 1 else 0}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside the block and restored after (0: unchanged)."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

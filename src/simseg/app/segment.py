@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from simseg.app.options import (add_checkpoint_options, add_device_option, add_protocol_options, describe_recorded,
-                                output_dir, parse_set, resolve_device, resolve_protocol)
+from simseg.app.options import (add_checkpoint_options, add_device_option, add_parallel_options, add_protocol_options,
+                                describe_recorded, output_dir, parallel_plan, parse_set, resolve_device,
+                                resolve_protocol, torch_threads)
 from simseg.errors import InputError, SimSegError
 
 HELP = "segment your own images with any list of class names"
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch (default), or onnx: the towers of a 'simseg export' folder in ONNX Runtime")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (on a terminal it redraws in place; in a log, a line every 30 s)")
+    add_parallel_options(parser)
     add_device_option(parser)
 
 
@@ -90,31 +92,53 @@ def run(args: argparse.Namespace) -> int:
 
     records: list[dict[str, Any]] = []
     failed = 0
+    todo = list(zip(args.images, output_stems(args.images)))
     # the bar goes to stderr, the per-image lines to stdout: each stays readable when one of them is redirected
-    bar = progress_bar(list(zip(args.images, output_stems(args.images))), desc="segment", unit="img",
-                       disable=args.no_progress or len(args.images) < 2)
-    for path, stem in bar:
-        try:
-            image = load_image(path)
-            result = segmenter(image)
-            save_label_png(result.labels, out / f"{stem}_labels.png")
-            overlay(image, result.labels, result.class_names, scores=result.scores).save(out / f"{stem}_overlay.png")
-        except SimSegError as e:
-            failed += 1
-            bar.write(f"{path}: error: {e}", file=sys.stderr)
-            records.append({"image": str(path), "error": str(e)})
-            continue
-        found = ", ".join(f"{name} {score:.3f}" for name, score in result.found) or "nothing (all background)"
-        bar.write(f"{path}: {found}", file=sys.stdout)
-        records.append({
-            "image": str(path),
-            "labels": f"{stem}_labels.png",
-            "overlay": f"{stem}_overlay.png",
-            "size": [image.width, image.height],
-            "found": [{"class": name, "score": score} for name, score in result.found],
-            "scores": {name: float(v) for name, v in zip(result.class_names, result.scores)},
-            "details": result.details,
-        })
+    bar = progress_bar(todo, desc="segment", unit="img", disable=args.no_progress or len(todo) < 2)
+    # several images overlap (CRF calls in worker processes, forwards in lanes): the same labels as one at a time
+    plan = parallel_plan(args, device, segmenter.crf, images=len(todo))
+    if args.backend != "torch":  # ONNX Runtime runs its own threads: one lane feeds it
+        plan = {**plan, "lanes": 1, "threads": 0}
+    loaded: list[Any] = []  # the images in flight, oldest first
+
+    def images():
+        for path, _ in todo:
+            try:
+                image = load_image(path)
+            except SimSegError as e:
+                loaded.append(None)
+                yield e  # passes through the pipeline in its place
+                continue
+            loaded.append(image)
+            yield image
+
+    with torch_threads(plan["threads"]):
+        results = segmenter.segment_many(images(), crf_workers=plan["crf_workers"], lanes=plan["lanes"],
+                                         return_exceptions=True)
+        for (path, stem), result in zip(bar, results):
+            image = loaded.pop(0)
+            try:
+                if isinstance(result, SimSegError):
+                    raise result
+                save_label_png(result.labels, out / f"{stem}_labels.png")
+                overlay(image, result.labels, result.class_names,
+                        scores=result.scores).save(out / f"{stem}_overlay.png")
+            except SimSegError as e:
+                failed += 1
+                bar.write(f"{path}: error: {e}", file=sys.stderr)
+                records.append({"image": str(path), "error": str(e)})
+                continue
+            found = ", ".join(f"{name} {score:.3f}" for name, score in result.found) or "nothing (all background)"
+            bar.write(f"{path}: {found}", file=sys.stdout)
+            records.append({
+                "image": str(path),
+                "labels": f"{stem}_labels.png",
+                "overlay": f"{stem}_overlay.png",
+                "size": [image.width, image.height],
+                "found": [{"class": name, "score": score} for name, score in result.found],
+                "scores": {name: float(v) for name, v in zip(result.class_names, result.scores)},
+                "details": result.details,
+            })
     bar.close()
     write_json(out / "segment.json", {"classes": segmenter.class_names, "protocol": info,
                                       "recorded_defaults_used": recorded, **stamp, "images": records,
