@@ -190,6 +190,17 @@ def test_class_embeddings_match_the_per_class_max_length_recipe(model, tmp_path)
     torch.testing.assert_close(emb, torch.stack(rows), atol=2e-5, rtol=0)
 
 
+def test_class_embedding_progress_is_whole_lines_in_a_log_and_off_on_request(model, tmp_path, capsys):
+    """Many prompts (5 classes x 4 templates in batches of 2: 10 batches) show a bar; redirected, it is whole lines
+    (no carriage returns piling into one line); progress=False prints nothing at all."""
+    names, templates = ["background", "cat", "dog", "car", "tree"], IMAGENET_TEMPLATES[:4]
+    class_embeddings(model, names, templates, cache_dir=tmp_path, batch_size=2, use_cache=False)
+    err = capsys.readouterr().err
+    assert "encoding class prompts" in err and "\r" not in err and err.endswith("\n")
+    class_embeddings(model, names, templates, cache_dir=tmp_path, batch_size=2, use_cache=False, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_class_embedding_cache_hit_key_and_corruption(model, tmp_path, monkeypatch):
     templates = IMAGENET_TEMPLATES[:3]
     first = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path)

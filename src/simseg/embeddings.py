@@ -99,7 +99,7 @@ def warn_unknown_words(tokenizer: Any, class_names: Sequence[str]) -> list[str]:
 
 @torch.no_grad()
 def encode_class_names(
-    model: Any, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+    model: Any, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256, progress: bool = True
 ) -> torch.Tensor:
     """Encode every class in every template (masked LoDA) and average per class.
 
@@ -108,11 +108,13 @@ def encode_class_names(
     while the work is that of the real tokens (sorted, a batch holds prompts of nearly one length, so almost no
     padding is computed).
 
+    ``progress``: a bar over the batches when there are at least four (a terminal redraws it, a log gets lines).
+
     Returns:
         (C, D) float32 on the model's device: the template mean of the L2-normalised prompt embeddings, divided by
         its norm (no epsilon, as the original).
     """
-    from tqdm import tqdm
+    from simseg.progress import progress_bar
 
     prompts = [t.format(name) for name in class_names for t in templates]
     tokens = model.tokenize(prompts, padding="longest")
@@ -121,7 +123,9 @@ def encode_class_names(
     order = torch.sort(lengths, stable=True).indices  # stable: equal lengths keep the prompts' order
     starts = range(0, len(prompts), batch_size)
     per_prompt: torch.Tensor | None = None
-    for start in tqdm(starts, desc="encoding class prompts", unit="batch", leave=False, disable=len(starts) < 4):
+    bar = progress_bar(starts, desc="encoding class prompts", unit="batch", leave=False,
+                       disable=not progress or len(starts) < 4)
+    for start in bar:
         rows = order[start:start + batch_size]
         width = int(lengths[rows].max())
         out = model.encode_text(ids[rows, :width], mask[rows, :width]).float()
@@ -139,6 +143,7 @@ def class_embeddings(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
     use_cache: bool = True,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Class embeddings for zero-shot segmentation, cached on disk.
 
@@ -153,6 +158,7 @@ def class_embeddings(
         cache_dir: cache folder; default :func:`default_cache_dir`.
         batch_size: prompts per text-encoder batch.
         use_cache: False neither reads nor writes the cache.
+        progress: a progress bar while encoding (nothing is shown for a cached or short list).
 
     Returns:
         (C, D) float32 tensor on the model's device, rows of unit norm.
@@ -173,7 +179,7 @@ def class_embeddings(
             cached = _read_cache(path, (len(names), embed_dim))
             if cached is not None:
                 return torch.from_numpy(cached).to(model.device)
-    emb = encode_class_names(model, names, temps, batch_size=batch_size)
+    emb = encode_class_names(model, names, temps, batch_size=batch_size, progress=progress)
     if path is not None:
         _write_cache(path, emb.detach().cpu().numpy().astype(np.float32))
     return emb

@@ -587,6 +587,7 @@ class Segmenter:
         synonyms: optional names per class, one list for each entry of ``class_names`` as given (a class then
             scores as the maximum over its names, which replace its own name in the prompts); when ``background``
             is prepended, its one name is ``background``.
+        progress: a progress bar while the class embeddings are encoded (none when they are cached).
         **params: protocol parameters (:class:`~simseg.protocols.SimSegParams` or
             :class:`~simseg.protocols.DenseParams` fields).
 
@@ -611,6 +612,7 @@ class Segmenter:
         templates: str | Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         synonyms: Sequence[Sequence[str]] | None = None,
+        progress: bool = True,
         **params: Any,
     ):
         self.model = model
@@ -623,7 +625,7 @@ class Segmenter:
             raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
                               f"model's patch size {model.patch_size}")
         self.templates = resolve_templates(templates)
-        self.class_emb = class_embeddings(model, self.names, self.templates, cache_dir=cache_dir)
+        self.class_emb = class_embeddings(model, self.names, self.templates, cache_dir=cache_dir, progress=progress)
 
     @property
     def params(self) -> SimSegParams | DenseParams:

@@ -349,7 +349,8 @@ def run_evaluations(model: SimSegModel, eval_cfg: dict, device: torch.device,
             classes, _ = evaluation_classes(bench.class_names)
             params = benchmark_parameters(s["dataset"], protocol, dict(s.get("params") or {}))
             seg = Segmenter(model, classes, protocol=protocol, crf=bool(s.get("crf", True)),
-                            templates=s.get("templates"), cache_dir=s.get("cache_dir", cache_dir), **params)
+                            templates=s.get("templates"), cache_dir=s.get("cache_dir", cache_dir), progress=False,
+                            **params)
             metrics = evaluate_segmentation(seg, bench, limit=s.get("limit"), rank=du.get_rank(),
                                             world_size=du.get_world_size(), progress=False)
             out.update({f"seg/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})

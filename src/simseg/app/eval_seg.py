@@ -276,7 +276,8 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
         out.mkdir(parents=True, exist_ok=True)
     classes, offset = evaluation_classes(dataset.class_names)
     segmenter = Segmenter(model, dataset.class_names, protocol=args.protocol, crf=not args.no_crf,
-                          templates=args.templates, cache_dir=args.cache_dir, synonyms=plan.synonyms, **plan.params)
+                          templates=args.templates, cache_dir=args.cache_dir, synonyms=plan.synonyms,
+                          progress=rank == 0 and not args.no_progress, **plan.params)
     overlays = overlay_writer(out / "overlays", classes, args.num_overlays) if rank == 0 else None
     # consecutive images overlap (CRF calls in worker processes, forwards in lanes): the labels of one at a time
     parallel = parallel_plan(args, str(model.device), segmenter.crf)

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_dir(args.out)
     model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, backend=args.backend)
     segmenter = Segmenter(model, classes, protocol=protocol, crf=not args.no_crf, templates=args.templates,
-                          cache_dir=args.cache_dir, **params)
+                          cache_dir=args.cache_dir, progress=not args.no_progress, **params)
     if args.backend == "onnx":
         model.require_input_size(segmenter.protocol.input_size)  # one line now, not one per image
     info = segmenter.protocol_info()
