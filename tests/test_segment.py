@@ -159,7 +159,7 @@ def test_dense_defaults_are_the_documented_ones():
     from dataclasses import asdict
 
     assert asdict(make_params("dense")) == {"short_side": 448, "crop_size": 448, "stride": 224, "bg_threshold": None,
-                                            "batch_size": 8}
+                                            "batch_size": 8, "long_side": 2048}
 
 
 def test_protocol_ranges_at_their_boundaries():
