@@ -315,7 +315,7 @@ def test_training_time_evaluation_takes_the_benchmarks_paper_settings(vocab_dir,
     class Stop(Exception):
         pass
 
-    def capture(model, classes, protocol, crf, templates, cache_dir, **params):
+    def capture(model, classes, protocol, crf, templates, cache_dir, progress=True, **params):
         seen.update(protocol=protocol, crf=crf, **params)
         raise Stop
 
