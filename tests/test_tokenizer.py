@@ -112,3 +112,28 @@ def test_captions_from_text_and_csv_files_with_bom_and_crlf(tmp_path):
         read_captions(tmp_path / "empty.txt")
     with pytest.raises(InputError, match="file not found"):
         read_captions(tmp_path / "missing.txt")
+
+
+def test_a_trained_vocabulary_is_the_same_in_every_process(tmp_path):
+    """The same captions give the same vocab.txt in two separate processes (a hash-ordered trainer would not), with
+    every character as a start and a continuation, then whole words by frequency, capped at vocab_size."""
+    import subprocess
+    import sys
+
+    from simseg.tokenizer import load_tokenizer
+
+    code = ("import sys; from simseg.tokenizer import train_wordpiece_vocab as t; "
+            "t(['A red circle next to a blue star.', 'a red square on grey stone'] * 3, sys.argv[1], 45)")
+    for name in ("one", "two"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
+    first = (tmp_path / "one" / "vocab.txt").read_text()
+    assert first == (tmp_path / "two" / "vocab.txt").read_text()
+    tokens = first.split("\n")[:-1]
+    chars = sorted(set("aredcirclenexttoabluestarsquareongreystone.") - {" "})
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert tokens[5:5 + 2 * len(chars)] == chars + [f"##{c}" for c in chars]
+    # 'a' is already a character; then by frequency (red: 6), ties alphabetically, as many as 45 leaves room for
+    assert len(chars) == 18 and tokens[5 + 2 * len(chars):] == ["red", "blue", "circle", "grey"]
+    tok = load_tokenizer(tmp_path / "one")
+    assert tok.wordpieces("a red circle on grey stones") == ["a", "red", "circle", "o", "##n", "grey", "s", "##t",
+                                                             "##o", "##n", "##e", "##s"]

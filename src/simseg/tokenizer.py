@@ -13,14 +13,13 @@ Built on the ``tokenizers`` library's ``BertWordPieceTokenizer``, which reads th
 from __future__ import annotations
 
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from simseg.errors import InputError
-from simseg.files import atomic_write_bytes, atomic_write_text
+from simseg.files import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -210,16 +209,32 @@ def _hub_unreachable(endpoint: str, timeout: float = HUB_CONNECT_TIMEOUT_S) -> s
 
 
 def train_wordpiece_vocab(texts: list[str], out_dir: str | os.PathLike, vocab_size: int = 1000) -> Path:
-    """Train a small lower-cased WordPiece vocabulary on ``texts`` and write ``out_dir/vocab.txt``."""
-    from tokenizers import BertWordPieceTokenizer
+    """Build a small lower-cased WordPiece vocabulary from ``texts`` and write ``out_dir/vocab.txt``.
 
+    The texts are normalised and split as BERT does (the ``tokenizers`` library's ``BertNormalizer`` and
+    ``BertPreTokenizer``). The vocabulary holds the special tokens, every character seen (as a word start and as a
+    ``##`` continuation, so any word of the texts tokenizes without ``[UNK]``), then whole words, most frequent
+    first, as many as ``vocab_size`` leaves room for. Everything is sorted, so the same texts give the same file in
+    every run (the ``tokenizers`` WordPiece trainer breaks its ties in hash order, which changes between processes).
+    """
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(piece for piece, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(SPECIAL_TOKENS) + chars + [f"##{c}" for c in chars]
+    known = set(vocab)
+    room = max(0, vocab_size - len(vocab))
+    ranked = sorted((w for w in words if w not in known), key=lambda w: (-words[w], w))
+    vocab += ranked[:room]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok = BertWordPieceTokenizer(lowercase=True)
-    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS),
-                            show_progress=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        atomic_write_bytes(out_dir / "vocab.txt", Path(tok.save_model(tmp)[0]).read_bytes())
+    atomic_write_text(out_dir / "vocab.txt", "".join(f"{token}\n" for token in vocab))
     return out_dir
 
 
