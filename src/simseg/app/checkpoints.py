@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from simseg.errors import InputError
+from simseg.app.options import empty_output_folder
 
 INFO_HELP = "print a checkpoint's or preset's config and parameter counts"
 CONVERT_HELP = "convert an original SimSeg .pth checkpoint to the simseg format"
@@ -59,11 +58,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from simseg.model import parameter_counts
     from simseg.tokenizer import load_tokenizer
 
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise InputError(f"{out}: output folder exists and is not empty (use --force to overwrite)")
+    out = empty_output_folder(args.out_dir, args.force)
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else default_tokenizer()
     model = import_original(args.src, tok)
     save_model(model, out, meta={"converted_from": str(args.src), "source_sha256": file_sha256(args.src)})

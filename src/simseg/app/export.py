@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from simseg.app.options import check_at_least, output_dir
+from simseg.app.options import check_at_least, empty_output_folder, output_dir
 from simseg.errors import InputError
 
 HELP = "export a checkpoint's image and text towers as ONNX graphs (run them with --backend onnx)"
@@ -31,11 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from simseg.checkpoint import checkpoint_fingerprint, load_model
     from simseg.export import DEFAULT_OPSET, MANIFEST_NAME, export_onnx
 
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise InputError(f"{out}: output folder exists and is not empty (use --force to overwrite)")
+    out = empty_output_folder(args.out_dir, args.force)
     if args.opset is not None and not 14 <= args.opset <= 23:
         raise InputError(f"--opset {args.opset}: choose an opset from 14 to 23")
     for size in args.image_sizes or []:

@@ -138,6 +138,16 @@ def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
+def empty_output_folder(path: str | os.PathLike, force: bool) -> Path:
+    """A folder a command writes a whole model into: absent, empty, or overwritten only with ``--force``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise InputError(f"{path}: output folder exists and is not empty (use --force to overwrite)")
+    return path
+
+
 def add_parallel_options(parser: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--serial``: how images are overlapped (the labels are the same either way)."""
     parser.add_argument("--workers", type=int, default=None, metavar="N",
