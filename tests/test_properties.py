@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -100,6 +100,7 @@ class_text = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(class_text, st.lists(names_text, max_size=5)))
+@example(["", *[f"class {i} " + "x" * 100 for i in range(4)]])  # an empty name in a list too long to quote
 def test_a_class_list_is_valid_or_refused_in_one_line(classes):
     try:
         names = parse_class_list(classes)

@@ -211,7 +211,9 @@ def parse_class_list(classes: str | list[str] | tuple[str, ...]) -> list[str]:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if not name:
-            raise InputError(f"class list: empty class name at position {i + 1} in {', '.join(names)!r}")
+            # the position and count, not the list itself: a long list would not fit one line
+            raise InputError(f"class list: empty class name at position {i + 1} of {len(names)} (two commas in a "
+                             "row, or one at an end?)")
         key = name.lower()
         if key == BACKGROUND and i != 0:
             raise InputError(f"class list: {name!r} must be the first entry (position 1), found at position {i + 1}")
