@@ -57,7 +57,8 @@ EVAL_SEED_OFFSET = 1_000_003
 #: protocol (``paper_miou``) and the dense one (``bg_miou``), colour fg mIoU (``fg_miou``), LoDA minus CLS (``gap``).
 THRESHOLDS = {"paper_miou": 0.45, "fg_miou": 0.85, "bg_miou": 0.45, "gap": 0.50}
 #: What the demo writes in its output folder; ``--force`` removes exactly these (never anything else).
-OUTPUTS = ("data", "loda", "cls", "report.md", "results.json", "grid.png", "training_curves.png")
+OUTPUTS = ("data", "loda", "cls", "report.md", "results.json", "grid.png", "similarity_maps.png",
+           "training_curves.png")
 
 
 @dataclass(frozen=True)
@@ -365,6 +366,47 @@ def patch_similarity(model: Any, split: ColourSplit, class_emb: Any, limit: int 
     return {k: float(np.mean(v)) if v else None for k, v in sums.items()}
 
 
+def write_similarity_maps(path: Path, model: Any, split: ColourSplit, segmenter: Any, limit: int = 4) -> Path | None:
+    """The paper protocol's maps on the first ``limit`` held-out scenes with two or more objects: image, ground
+    truth, the protocol's labels, then each present colour's similarity map min-max normalised over the scene (on
+    the patch grid, as the protocol stretches it before the CRF; bright = 1; colours in label order). Where another colour's object is the darkest
+    part of a map, the background is left near the middle. None when no scene has two objects."""
+    import torch
+    from PIL import Image
+
+    from simseg.transforms import eval_transform
+    from simseg.visualize import image_grid
+
+    size, scale = model.image_size, 2
+    transform = eval_transform(size, mode="square", mean=model.mean, std=model.std)
+    emb = segmenter.class_emb.float().to(model.device)
+    rows = []
+    for index in range(len(split)):
+        image, gt, _ = split[index]
+        gt = np.asarray(gt)
+        present = [int(c) for c in np.unique(gt) if 0 < c < emb.shape[0]]
+        if len(present) < 2:
+            continue
+        with torch.inference_mode():
+            tokens, (gh, gw) = model.encode_image_tokens(transform(image.convert("RGB")).unsqueeze(0).to(model.device))
+        sim = (torch.nn.functional.normalize(tokens[0].float(), dim=-1) @ emb.T).cpu().numpy().reshape(gh, gw, -1)
+        cells = [image.convert("RGB").resize((size * scale,) * 2, Image.NEAREST), _label_picture(gt, scale),
+                 _label_picture(np.asarray(segmenter(image).labels), scale)]
+        for c in present:
+            m = sim[:, :, c]
+            m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
+            grey = Image.fromarray(np.rint(m * 255).astype(np.uint8))
+            cells.append(grey.resize((size * scale,) * 2, Image.NEAREST))
+        rows.append(cells)
+        if len(rows) == limit:
+            break
+    if not rows:
+        return None
+    titles = ["image", "ground truth", "paper protocol", "map: 1st colour", "map: 2nd colour", "map: 3rd colour"]
+    image_grid(rows, path, titles=titles, cell_height=size * scale)
+    return path
+
+
 def verdict(loda: dict, cls: dict) -> list[dict[str, Any]]:
     """The thresholds checked on the results: ``[{"name", "value", "threshold", "passed"}]`` (fractions)."""
     seg, seg_cls = loda["segmentation"], cls["segmentation"]
@@ -535,6 +577,18 @@ def count_note(loda: dict) -> str:
             "two best colours of a three-colour scene. Most scenes of this world hold one or two objects.")
 
 
+def maps_section(results: dict) -> str:
+    """The report's paragraph and picture of the paper protocol's similarity maps (empty when none were drawn)."""
+    if not results.get("similarity_maps"):
+        return ""
+    return (
+        "The paper protocol's maps on held-out scenes with two or three objects (LoDA model): image, ground truth, "
+        "the protocol's labels, then the similarity map of each colour in the scene, in label order, as the "
+        "protocol stretches it (min-max over the scene, on the patch grid; bright = most similar). A colour's darkest patches are another colour's object, "
+        "not the background, so the background sits near the middle of the map, where the CRF may give it to the "
+        "colour.\n\n![similarity maps](similarity_maps.png)\n\n")
+
+
 def write_report(out: Path, results: dict) -> Path:
     """``report.md``: what ran, the three views side by side, the verdict, a plain-words summary, definitions,
     the pictures."""
@@ -618,7 +672,7 @@ colours; dark grey is background.
 
 ![grid](grid.png)
 
-Training curves (contrastive loss and learned temperature per step, from `loda/metrics.jsonl` and
+{maps_section(results)}Training curves (contrastive loss and learned temperature per step, from `loda/metrics.jsonl` and
 `cls/metrics.jsonl`):
 
 ![training curves](training_curves.png)
@@ -656,6 +710,7 @@ def run_demo_pipeline(
     from simseg.checkpoint import checkpoint_fingerprint, record_evaluation_defaults
     from simseg.app.report import software_versions, write_json
     from simseg.model import parameter_counts
+    from simseg.segment import Segmenter
 
     start, cpu_start = time.perf_counter(), time.process_time()  # CPU time of all this process's threads
     seconds: dict[str, float] = {}
@@ -688,6 +743,7 @@ def run_demo_pipeline(
     grid_indices = list(range(min(plan.grid_rows, len(split))))
     results: dict[str, Any] = {}
     sizes: dict[str, tuple[int, int]] = {}  # parameters and vocabulary size of each model
+    maps_written = False
     with tempfile.TemporaryDirectory(prefix="simseg-demo-cache-") as cache:
         for step_no, label in ((4, "loda"), (5, "cls")):
             log(f"[{step_no}/5] evaluating the {label.upper()} model: segmentation on {len(split)} held-out scenes "
@@ -696,6 +752,11 @@ def run_demo_pipeline(
             model = simseg.load_model(runs[label] / "checkpoint")
             sizes[label] = (parameter_counts(model)["total"], model.tokenizer.vocab_size)
             results[label] = evaluate_model(model, split, data["retrieval"], Path(cache), grid_indices, progress)
+            if label == "loda":
+                spec = segmentation_protocols(model.image_size)["simseg"]
+                maps = Segmenter(model, split.class_names, protocol=spec["protocol"], crf=spec["crf"],
+                                 cache_dir=Path(cache), progress=False, **spec["params"])
+                maps_written = write_similarity_maps(out / "similarity_maps.png", model, split, maps) is not None
             seconds[f"eval_{label}"] = time.perf_counter() - t
 
     write_grid(out / "grid.png", data["eval_scenes"], results, grid_indices)
@@ -717,6 +778,7 @@ def run_demo_pipeline(
         "loda": {k: v for k, v in results["loda"].items() if k != "predictions"},
         "cls": {k: v for k, v in results["cls"].items() if k != "predictions"},
         "verdict": verdict(results["loda"], results["cls"]),
+        "similarity_maps": "similarity_maps.png" if maps_written else None,
         "thresholds": THRESHOLDS,
         "training": summaries,
         "checkpoints": {label: checkpoint_fingerprint(runs[label] / "checkpoint") for label in runs},
