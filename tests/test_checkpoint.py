@@ -175,3 +175,17 @@ def test_loading_without_initialisation_equals_the_initialised_path(tmp_path, sm
         b = Segmenter(plain, classes, templates="single", cache_dir=tmp_path, threshold_std=-10)(image)
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_a_report_stamp_reuses_the_verified_weights_hash(tmp_path, tiny_model):
+    from simseg.app.report import provenance
+    from simseg.checkpoint import checkpoint_fingerprint, file_sha256
+
+    folder = save_model(tiny_model, tmp_path / "ck")
+    loaded = load_model(folder)
+    assert loaded.weights_file_sha256 == file_sha256(folder / "model.safetensors")
+    assert provenance(folder, model=loaded)["checkpoint"] == checkpoint_fingerprint(folder)
+    # a changed file is caught by loading it, so a stamp never carries a stale hash of a model that loaded
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:-1] + b"\0")
+    with pytest.raises(Exception, match="does not match the sha256"):
+        load_model(folder)

@@ -7,7 +7,7 @@
 from simseg.version import __version__  # noqa: F401 (re-exported: the version is set in version.py)
 
 
-def load_model(path_or_preset, tokenizer=None, device="cpu", image_size=None, backend="torch"):
+def load_model(path_or_preset, tokenizer=None, device="cpu", image_size=None, backend="torch", text=True):
     """Load a model in eval mode from a preset name, a simseg checkpoint folder, an original .pth file, or
     ``hf-hub:ORG/NAME``; ``backend="onnx"`` runs an ONNX export (``simseg export``) in ONNX Runtime.
 
@@ -15,5 +15,6 @@ def load_model(path_or_preset, tokenizer=None, device="cpu", image_size=None, ba
     """
     from simseg.checkpoint import load_model as _load_model
 
-    return _load_model(path_or_preset, tokenizer=tokenizer, device=device, image_size=image_size, backend=backend)
+    return _load_model(path_or_preset, tokenizer=tokenizer, device=device, image_size=image_size, backend=backend,
+                       text=text)
 

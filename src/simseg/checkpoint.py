@@ -27,7 +27,7 @@ from simseg.checkpoint_format import (CONFIG_NAME, FORMAT_VERSION, TOKENIZER_DIR
                                       check_evaluation_defaults, save_model)
 from simseg.errors import CheckpointError, ConfigError, InputError, describe_yaml_error, one_line
 from simseg.files import atomic_write_bytes
-from simseg.model import SimSegModel, build_model, meta_tensors
+from simseg.model import SimSegModel, build_model, meta_tensors, state_sha256
 from simseg.schema import validate_model_config
 from simseg.tokenizer import Tokenizer, load_tokenizer
 
@@ -52,8 +52,12 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def checkpoint_fingerprint(path_or_preset: str | os.PathLike, backend: str = "torch") -> dict[str, Any]:
+def checkpoint_fingerprint(path_or_preset: str | os.PathLike, backend: str = "torch",
+                           weights_sha256: str | None = None) -> dict[str, Any]:
     """``{"path", "sha256"}`` identifying a checkpoint for reports (sha256 of the weights file; None for presets).
+
+    ``weights_sha256``: the sha256 of a simseg folder's weights file when the caller has just verified it (a model's
+    ``weights_file_sha256`` from :func:`load_model`), which saves reading the file again.
 
     An ``hf-hub:`` name is looked up in the local Hugging Face cache (where loading it put it) and also records the
     repository and commit. With ``backend="onnx"`` the ONNX export is identified (the sha256 of its manifest, which
@@ -82,7 +86,7 @@ def checkpoint_fingerprint(path_or_preset: str | os.PathLike, backend: str = "to
         return {"path": name, "sha256": file_sha256(folder / WEIGHTS_NAME), **_hub_stamp(folder)}
     p = Path(path_or_preset)
     if p.is_dir() and (p / WEIGHTS_NAME).is_file():
-        return {"path": str(p), "sha256": file_sha256(p / WEIGHTS_NAME)}
+        return {"path": str(p), "sha256": weights_sha256 or file_sha256(p / WEIGHTS_NAME)}
     if p.is_file():
         return {"path": str(p), "sha256": file_sha256(p)}
     return {"path": str(path_or_preset), "sha256": None, "note": "preset: randomly initialised weights"}
@@ -156,7 +160,7 @@ def _read_own_config(directory: Path) -> dict:
     return doc
 
 
-def _load_own(directory: Path, tokenizer: Tokenizer | None) -> SimSegModel:
+def _load_own(directory: Path, tokenizer: Tokenizer | None, text: bool = True) -> SimSegModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -167,17 +171,28 @@ def _load_own(directory: Path, tokenizer: Tokenizer | None) -> SimSegModel:
     if tokenizer is None and (directory / TOKENIZER_DIR / "vocab.txt").is_file():
         tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     recorded = doc.get("weights_sha256")
-    if recorded and file_sha256(weights) != recorded:
+    digest = file_sha256(weights) if recorded else None
+    if recorded and digest != recorded:
         raise CheckpointError(f"{weights}: does not match the sha256 recorded in {CONFIG_NAME} (a partial or mixed save)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: corrupt or truncated weights ({one_line(e)})") from None
+    hidden, text_hash = None, None
+    if not text and "text_projection.weight" in state:  # images only: BERT is neither imported nor built
+        own_dtype = torch.get_default_dtype()  # what the whole model's built towers hold, as _load_checked converts
+        text_hash = state_sha256({k: v if v.dtype == own_dtype or not v.is_floating_point() else v.to(own_dtype)
+                                  for k, v in state.items() if k.startswith(("text_encoder.", "text_projection."))})
+        hidden = int(state["text_projection.weight"].shape[1])
+        state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
     try:
-        model = build_model(doc["model"], tokenizer, pretrained=False, empty=True)
+        model = build_model(doc["model"], tokenizer, pretrained=False, empty=True, text_hidden_size=hidden)
     except ConfigError as e:  # a model section the libraries refuse: the file is named
         raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+    model.absent_text_hash = text_hash
     _load_checked(model, state, str(weights), assign=True)
+    # the weights file's sha256 as just verified, so that a report naming this checkpoint need not read it again
+    model.weights_file_sha256 = digest
     return model
 
 
@@ -376,6 +391,7 @@ def load_model(
     device: str | torch.device = "cpu",
     image_size: int | None = None,
     backend: str = "torch",
+    text: bool = True,
 ) -> SimSegModel:
     """A model in eval mode from a simseg checkpoint folder, an original ``.pth``, a preset name, or the Hub.
 
@@ -395,6 +411,10 @@ def load_model(
             behind the same interface (:class:`simseg.export.OnnxModel`). The path is then an export folder, or a
             checkpoint folder (or Hub name) with the export in its ``onnx/`` subfolder, which must have been made
             from that folder's weights.
+        text: False loads a simseg folder (local or from the Hub) for images only: the text tower is neither
+            imported nor built (a faster start), ``text_weights_hash`` still finds the class embeddings the whole
+            model cached, and encoding text raises :class:`~simseg.errors.TextTowerAbsentError`. Other sources
+            always load whole.
     """
     from simseg.config import load_preset, preset_names, to_dict
     from simseg.hub import is_hub_name, resolve
@@ -418,7 +438,7 @@ def load_model(
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
     p = Path(path_or_preset)
     if is_hub_name(path_or_preset):
-        model = _load_own(resolve(str(path_or_preset)), tok)
+        model = _load_own(resolve(str(path_or_preset)), tok, text=text)
     elif str(path_or_preset) in preset_names() and not p.exists():
         cfg = to_dict(load_preset(str(path_or_preset)).model)
         if tok is None and cfg.get("tokenizer"):
@@ -428,7 +448,7 @@ def load_model(
                 tok = None  # image-only use still works; text calls say that a tokenizer is needed
         model = build_model(cfg, tok, pretrained=False)
     elif p.is_dir():
-        model = _load_own(p, tok)
+        model = _load_own(p, tok, text=text)
     elif p.is_file():
         model = import_original(p, tok)
         if tok is None:  # the release's tokenizer, shipped with simseg; never a download

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simseg.errors import CheckpointError
+from simseg.errors import CheckpointError, ConfigError
 from simseg.files import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
@@ -36,6 +36,9 @@ def save_model(model: Any, out_dir: str | os.PathLike, meta: dict | None = None)
     from omegaconf import OmegaConf
     from safetensors.torch import save
 
+    if not getattr(model, "has_text_tower", True):
+        raise ConfigError(f"{out_dir}: this model was loaded without its text tower (text=False); saving it would "
+                          "lose the text weights: load it whole to save it")
     meta = dict(meta or {})
     if meta.get("evaluation") is not None:
         meta["evaluation"] = check_evaluation_defaults(meta["evaluation"], "meta.evaluation")
@@ -80,7 +83,6 @@ def check_evaluation_defaults(evaluation: Any, label: str) -> dict[str, Any]:
     """
     from dataclasses import fields
 
-    from simseg.errors import ConfigError
     from simseg.protocols import PROTOCOLS, RetrievalParams, make_params
 
     if not isinstance(evaluation, dict):

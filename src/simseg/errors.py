@@ -25,6 +25,10 @@ class ConfigError(SimSegError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class TextTowerAbsentError(ConfigError):
+    """A model loaded without its text tower (``load_model(..., text=False)``) was asked to encode text."""
+
+
 class ImageTooLargeError(InputError):
     """An image over a pixel limit (ours, or the image library's decompression-bomb guard); the server answers 413."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from simseg.errors import CheckpointError, ConfigError, one_line
+from simseg.errors import CheckpointError, ConfigError, TextTowerAbsentError, one_line
 from simseg.loda import l2_normalize, pool_tokens
 from simseg.schema import POOLINGS, TRAIN_POOLINGS
 from simseg.tokenizer import Tokenizer
@@ -85,6 +85,24 @@ def build_text_tower(name: str, pretrained: bool, config: dict | None, vocab_siz
                           f"({type(e).__name__}: {one_line(e)})") from None
 
 
+class AbsentTextTower(nn.Module):
+    """Stands in for the text tower of a model loaded for images only (``load_model(..., text=False)``): it has no
+    weights, and calling it says how to load the whole model. ``config.hidden_size`` sizes the text projection."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.config = _TextConfig(hidden_size)
+
+    def forward(self, *args: Any, **kwargs: Any) -> None:
+        raise TextTowerAbsentError("this model was loaded without its text tower (text=False), so it cannot encode "
+                                   "text; load it with text=True")
+
+
+class _TextConfig:
+    def __init__(self, hidden_size: int):
+        self.hidden_size = int(hidden_size)
+
+
 class SimSegModel(nn.Module):
     """Image and text towers projected to ``embed_dim`` and pooled by LoDA (or avg / cls).
 
@@ -145,6 +163,8 @@ class SimSegModel(nn.Module):
         self.max_length = max_length
         self.config: dict[str, Any] = dict(config or {})
         self._pos_source: dict | None = None  # native position embedding, see set_image_size
+        #: :attr:`text_weights_hash` of a model loaded without its text tower (computed from the weights file)
+        self.absent_text_hash: str | None = None
 
     # ---------------------------------------------------------------- properties
     @property
@@ -172,8 +192,16 @@ class SimSegModel(nn.Module):
     @property
     def text_weights_hash(self) -> str:
         """sha256 of the text tower and text projection only: what class embeddings depend on (the image tower,
-        and its input size, do not change them)."""
-        return state_sha256(self.state_dict(), prefixes=("text_encoder.", "text_projection."))
+        and its input size, do not change them). A model loaded without its text tower gives the hash of the text
+        weights in its file, so that it finds the class embeddings the whole model cached."""
+        if self.has_text_tower:
+            return state_sha256(self.state_dict(), prefixes=("text_encoder.", "text_projection."))
+        return str(self.absent_text_hash)
+
+    @property
+    def has_text_tower(self) -> bool:
+        """False for a model loaded with ``text=False``: images only, class embeddings from the cache."""
+        return not isinstance(self.text_encoder, AbsentTextTower)
 
     def temperature(self) -> torch.Tensor:
         """The learnable temperature clamped to its range; logits = similarity / temperature."""
@@ -370,7 +398,7 @@ def set_dropout(model: nn.Module, p: float) -> int:
 
 
 def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained: bool | None = None,
-                empty: bool = False) -> SimSegModel:
+                empty: bool = False, text_hidden_size: int | None = None) -> SimSegModel:
     """Build a model from the ``model`` section of a config.
 
     ``pretrained`` overrides both towers' ``pretrained`` flags (False when weights come from a checkpoint).
@@ -381,13 +409,20 @@ def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained:
     initialisation of 131M parameters costs seconds): for a checkpoint that gives every weight, assigned with
     ``load_state_dict(state, assign=True)`` (:func:`simseg.checkpoint.load_model` does). The buffers that no state
     dict holds (BERT's position and token-type ids) are made on the CPU as the library makes them.
+
+    ``text_hidden_size``: build the model for images only, with :class:`AbsentTextTower` of that width in place of
+    BERT (transformers is then not imported); only with ``empty=True``.
     """
+    if text_hidden_size is not None and not empty:
+        raise ValueError("build_model: text_hidden_size (an image-only model) needs empty=True")
     if empty:
         if pretrained:
             raise ValueError("build_model: empty=True builds without weights; pretrained weights would be lost")
         with torch.device("meta"):
-            model = build_model(model_cfg, tokenizer, pretrained=False)
-        _bert_buffers(model.text_encoder)
+            model = build_model(model_cfg, tokenizer, pretrained=False) if text_hidden_size is None else \
+                _build_image_only(model_cfg, tokenizer, text_hidden_size)
+        if model.has_text_tower:
+            _bert_buffers(model.text_encoder)
         return model
     cfg = dict(model_cfg)
     vision, text = dict(cfg["vision"]), dict(cfg["text"])
@@ -401,9 +436,23 @@ def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained:
             f"tokenizer has {tokenizer.vocab_size} tokens but the text tower only {bert.config.vocab_size} embeddings"
         )
     cfg["text"] = {**text, "config": {**(text.get("config") or {}), "vocab_size": bert.config.vocab_size}}
-    model = SimSegModel(
+    model = _assemble(cfg, vit, bert, tokenizer)
+    if cfg.get("dropout") is not None:
+        set_dropout(model, cfg["dropout"])
+    return model
+
+
+def _build_image_only(model_cfg: dict, tokenizer: Tokenizer | None, text_hidden_size: int) -> SimSegModel:
+    vision = dict(model_cfg["vision"])
+    vit = build_vision_tower(vision["name"], False, int(vision.get("img_size", 224)), vision.get("kwargs") or {})
+    return _assemble(dict(model_cfg), vit, AbsentTextTower(text_hidden_size), tokenizer)
+
+
+def _assemble(cfg: dict, vit: nn.Module, text: nn.Module, tokenizer: Tokenizer | None) -> SimSegModel:
+    """The SimSegModel of a config's settings around built towers."""
+    return SimSegModel(
         vit,
-        bert,
+        text,
         embed_dim=int(cfg.get("embed_dim", 512)),
         pooling=cfg.get("pooling", "loda"),
         image_topk=int(cfg.get("image_topk", 5)),
@@ -416,9 +465,6 @@ def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained:
         config=cfg,
         train_pooling=str(cfg.get("train_pooling") or "masked"),
     )
-    if cfg.get("dropout") is not None:
-        set_dropout(model, cfg["dropout"])
-    return model
 
 
 def _bert_buffers(bert: nn.Module) -> None:

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         keys = [k for k in metrics if k.startswith(("I2T_", "T2I_"))] + ["RSUM"]
         backbone = backbone_name(model)
-        stamp = provenance(args.checkpoint, device)
+        stamp = provenance(args.checkpoint, device, model=model)
         report = {
             "dataset": dataset,
             "source": str(path),

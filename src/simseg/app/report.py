@@ -30,12 +30,15 @@ def software_versions() -> dict[str, str | None]:
 
 
 def provenance(checkpoint: str | os.PathLike, device: Any = None, backend: str = "torch",
-               **extra: Any) -> dict[str, Any]:
+               model: Any = None, **extra: Any) -> dict[str, Any]:
     """The block every report ends with: the checkpoint (path and sha256), software versions, the device, and the
-    backend when it is not torch (the ONNX export's fingerprint then stands for the checkpoint)."""
+    backend when it is not torch (the ONNX export's fingerprint then stands for the checkpoint). ``model``: the model
+    loaded from ``checkpoint``, whose verified weights sha256 (when it has one) is used instead of reading the file
+    again."""
     from simseg.checkpoint import checkpoint_fingerprint
 
-    out: dict[str, Any] = {"checkpoint": checkpoint_fingerprint(checkpoint, backend=backend),
+    known = getattr(model, "weights_file_sha256", None) if backend == "torch" else None
+    out: dict[str, Any] = {"checkpoint": checkpoint_fingerprint(checkpoint, backend=backend, weights_sha256=known),
                            "versions": software_versions()}
     if backend != "torch":
         out["backend"] = backend

@@ -44,6 +44,27 @@ def output_stems(paths: Sequence[str]) -> list[str]:
     return stems
 
 
+def load_segmenter(args: argparse.Namespace, classes: list[str], protocol: str, params: dict, device: Any):
+    """The model and its Segmenter. With the torch backend the model is first loaded for images only (no text
+    tower: a faster start), which serves when the class embeddings are cached; otherwise it is loaded whole."""
+    import simseg
+    from simseg.errors import TextTowerAbsentError
+    from simseg.segment import Segmenter
+
+    def build(text: bool):
+        model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, backend=args.backend,
+                                  text=text)
+        return model, Segmenter(model, classes, protocol=protocol, crf=not args.no_crf, templates=args.templates,
+                                cache_dir=args.cache_dir, progress=not args.no_progress, **params)
+
+    if args.backend == "torch":
+        try:
+            return build(text=False)
+        except TextTowerAbsentError:  # the class embeddings are not cached yet: they need the text tower
+            pass
+    return build(text=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Write a label PNG and an overlay per image, print the classes found, and write ``segment.json``.
 
@@ -55,13 +76,11 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 when every image was segmented, 1 when any could not be read or segmented (each is reported by name).
     """
-    import simseg
     from simseg.app.report import describe_protocol, provenance, short_sha, write_json
     from simseg.checkpoint import evaluation_defaults
     from simseg.classnames import parse_class_list, read_class_file
     from simseg.images import load_image
     from simseg.progress import progress_bar
-    from simseg.segment import Segmenter
     from simseg.visualize import overlay, save_label_png
 
     if (args.classes is None) == (args.classes_file is None):
@@ -78,13 +97,11 @@ def run(args: argparse.Namespace) -> int:
         require_densecrf()  # before loading a model: fail fast
     device = resolve_device(args.device)
     out = output_dir(args.out)
-    model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, backend=args.backend)
-    segmenter = Segmenter(model, classes, protocol=protocol, crf=not args.no_crf, templates=args.templates,
-                          cache_dir=args.cache_dir, progress=not args.no_progress, **params)
+    model, segmenter = load_segmenter(args, classes, protocol, params, device)
     if args.backend == "onnx":
         model.require_input_size(segmenter.protocol.input_size)  # one line now, not one per image
     info = segmenter.protocol_info()
-    stamp = provenance(args.checkpoint, device, backend=args.backend)
+    stamp = provenance(args.checkpoint, device, backend=args.backend, model=model)
     note = describe_recorded(args.checkpoint, recorded, "--protocol and --set")
     if note:
         print(note)

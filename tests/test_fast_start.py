@@ -1,0 +1,80 @@
+"""Loading a model for images only (``load_model(..., text=False)``): the start-up path of ``simseg segment`` when
+the class embeddings are cached. It must find the embeddings the whole model cached and give the same labels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simseg.checkpoint import load_model, save_model
+from simseg.errors import ConfigError, TextTowerAbsentError
+from simseg.segment import Segmenter
+
+
+@pytest.fixture()
+def checkpoint(tiny_model, tmp_path):
+    return save_model(tiny_model, tmp_path / "ck")
+
+
+def _images(n: int = 3):
+    rng = np.random.default_rng(7)
+    return [Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1))
+            for _ in range(n)]
+
+
+def test_image_only_model_matches_the_whole_one(checkpoint):
+    whole, images_only = load_model(checkpoint), load_model(checkpoint, text=False)
+    assert whole.has_text_tower and not images_only.has_text_tower
+    assert images_only.text_weights_hash == whole.text_weights_hash  # finds what the whole model cached
+    x = torch.randn(2, 3, whole.image_size, whole.image_size)
+    with torch.inference_mode():
+        torch.testing.assert_close(images_only.encode_image(x), whole.encode_image(x), rtol=0, atol=0)
+    tokens = whole.tokenize(["a red circle"])
+    with pytest.raises(TextTowerAbsentError, match="without its text tower"):
+        images_only.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    with pytest.raises(ConfigError, match="without its text tower"):
+        save_model(images_only, checkpoint.parent / "copy")
+    assert not (checkpoint.parent / "copy").exists()
+
+
+def test_cached_embeddings_give_the_same_labels(checkpoint, tmp_path):
+    classes = ["background", "cat", "dog", "grass"]
+    kw = dict(templates="single", cache_dir=tmp_path / "cache", progress=False, threshold_std=-10)
+    with pytest.raises(TextTowerAbsentError):  # nothing cached yet: the text tower is needed
+        Segmenter(load_model(checkpoint, text=False), classes, **kw)
+    whole = Segmenter(load_model(checkpoint), classes, **kw)
+    fast = Segmenter(load_model(checkpoint, text=False), classes, **kw)
+    torch.testing.assert_close(fast.class_emb, whole.class_emb, rtol=0, atol=1e-6)
+    for image in _images():
+        a, b = whole(image), fast(image)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@pytest.mark.slow
+def test_segment_command_starts_without_the_text_tower_once_cached(checkpoint, tmp_path):
+    image = tmp_path / "photo.png"
+    _images(1)[0].save(image)
+    outs = []
+    for run in ("cold", "warm"):
+        out = tmp_path / run
+        script = ("import sys; from simseg.app.cli import main; rc = main(sys.argv[1:]); "
+                  "print('TEXT_TOWER_IMPORTED', 'transformers' in sys.modules); sys.exit(rc)")
+        done = subprocess.run([sys.executable, "-c", script, "segment", str(image), "--classes", "cat,dog",
+                               "--checkpoint", str(checkpoint), "--templates", "single", "--cache-dir",
+                               str(tmp_path / "cache"), "--out", str(out), "--no-progress"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outs.append((out, done.stdout))
+    (cold, cold_log), (warm, warm_log) = outs
+    assert "TEXT_TOWER_IMPORTED True" in cold_log and "TEXT_TOWER_IMPORTED False" in warm_log
+    np.testing.assert_array_equal(np.asarray(Image.open(cold / "photo_labels.png")),
+                                  np.asarray(Image.open(warm / "photo_labels.png")))
+    cold_report, warm_report = (json.loads((o / "segment.json").read_text()) for o in (cold, warm))
+    assert cold_report["images"] == warm_report["images"] and cold_report["checkpoint"] == warm_report["checkpoint"]
