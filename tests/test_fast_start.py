@@ -78,3 +78,15 @@ def test_segment_command_starts_without_the_text_tower_once_cached(checkpoint, t
                                   np.asarray(Image.open(warm / "photo_labels.png")))
     cold_report, warm_report = (json.loads((o / "segment.json").read_text()) for o in (cold, warm))
     assert cold_report["images"] == warm_report["images"] and cold_report["checkpoint"] == warm_report["checkpoint"]
+
+
+def test_a_warning_of_the_first_attempt_is_given_once(checkpoint, tmp_path, capsys):
+    from simseg.app.cli import main
+
+    image = tmp_path / "photo.png"
+    _images(1)[0].save(image)
+    for run in ("cold", "warm"):  # cold: the image-only attempt falls back to the whole model
+        rc = main(["segment", str(image), "--classes", "cat,жук", "--checkpoint", str(checkpoint), "--templates",
+                   "single", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / run), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 0 and err.count("does not know") == 1, (run, err)

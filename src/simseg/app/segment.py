@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,10 +59,17 @@ def load_segmenter(args: argparse.Namespace, classes: list[str], protocol: str, 
                                 cache_dir=args.cache_dir, progress=not args.no_progress, **params)
 
     if args.backend == "torch":
-        try:
-            return build(text=False)
-        except TextTowerAbsentError:  # the class embeddings are not cached yet: they need the text tower
-            pass
+        # the warnings of an attempt that falls back would be given twice: hold them until it is known to serve
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always")
+            try:
+                built = build(text=False)
+            except TextTowerAbsentError:  # the class embeddings are not cached yet: they need the text tower
+                built = None
+        if built is not None:
+            for w in held:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            return built
     return build(text=True)
 
 
