@@ -90,3 +90,12 @@ def test_a_warning_of_the_first_attempt_is_given_once(checkpoint, tmp_path, caps
                    "single", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / run), "--no-progress"])
         err = capsys.readouterr().err
         assert rc == 0 and err.count("does not know") == 1, (run, err)
+
+
+def test_an_image_only_model_without_a_text_hash_matches_no_cache(tiny_model, tmp_path):
+    from simseg.model import build_model
+
+    # built by hand (not loaded), it has no hash of text weights: it must not share one placeholder cache key
+    model = build_model(tiny_model.config, tiny_model.tokenizer, empty=True, text_hidden_size=32)
+    with pytest.raises(TextTowerAbsentError, match="hash of its text weights"):
+        model.text_weights_hash

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -91,16 +92,11 @@ class AbsentTextTower(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        self.config = _TextConfig(hidden_size)
+        self.config = SimpleNamespace(hidden_size=int(hidden_size))
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         raise TextTowerAbsentError("this model was loaded without its text tower (text=False), so it cannot encode "
                                    "text; load it with text=True")
-
-
-class _TextConfig:
-    def __init__(self, hidden_size: int):
-        self.hidden_size = int(hidden_size)
 
 
 class SimSegModel(nn.Module):
@@ -196,7 +192,10 @@ class SimSegModel(nn.Module):
         weights in its file, so that it finds the class embeddings the whole model cached."""
         if self.has_text_tower:
             return state_sha256(self.state_dict(), prefixes=("text_encoder.", "text_projection."))
-        return str(self.absent_text_hash)
+        if self.absent_text_hash is None:  # never a shared placeholder key: it would find another model's embeddings
+            raise TextTowerAbsentError("this model was built without its text tower and without the hash of its text "
+                                       "weights, so no cached class embedding can be matched to it")
+        return self.absent_text_hash
 
     @property
     def has_text_tower(self) -> bool:

@@ -29,8 +29,8 @@ def test_quick_demo_learns_colour_segmentation_from_captions(tmp_path, capsys):
     loda, cls = results["loda"]["segmentation"], results["cls"]["segmentation"]
     fg, fg_cls = loda["dense_colours"]["fg_mIoU"], cls["dense_colours"]["fg_mIoU"]
     # the paper's own protocol segments the colours, background included, far above the CLS baseline; its 45 %
-    # target is met on some seeds only (43-46 measured on seeds 0-2, 42.8 and 37.5 on this seed with --quick on two CPUs that round floats differently), so the test
-    # asks for less than the verdict
+    # target is met on some seeds only (43-46 measured on seeds 0-2; 42.8 and 37.5 on this seed with --quick, on two
+    # CPUs that round floats differently), so the test asks for less than the verdict
     assert loda["simseg"]["mIoU"] >= 35.0
     assert loda["simseg"]["mIoU"] > cls["simseg"]["mIoU"] + 20.0
     assert fg >= 85.0

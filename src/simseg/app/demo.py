@@ -319,6 +319,16 @@ def evaluate_model(
     return out
 
 
+def _patch_class_cosines(model: Any, transform: Any, image: Any, emb: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """(patches, classes) cosines of one image's L2-normalised patch tokens with the class embeddings ``emb``, and
+    the patch grid: the per-class maps of the paper's protocol before they are stretched."""
+    import torch
+
+    with torch.inference_mode():
+        tokens, grid = model.encode_image_tokens(transform(image.convert("RGB")).unsqueeze(0).to(model.device))
+    return (torch.nn.functional.normalize(tokens[0].float(), dim=-1) @ emb.T).cpu().numpy(), grid
+
+
 def patch_similarity(model: Any, split: ColourSplit, class_emb: Any, limit: int = 100) -> dict[str, float]:
     """Mean cosine of a colour's class embedding with the patch tokens of three kinds of patch, over the colours
     present in the first ``limit`` held-out scenes: patches of that colour (``own``), of another colour in the same
@@ -326,8 +336,6 @@ def patch_similarity(model: Any, split: ColourSplit, class_emb: Any, limit: int 
     one label. Also ``background_level``: where background falls between the scene's lowest and highest value of
     the colour's map (0 = lowest, 1 = highest), the quantity the paper protocol's min-max normalisation acts on.
     """
-    import torch
-
     from simseg.transforms import eval_transform
 
     size, patch = model.image_size, model.patch_size
@@ -339,10 +347,7 @@ def patch_similarity(model: Any, split: ColourSplit, class_emb: Any, limit: int 
         gt = np.asarray(gt)
         if gt.shape != (size, size):
             continue
-        with torch.inference_mode():
-            x = transform(image.convert("RGB")).unsqueeze(0).to(model.device)
-            tokens, (gh, gw) = model.encode_image_tokens(x)
-        sim = (torch.nn.functional.normalize(tokens[0].float(), dim=-1) @ emb.T).cpu().numpy()  # (patches, classes)
+        sim, (gh, gw) = _patch_class_cosines(model, transform, image, emb)  # (patches, classes)
         blocks = gt.reshape(gh, patch, gw, patch).transpose(0, 2, 1, 3).reshape(gh * gw, patch * patch)
         patch_label = np.full(gh * gw, -1)
         for c in np.unique(gt):
@@ -369,11 +374,12 @@ def patch_similarity(model: Any, split: ColourSplit, class_emb: Any, limit: int 
 def write_similarity_maps(path: Path, model: Any, split: ColourSplit, segmenter: Any, limit: int = 4) -> Path | None:
     """The paper protocol's maps on the first ``limit`` held-out scenes with two or more objects: image, ground
     truth, the protocol's labels, then each present colour's similarity map min-max normalised over the scene (on
-    the patch grid, as the protocol stretches it before the CRF; bright = 1; colours in label order). Where another colour's object is the darkest
-    part of a map, the background is left near the middle. None when no scene has two objects."""
-    import torch
+    the patch grid, as the protocol stretches it before the CRF; bright = 1; colours in label order). Where another
+    colour's object is the darkest part of a map, the background is left near the middle. None when no scene has two
+    objects."""
     from PIL import Image
 
+    from simseg.segment import minmax
     from simseg.transforms import eval_transform
     from simseg.visualize import image_grid
 
@@ -387,15 +393,13 @@ def write_similarity_maps(path: Path, model: Any, split: ColourSplit, segmenter:
         present = [int(c) for c in np.unique(gt) if 0 < c < emb.shape[0]]
         if len(present) < 2:
             continue
-        with torch.inference_mode():
-            tokens, (gh, gw) = model.encode_image_tokens(transform(image.convert("RGB")).unsqueeze(0).to(model.device))
-        sim = (torch.nn.functional.normalize(tokens[0].float(), dim=-1) @ emb.T).cpu().numpy().reshape(gh, gw, -1)
+        sim, grid = _patch_class_cosines(model, transform, image, emb)
+        sim = sim.reshape(*grid, -1)
         cells = [image.convert("RGB").resize((size * scale,) * 2, Image.NEAREST), _label_picture(gt, scale),
                  _label_picture(np.asarray(segmenter(image).labels), scale)]
         for c in present:
-            m = sim[:, :, c]
-            m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
-            grey = Image.fromarray(np.rint(m * 255).astype(np.uint8))
+            m = minmax(sim[:, :, c])
+            grey = Image.fromarray(np.rint((np.zeros(grid) if m is None else m) * 255).astype(np.uint8))
             cells.append(grey.resize((size * scale,) * 2, Image.NEAREST))
         rows.append(cells)
         if len(rows) == limit:
@@ -584,9 +588,9 @@ def maps_section(results: dict) -> str:
     return (
         "The paper protocol's maps on held-out scenes with two or three objects (LoDA model): image, ground truth, "
         "the protocol's labels, then the similarity map of each colour in the scene, in label order, as the "
-        "protocol stretches it (min-max over the scene, on the patch grid; bright = most similar). A colour's darkest patches are another colour's object, "
-        "not the background, so the background sits near the middle of the map, where the CRF may give it to the "
-        "colour.\n\n![similarity maps](similarity_maps.png)\n\n")
+        "protocol stretches it (min-max over the scene, on the patch grid; bright = most similar). A colour's "
+        "darkest patches are another colour's object, not the background, so the background sits near the middle "
+        "of the map, where the CRF may give it to the colour.\n\n![similarity maps](similarity_maps.png)\n\n")
 
 
 def write_report(out: Path, results: dict) -> Path:
