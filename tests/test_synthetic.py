@@ -111,22 +111,31 @@ def test_captions_name_every_object_and_nothing_absent(scenes):
     assert len({s.caption for s in scenes}) > 150
 
 
-def test_captions_name_the_background_with_its_tint(scenes):
+def test_captions_name_the_background_with_its_brightness_and_tint(scenes):
     """Real captions name the scene around the objects; here every caption says what the objects lie on, with the
-    surface's tint, so background patches have words of their own."""
+    surface's brightness and tint, so background patches have words of their own, and the words are true."""
     kinds = set()
     for scene in scenes:
         assert scene.background in synthetic.BACKGROUNDS
-        tint = scene.background.split()[0]
+        brightness, tint, _texture = scene.background.split()
         phrase = scene.caption.rsplit(" on ", 1)[-1]
         assert phrase in synthetic.BACKGROUNDS[scene.background], scene.caption
-        assert tint in _words(phrase) and ({"grey", "brown"} - {tint}).isdisjoint(_words(scene.caption))
-        # the tint is true of the pixels: grey backgrounds have (almost) no saturation, brown ones some
+        words = _words(phrase)
+        assert {brightness, tint} <= words, scene.caption
+        assert ({"grey", "brown"} - {tint}).isdisjoint(_words(scene.caption))
+        assert ({"dark", "light"} - {brightness}).isdisjoint(_words(scene.caption))
         bg = scene.image.reshape(-1, 3)[scene.colour_mask.reshape(-1) == 0].astype(np.float32)
+        # the tint is true of the pixels: grey backgrounds have (almost) no saturation, brown ones some
         saturation = np.median((bg.max(axis=1) - bg.min(axis=1)) / np.maximum(bg.max(axis=1), 1))
         assert (saturation < 0.08) == (tint == "grey"), (scene.background, saturation)
+        # and so is the brightness (the objects cover a little of the background the word was chosen from)
+        mean = bg.mean()
+        assert (mean < 127.5) == (brightness == "dark") or abs(mean - 127.5) < 5, (scene.background, mean)
         kinds.add(scene.background)
     assert kinds == set(synthetic.BACKGROUNDS)
+    # every kind has its own phrases: no phrase names two kinds
+    phrases = [p for ps in synthetic.BACKGROUNDS.values() for p in ps]
+    assert len(phrases) == len(set(phrases))
     with pytest.raises(InputError, match="background"):
         synthetic.caption_variants(scenes[0].objects, np.random.default_rng(0), background="lava")
 

@@ -6,13 +6,15 @@ The world is built so that a tiny ViT + BERT trained contrastively on the captio
 words in a few minutes on a CPU, which is the paper's central claim made visible:
 
 - six colours far apart in hue (red, yellow, green, cyan, blue, purple), each with slight per-object jitter;
-- backgrounds in low-saturation greys and browns whose texture only modulates brightness, so a background pixel
-  never looks like a class colour;
+- backgrounds in low-saturation greys and browns, dark or light, in seven textures (stone, stripes, tiles, dots,
+  gravel, bricks, rings): 28 kinds, each with words of its own; a texture only modulates brightness, so a background
+  pixel never looks like a class colour;
 - objects of 12-28 px (at 64 x 64; scaled with ``size``) that never overlap, so every mask pixel is the colour of
   its label;
 - captions that always name every object, with one attribute sometimes omitted ("a star and a blue circle"),
-  spatial words only when they are true, and the surface the objects lie on, always with its tint ("on grey
-  stone", "on a brown wooden floor"): as in real captions, the background has words of its own;
+  spatial words only when they are true, and the surface the objects lie on, always with its brightness and tint
+  ("on dark grey stone", "on a light brown wooden floor"): as in real captions, the background has words of its
+  own;
 - mostly one or two objects per scene (1: 50 %, 2: 35 %, 3: 15 %).
 
 Exporters write the real on-disk formats (a CSV folder, img2dataset-style webdataset shards, the PASCAL VOC
@@ -51,21 +53,39 @@ COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 
 #: The background textures, in the order :func:`_background` draws them.
-_TEXTURES = ("blotchy", "striped", "checkered")
-
-#: Background names (tint and texture, as :func:`_background` draws them) -> the phrases a caption uses for it, the
-#: way real captions name the scene around the objects ("on a sandy beach"). Every phrase names the tint: a tint
-#: that some phrases leave out is learned as "no word", and its patches then match the part that every colour's
-#: class embedding shares, which is what makes the paper's per-class min-max maps fail.
-BACKGROUNDS: dict[str, tuple[str, ...]] = {
-    "grey blotchy": ("grey stone", "a grey stone floor"),
-    "brown blotchy": ("brown sand", "a brown sandy beach"),
-    "grey striped": ("a grey striped wall", "grey stripes"),
-    "brown striped": ("a brown wooden floor", "brown wood"),
-    "grey checkered": ("a grey checkered floor", "grey tiles"),
-    "brown checkered": ("a brown checkered floor", "brown tiles"),
+_TEXTURES = ("blotchy", "striped", "checkered", "dotted", "gravel", "brick", "rings")
+#: Phrases for each texture; ``{}`` is the brightness and tint ("dark grey"). Brown blotches and stripes read as sand
+#: and wood.
+_SURFACES: dict[str, tuple[str, ...]] = {
+    "grey blotchy": ("{} stone", "a {} stone floor"),
+    "brown blotchy": ("{} sand", "a {} sandy beach"),
+    "grey striped": ("a {} striped wall", "{} stripes"),
+    "brown striped": ("a {} wooden floor", "{} wood"),
+    "checkered": ("a {} checkered floor", "{} tiles"),
+    "dotted": ("a {} dotted rug", "{} dots"),
+    "gravel": ("{} gravel", "a {} gravel path"),
+    "brick": ("a {} brick wall", "{} bricks"),
+    "rings": ("{} rings", "a {} ring pattern"),
 }
-#: Probability that a caption names the background ("... on grey stone").
+#: Background brightness words and the tints.
+_BRIGHTNESS = ("dark", "light")
+_TINTS = ("grey", "brown")
+
+
+def _surface_phrases(brightness: str, tint: str, texture: str) -> tuple[str, ...]:
+    templates = _SURFACES.get(f"{tint} {texture}") or _SURFACES[texture]
+    return tuple(t.format(f"{brightness} {tint}") for t in templates)
+
+
+#: Background names (brightness, tint and texture, as :func:`_background` draws them) -> the phrases a caption uses
+#: for it, the way real captions name the scene around the objects ("on a sandy beach"). Every phrase names the
+#: brightness and the tint: a word that some phrases leave out is learned as "no word". The more kinds of background
+#: the captions tell apart, the less the background patches collapse onto the part that every caption (and so every
+#: colour's class embedding) shares, which is what makes the paper's per-class min-max maps fail.
+BACKGROUNDS: dict[str, tuple[str, ...]] = {
+    f"{b} {t} {x}": _surface_phrases(b, t, x) for b in _BRIGHTNESS for t in _TINTS for x in _TEXTURES
+}
+#: Probability that a caption names the background ("... on dark grey stone").
 _BACKGROUND_NAMED_PROB = 1.0
 
 #: Object side at the default 64 x 64 scene size, in pixels (inclusive range); scaled for other sizes.
@@ -109,7 +129,7 @@ class Scene:
         colour_mask: (H, W) uint8, 0 = background, i = ``COLOURS`` index + 1.
         shape_mask: (H, W) uint8, 0 = background, i = ``SHAPES`` index + 1.
         objects: the shapes drawn, in drawing order.
-        background: the background's name, a key of :data:`BACKGROUNDS` (tint and texture).
+        background: the background's name, a key of :data:`BACKGROUNDS` (brightness, tint and texture).
     """
 
     image: np.ndarray
@@ -158,7 +178,8 @@ def _object_size_range(size: int) -> tuple[int, int]:
 
 def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
     """A textured (size, size, 3) float background in a low-saturation grey or brown, and its name (a key of
-    :data:`BACKGROUNDS`: the tint and the texture, e.g. ``"grey stone"``).
+    :data:`BACKGROUNDS`: brightness, tint and texture, e.g. ``"dark grey blotchy"``). The brightness word is true of
+    the pixels: "dark" when the mean channel value is below half of 255.
 
     The texture multiplies all three channels by the same factor, which leaves the HSV saturation unchanged, so no
     background pixel drifts towards a class colour however strong the texture.
@@ -170,23 +191,42 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
         tint, hue, sat = "brown", rng.uniform(20 / 360, 45 / 360), rng.uniform(0.1, 0.3)
     base = np.array(_hsv_to_rgb(hue, sat, value)) * 255.0
 
-    kind = int(rng.integers(3))
+    kind = int(rng.integers(len(_TEXTURES)))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if kind == 0:  # blotches: low-frequency noise
         cells = int(rng.integers(3, 9))
         coarse = Image.fromarray(rng.uniform(-1.0, 1.0, (cells, cells)).astype(np.float32), mode="F")
         texture = np.asarray(coarse.resize((size, size), Image.BILINEAR)) * rng.uniform(0.1, 0.25)
     elif kind == 1:  # stripes / wood grain at a random angle
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         angle, period = rng.uniform(0, np.pi), rng.uniform(4.0, 16.0)
         phase = (xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period)
         texture = np.sin(phase + rng.uniform(0, 2 * np.pi)) * rng.uniform(0.06, 0.18)
-    else:  # checkerboard tiles
+    elif kind == 2:  # checkerboard tiles
         tile = int(rng.integers(4, 17))
-        yy, xx = np.mgrid[0:size, 0:size]
         texture = (((yy // tile) + (xx // tile)) % 2 * 2.0 - 1.0) * rng.uniform(0.05, 0.15)
+    elif kind == 3:  # light dots on a grid
+        spacing = rng.uniform(6.0, 12.0)
+        radius = spacing * rng.uniform(0.2, 0.35)
+        ox, oy = rng.uniform(0, spacing, 2)
+        dx, dy = (xx + ox) % spacing - spacing / 2, (yy + oy) % spacing - spacing / 2
+        texture = np.where(dx * dx + dy * dy <= radius * radius, 1.0, -0.3) * rng.uniform(0.1, 0.2)
+    elif kind == 4:  # gravel: fine 2-px grain
+        fine = Image.fromarray(rng.uniform(-1.0, 1.0, (size // 2, size // 2)).astype(np.float32), mode="F")
+        texture = np.asarray(fine.resize((size, size), Image.NEAREST)) * rng.uniform(0.1, 0.2)
+    elif kind == 5:  # bricks: offset rows with dark mortar lines
+        height = int(rng.integers(5, 10))
+        shift = ((yy // height) % 2) * height
+        mortar = ((yy % height) < 1) | (((xx + shift) % (2 * height)) < 1)
+        texture = np.where(mortar, -1.0, 0.3) * rng.uniform(0.15, 0.3)
+    else:  # rings around a random centre
+        cx, cy = rng.uniform(0, size, 2)
+        period = rng.uniform(5.0, 12.0)
+        texture = np.sin(np.hypot(xx - cx, yy - cy) * 2 * np.pi / period) * rng.uniform(0.08, 0.18)
     grain = rng.normal(0.0, 0.04, (size, size))
     factor = (1.0 + texture + grain).astype(np.float32)
-    return factor[:, :, None] * base[None, None, :].astype(np.float32), f"{tint} {_TEXTURES[kind]}"
+    image = factor[:, :, None] * base[None, None, :].astype(np.float32)
+    brightness = "dark" if image.mean() < 127.5 else "light"
+    return image, f"{brightness} {tint} {_TEXTURES[kind]}"
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
@@ -380,8 +420,8 @@ def caption_variants(objects: Sequence[SceneObject], rng: np.random.Generator, n
 
     Every object is named (by its colour, its shape or both) in a random order; only colours and shapes present
     are mentioned, and spatial words ("to the left of", "above") are used only when true of the boxes. With a
-    ``background`` (a key of :data:`BACKGROUNDS`), the caption ends with where the objects lie ("... on grey
-    stone").
+    ``background`` (a key of :data:`BACKGROUNDS`), the caption ends with where the objects lie ("... on dark
+    grey stone").
 
     Raises:
         InputError: no objects, ``n`` < 1, or an unknown background.

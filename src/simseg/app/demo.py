@@ -613,8 +613,8 @@ words.
 
 ## In plain words
 
-The model saw pictures of coloured shapes with one-line captions ("a red circle next to a blue star on grey
-stone") and learned only which caption goes with which picture; nobody marked a single pixel. LoDA builds a
+The model saw pictures of coloured shapes with one-line captions ("a red circle next to a blue star on dark
+grey stone") and learned only which caption goes with which picture; nobody marked a single pixel. LoDA builds a
 picture's summary, feature by feature, from the few patches that respond most, so the features that make a picture
 match the word "red" have to come from its red patches. Afterwards every patch can be asked how much it looks like
 "red", and the picture coloured in. The table asks that question three ways: **the paper's protocol** decides
@@ -644,9 +644,12 @@ every colour. Every class embedding is mostly its prompt ("a photo of a red."), 
 respond most, and for the features of words every caption has, background patches are in every picture. When no
 caption describes the background, background patches become what those shared words match, so they match every
 colour's embedding almost as well as the colour's own patches do, and the stretched map marks them as the colour.
-The world's captions therefore say what the objects lie on, always with the surface's tint ("on grey stone", "on a
-brown wooden floor"), as real captions name the scene around the objects: background patches get words of their
-own. {map_note(loda)}
+The world's captions therefore say what the objects lie on, always with the surface's brightness and tint ("on
+dark grey stone", "on a light brown wooden floor"), as real captions name the scene around the objects: background
+patches get words of their own. How many kinds of surface the captions tell apart matters: where few kinds are
+named, the background patches of all pictures still collapse onto nearly one feature that the shared words match,
+and the longer the training, the more (a longer run of this demo scores lower on the paper's protocol, not
+higher). This world names 28 kinds (dark or light, grey or brown, seven textures). {map_note(loda)}
 
 {count_note(loda)}
 
