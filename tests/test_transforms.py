@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torchvision import transforms as T
 
@@ -17,6 +19,8 @@ from simseg.transforms import (
     CaptionAugmenter,
     augment_caption,
     eval_transform,
+    resize_normalize,
+    short_side_size,
     train_transform,
 )
 
@@ -172,3 +176,24 @@ def test_augmented_caption_retokenises_with_the_real_tokenizer(vocab_dir):
         # [MASK] comes back as the mask id (not split into "[", "mask", "]"), and no other special appears inside.
         assert ids.count(tok.mask_id) == out.count("[MASK]")
         assert tok.unk_id not in ids and tok.pad_id not in ids and tok.cls_id not in ids[1:]
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(1, 90), height=st.integers(1, 90), out_h=st.integers(1, 70), out_w=st.integers(1, 70),
+       side=st.integers(1, 70), seed=st.integers(0, 2**31 - 1))
+def test_resize_normalize_equals_torchvisions_pipeline(width, height, out_h, out_w, side, seed):
+    """The segmentation protocols' preprocessing without torchvision gives torchvision's values exactly."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
+    square = T.Compose([T.Resize((out_h, out_w)), T.ToTensor(), T.Normalize(mean, std)])(image)
+    assert torch.equal(resize_normalize(image, (out_h, out_w), mean, std), square)
+    short = T.Compose([T.Resize(side), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(image)
+    size = short_side_size(width, height, side)
+    assert short.shape[1:] == size
+    assert torch.equal(resize_normalize(image, size), short)
+
+
+def test_resize_normalize_refuses_a_non_rgb_image():
+    with pytest.raises(ValueError, match="RGB"):
+        resize_normalize(Image.new("L", (8, 8)), (4, 4))

@@ -71,6 +71,14 @@ def test_colour_word_classes_are_drawn_in_their_colour():
     assert [255, 0, 0] in legend and [0, 0, 139] in legend
 
 
+def test_every_css4_name_has_matplotlibs_colour():
+    """The CSS4 words come from Pillow's table (no matplotlib import on a start): the same colours as matplotlib's."""
+    from matplotlib import colors as mcolors
+
+    for name, value in mcolors.CSS4_COLORS.items():
+        assert colour_word(name) == tuple(round(v * 255) for v in mcolors.to_rgb(value)), name
+
+
 def test_other_classes_keep_a_distinct_palette_away_from_the_colour_words():
     voc = ["background", "aeroplane", "bicycle", "bird", "boat"]
     np.testing.assert_array_equal(class_colors(voc), palette()[:5])  # no colour word: the VOC palette as before

@@ -54,7 +54,7 @@ from simseg.classnames import flatten_synonyms, max_over_synonyms, parse_class_l
 from simseg.embeddings import class_embeddings
 from simseg.errors import ConfigError, InputError, SimSegError
 from simseg.protocols import DEFAULT_PROTOCOL, DenseParams, SimSegParams, make_params
-from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD
+from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_normalize, short_side_size
 
 #: A CRF function: (uint8 image (H, W, 3), probability (H, W), params=CRFParams) -> bool mask.
 CRFFunction = Callable[..., np.ndarray]
@@ -301,8 +301,6 @@ class SimSegProtocol:
 
     def __init__(self, params: SimSegParams = SimSegParams(), crf: bool = True,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        from simseg.transforms import eval_transform
-
         if crf:
             from simseg.crf import require_densecrf
 
@@ -310,7 +308,6 @@ class SimSegProtocol:
         self.params = params
         self.crf = bool(crf)
         self.mean, self.std = tuple(mean), tuple(std)
-        self._transform = eval_transform(params.input_size, mode="square", mean=self.mean, std=self.std)
 
     @property
     def input_size(self) -> int:
@@ -326,7 +323,8 @@ class SimSegProtocol:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """``Resize((S, S))`` (PIL bilinear), ``ToTensor``, ``Normalize``: a (1, 3, S, S) float32 batch (CPU)."""
-        return self._transform(image.convert("RGB")).unsqueeze(0)
+        size = self.params.input_size
+        return resize_normalize(image.convert("RGB"), (size, size), self.mean, self.std).unsqueeze(0)
 
     @torch.inference_mode()
     def forward(self, model: Any, class_emb: torch.Tensor, x: torch.Tensor,
@@ -445,18 +443,15 @@ class DenseProtocol:
         With ``class_of_name``, ``class_emb`` holds one row per name: the logit maps are per name until the
         per-pixel decision (see :func:`_dense_labels`), the image-level scores take each class's best name.
         """
-        from torchvision.transforms import functional as TF
-
         p = self.params
         width, height = image.size
         if max(width, height) * p.short_side > p.long_side * min(width, height):
             # the long side binds (MMSegmentation's keep_ratio rule): a strip never becomes millions of windows
             scale = p.long_side / max(width, height)
-            size = [max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))]
+            size = (max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5)))
         else:
-            size = p.short_side  # short side, PIL bilinear
-        resized = TF.resize(image.convert("RGB"), size)
-        x = TF.normalize(TF.to_tensor(resized), self.mean, self.std)
+            size = short_side_size(width, height, p.short_side)  # short side, PIL bilinear
+        x = resize_normalize(image.convert("RGB"), size, self.mean, self.std)
         _, h, w = x.shape
         crop, stride = p.crop_size, p.stride
         # pad to at least one window; padded pixels are cut off below

@@ -51,21 +51,24 @@ MIN_COLOR_DISTANCE = 90.0
 def colour_word(name: str) -> tuple[int, int, int] | None:
     """The RGB colour a class name stands for, or None when it is not a colour word.
 
-    Matplotlib's named colours: the CSS4 names, matched case-insensitively with spaces, hyphens and underscores
-    removed ("Dark Blue", "dark-blue" -> darkblue), and the xkcd survey's names of two or more words ("dark
-    purple", "light brown"; single xkcd words such as "sky" or "banana" name things more often than colours).
+    The CSS4 names (Pillow's table, the same names and values as matplotlib's), matched case-insensitively with
+    spaces, hyphens and underscores removed ("Dark Blue", "dark-blue" -> darkblue), and matplotlib's xkcd survey
+    names of two or more words ("dark purple", "light brown"; single xkcd words such as "sky" or "banana" name things
+    more often than colours). matplotlib is imported only for a name of several words that CSS4 lacks.
     """
-    from matplotlib import colors as mcolors
+    from PIL import ImageColor
 
     key = " ".join(re.split(r"[\s_-]+", name.strip().lower())).strip()
     if not key:
         return None
-    hex_value = mcolors.CSS4_COLORS.get(key.replace(" ", ""))
+    hex_value = ImageColor.colormap.get(key.replace(" ", ""))
     if hex_value is None and " " in key:
+        from matplotlib import colors as mcolors
+
         hex_value = mcolors.XKCD_COLORS.get(f"xkcd:{key}")
     if hex_value is None:
         return None
-    r, g, b = (int(round(v * 255)) for v in mcolors.to_rgb(hex_value))
+    r, g, b = ImageColor.getrgb(hex_value)[:3]
     return r, g, b
 
 

@@ -46,18 +46,40 @@ def output_stems(paths: Sequence[str]) -> list[str]:
 
 
 def load_segmenter(args: argparse.Namespace, classes: list[str], protocol: str, params: dict, device: Any):
-    """The model and its Segmenter. With the torch backend the model is first loaded for images only (no text
-    tower: a faster start), which serves when the class embeddings are cached; otherwise it is loaded whole."""
+    """The model and its Segmenter. With the torch backend on the CPU, the paper's protocol and a checkpoint folder,
+    a traced image tower in the cache serves first (:mod:`simseg.traced`: neither timm nor the weights file is
+    read); otherwise the model is loaded for images only (no text tower), which serves when the class embeddings are
+    cached, and failing that it is loaded whole. A model loaded the ordinary way then leaves its trace for the next
+    start."""
     import simseg
     from simseg.errors import TextTowerAbsentError
     from simseg.segment import Segmenter
 
+    def segmenter(model):
+        return Segmenter(model, classes, protocol=protocol, crf=not args.no_crf, templates=args.templates,
+                         cache_dir=args.cache_dir, progress=not args.no_progress, **params)
+
     def build(text: bool):
         model = simseg.load_model(args.checkpoint, tokenizer=args.tokenizer, device=device, backend=args.backend,
                                   text=text)
-        return model, Segmenter(model, classes, protocol=protocol, crf=not args.no_crf, templates=args.templates,
-                                cache_dir=args.cache_dir, progress=not args.no_progress, **params)
+        return model, segmenter(model)
 
+    traceable = (args.backend == "torch" and str(device) == "cpu" and protocol == "simseg"
+                 and Path(args.checkpoint).is_dir())
+    if traceable:
+        from simseg.embeddings import default_cache_dir
+        from simseg.protocols import make_params
+        from simseg.traced import load_traced_model
+
+        cache = Path(args.cache_dir).expanduser() if args.cache_dir is not None else default_cache_dir()
+        size = make_params(protocol, **params).input_size
+        traced = load_traced_model(args.checkpoint, size, cache, tokenizer=args.tokenizer)
+        if traced is not None:
+            try:
+                return traced, segmenter(traced)
+            except TextTowerAbsentError:  # these class names are not cached yet
+                pass
+    built = None
     if args.backend == "torch":
         # the warnings of an attempt that falls back would be given twice: hold them until it is known to serve
         with warnings.catch_warnings(record=True) as held:
@@ -69,8 +91,23 @@ def load_segmenter(args: argparse.Namespace, classes: list[str], protocol: str, 
         if built is not None:
             for w in held:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            return built
-    return build(text=True)
+    if built is None:
+        built = build(text=True)
+    if traceable:
+        _leave_trace(built[0], args.checkpoint, size, cache)
+    return built
+
+
+def _leave_trace(model: Any, checkpoint: str, size: int, cache: Path) -> None:
+    """Write the model's traced image tower for the next start; a cache that cannot be written costs only that."""
+    from simseg.traced import save_traced_tower
+
+    if cache.exists() and not cache.is_dir():  # the class-embedding cache has said so already: one warning
+        return
+    try:
+        save_traced_tower(model, checkpoint, size, cache)
+    except (OSError, SimSegError) as e:
+        warnings.warn(f"{cache}: the traced image tower for a quick start could not be written ({e})")
 
 
 def run(args: argparse.Namespace) -> int:
