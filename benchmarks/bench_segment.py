@@ -16,7 +16,8 @@ while other processes compete for the cores are not comparable between runs; rat
 - ``forward``: the ViT forward (with projection, pooling, scores) in GFLOP/s and in % of the matmul peak, with the
   variants that decide it (threads, attention kernel, batching, lanes running side by side).
 - ``embeddings``: class embeddings of new classes with BERT-base, tokens/s against the BERT FLOP limit of the
-  tokens they contain (analytic FLOPs per token at the measured peak), prompts sorted by length or not.
+  tokens they contain (analytic FLOPs per token at the measured peak): prompts sorted by length and packed into
+  rows without padding (ours), sorted and padded per batch, in prompt order, and the original's padding to 25.
 - ``dense``: the dense protocol per image against its own FLOP limit (the windows' forwards at the peak).
 - ``startup``: a whole ``simseg segment`` process on one image with a warm cache (class embeddings and the traced
   image tower; median of 5), with a ViT-S/16 + BERT-base checkpoint written here (random weights: timing does not
@@ -384,7 +385,7 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, rep
     return one_thread
 
 
-def section_embeddings(preset: str, n_threads: int, peak: float, num_classes: int, reps: int = 1) -> None:
+def section_embeddings(preset: str, n_threads: int, peak: float, num_classes: int, reps: int = 3) -> None:
     from simseg.embeddings import encode_class_names
 
     torch.manual_seed(0)
@@ -403,11 +404,20 @@ def section_embeddings(preset: str, n_threads: int, peak: float, num_classes: in
                 b = model.tokenize(prompts[s:s + batch_size], padding=padding)
                 model.encode_text(b["input_ids"], b["attention_mask"])
 
+    def sorted_padded(batch_size: int = 256):
+        order = torch.sort(lengths, stable=True).indices
+        with torch.no_grad():
+            for s in range(0, len(prompts), batch_size):
+                rows = order[s:s + batch_size]
+                width = int(lengths[rows].max())
+                model.encode_text(tok["input_ids"][rows, :width], tok["attention_mask"][rows, :width])
+
     rows = []
     with threads(n_threads):
-        encode_class_names(model, classes[:1], IMAGENET_TEMPLATES[:8])  # warm-up
-        rows.append(("ours: sorted by length, batch 256", _median_time(
-            lambda: encode_class_names(model, classes, IMAGENET_TEMPLATES), reps)))
+        encode_class_names(model, classes[:1], IMAGENET_TEMPLATES[:8], progress=False)  # warm-up
+        rows.append(("ours: sorted, packed without padding, batch 256", _median_time(
+            lambda: encode_class_names(model, classes, IMAGENET_TEMPLATES, progress=False), reps)))
+        rows.append(("sorted, each batch padded to its longest", _median_time(sorted_padded, reps)))
         rows.append(("prompt order, padded to the longest of 256", _median_time(unsorted, reps)))
         rows.append(("original: prompt order, padded to 25", _median_time(
             lambda: unsorted(padding="max_length"), reps)))

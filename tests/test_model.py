@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import simseg
 from simseg.config import load_config
@@ -154,3 +156,35 @@ def test_state_sha256_is_the_sha256_of_names_and_bytes_in_name_order():
     assert state_sha256(state) == h.hexdigest()
     assert state_sha256(state, prefixes=("a.",)) == hashlib.sha256(b"a.bias" + state["a.bias"].numpy().tobytes()
                                                                    ).hexdigest()
+
+
+# ------------------------------------------------------------------ packed text (class embeddings without padding)
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 25), min_size=1, max_size=60), row_length=st.integers(25, 80))
+def test_pack_rows_places_every_sequence_once_inside_a_row(lengths, row_length):
+    from simseg.model import pack_rows
+
+    rows, offsets, width = pack_rows(lengths, row_length)
+    slots: dict[int, set[int]] = {}
+    for n, r, o in zip(lengths, rows, offsets):
+        taken = set(range(o, o + n))
+        assert o + n <= width <= row_length and not taken & slots.get(r, set())
+        slots.setdefault(r, set()).update(taken)
+    assert sum(len(s) for s in slots.values()) == sum(lengths) and sorted(slots) == list(range(len(slots)))
+
+
+def test_packed_text_tokens_equal_the_padded_ones(tiny_model):
+    texts = ["a photo of a cat.", "dog", "a bad photo of the dining table on the grass, far away.", "red", "a b c"]
+    batch = tiny_model.tokenize(texts, padding="longest")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.inference_mode():
+        padded = tiny_model.text_tokens(ids, mask)
+        for row_length in (25, 40, 200):  # several sequences per row, or all in one
+            packed = tiny_model.text_tokens_packed(ids, mask, row_length=row_length)
+            real = mask.bool()
+            torch.testing.assert_close(packed[real], padded[real], rtol=0, atol=1e-5)
+            assert not packed[~real].any()  # padding: zeros
+        torch.testing.assert_close(tiny_model.encode_text(ids, mask, packed=True), tiny_model.encode_text(ids, mask),
+                                   rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="masked"):
+        tiny_model.encode_text(ids, mask, masked=False, packed=True)

@@ -103,10 +103,11 @@ def encode_class_names(
 ) -> torch.Tensor:
     """Encode every class in every template (masked LoDA) and average per class.
 
-    The prompts are encoded in order of their token length, each batch padded to its own longest prompt, then put
-    back in place: BERT attends only to real tokens, so the features are those of any padding (to float rounding),
-    while the work is that of the real tokens (sorted, a batch holds prompts of nearly one length, so almost no
-    padding is computed).
+    The prompts are encoded in order of their token length, in batches of ``batch_size``, then put back in place.
+    A model that can (:meth:`simseg.model.SimSegModel.text_tokens_packed`) packs each batch's prompts into rows
+    without padding, so BERT computes real tokens only; any other (the ONNX one) gets each batch padded to its own
+    longest prompt (sorted, a batch holds prompts of nearly one length). BERT attends only to real tokens, so the
+    features are those of any padding, to float rounding.
 
     ``progress``: a bar over the batches when there are at least four (a terminal redraws it, a log gets lines).
 
@@ -128,7 +129,10 @@ def encode_class_names(
     for start in bar:
         rows = order[start:start + batch_size]
         width = int(lengths[rows].max())
-        out = model.encode_text(ids[rows, :width], mask[rows, :width]).float()
+        if hasattr(model, "text_tokens_packed"):
+            out = model.encode_text(ids[rows, :width], mask[rows, :width], packed=True).float()
+        else:
+            out = model.encode_text(ids[rows, :width], mask[rows, :width]).float()
         if per_prompt is None:
             per_prompt = torch.empty((len(prompts), out.shape[1]), dtype=torch.float32, device=out.device)
         per_prompt[rows.to(out.device)] = out

@@ -35,6 +35,24 @@ def state_sha256(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] | Non
     return h.hexdigest()
 
 
+def pack_rows(lengths: Sequence[int], row_length: int) -> tuple[list[int], list[int], int]:
+    """Place sequences of ``lengths`` into rows of at most ``row_length`` slots, first fit, longest first (ties in
+    order). Returns each sequence's row and offset in its row, and the longest row's fill."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    fill: list[int] = []
+    rows, offsets = [0] * len(lengths), [0] * len(lengths)
+    for i in order:
+        n = int(lengths[i])
+        if n > row_length:
+            raise ValueError(f"pack_rows: a sequence of {n} does not fit a row of {row_length}")
+        r = next((r for r, used in enumerate(fill) if used + n <= row_length), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        rows[i], offsets[i] = r, fill[r]
+        fill[r] += n
+    return rows, offsets, max(fill, default=0)
+
+
 def build_vision_tower(name: str, pretrained: bool, img_size: int, kwargs: dict | None = None) -> nn.Module:
     """A timm ViT returning tokens (no classifier head), accepting any input size that is a multiple of its patch.
 
@@ -254,11 +272,49 @@ class SimSegModel(nn.Module):
         hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text_projection(hidden)
 
+    def text_tokens_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           row_length: int = 64) -> torch.Tensor:
+        """:meth:`text_tokens` computed without padding: the (right-padded) sequences are packed into rows of at most
+        ``row_length`` tokens (first fit, longest first), each sequence attending only to itself (a block-diagonal
+        mask) at its own position ids, so BERT computes real tokens only. The same values at the real tokens (to
+        float rounding: other matrix shapes); zeros at the padding."""
+        lengths = attention_mask.sum(dim=1)
+        if bool((lengths < 1).any()):
+            raise ValueError("text_tokens_packed: a sequence has no token")
+        rows, offsets, width = pack_rows(lengths.tolist(), max(int(row_length), int(lengths.max())))
+        device = input_ids.device
+        sequence = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        position = torch.arange(len(sequence), device=device) - starts[sequence]
+        row = torch.tensor(rows, device=device)[sequence]
+        column = torch.tensor(offsets, device=device)[sequence] + position
+        n_rows = max(rows) + 1
+        ids = torch.zeros((n_rows, width), dtype=input_ids.dtype, device=device)
+        ids[row, column] = input_ids[sequence, position]
+        positions = torch.zeros((n_rows, width), dtype=torch.long, device=device)
+        positions[row, column] = position
+        owner = torch.full((n_rows, width), -1, dtype=torch.long, device=device)
+        owner[row, column] = sequence
+        mask = (owner[:, :, None] == owner[:, None, :]) & (owner[:, :, None] >= 0)
+        mask |= torch.eye(width, dtype=torch.bool, device=device)  # a padding slot attends to itself: no empty row
+        hidden = self.text_encoder(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
+                                   token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        out = hidden.new_zeros((len(lengths), input_ids.shape[1], hidden.shape[-1]))
+        out[sequence, position] = hidden[row, column]
+        return self.text_projection(out)
+
     def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool = True, normalize: bool = True
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool = True, normalize: bool = True,
+        packed: bool = False,
     ) -> torch.Tensor:
-        """(B, embed_dim) pooled text embedding; ``masked`` excludes padding (evaluation), vanilla otherwise."""
-        tokens = self.text_tokens(input_ids, attention_mask)
+        """(B, embed_dim) pooled text embedding; ``masked`` excludes padding (evaluation), vanilla otherwise.
+
+        ``packed``: BERT computes no padding (:meth:`text_tokens_packed`; with ``masked`` only: the pooling must not
+        see the padding's features, which are then zeros)."""
+        if packed and not masked:
+            raise ValueError("encode_text: packed=True needs masked=True (padding has no features when packed)")
+        tokens = self.text_tokens_packed(input_ids, attention_mask) if packed else \
+            self.text_tokens(input_ids, attention_mask)
         if self.pooling == "avg":
             pooled = pool_tokens(tokens, "avg", 0, attention_mask)
         else:
