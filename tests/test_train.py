@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -640,11 +641,36 @@ def test_lost_samples_are_counted_exactly_in_the_log_and_summary(vocab_dir, tmp_
 
 
 # ------------------------------------------------------------------------------------------------ step speed paths
-def _step_grads(model, captions, padding, images):
+def _step_grads(model, captions, padding, images, packed=False, chunk_size=0):
     tokens = model.tokenize(captions, padding=padding)
     model.zero_grad(set_to_none=True)
-    loss = contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"], masked=True)
+    loss = contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"], masked=True, packed=packed,
+                            chunk_size=chunk_size)
     return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk_size", [0, 2])
+def test_packed_captions_give_the_same_masked_step(tiny_model, chunk_size):
+    """``train.pad_captions: packed``: BERT computes no padding, and the loss and every gradient are those of the
+    padded step (dropout off), in a plain step and in the decoupled accumulation."""
+    import copy
+
+    from simseg.model import set_dropout
+    from simseg.train import caption_padding, packs_captions
+
+    assert caption_padding(True, "packed") == "longest" and caption_padding(False, "packed") == "max_length"
+    assert packs_captions(True, "packed") and not packs_captions(False, "packed") and not packs_captions(True)
+    model = copy.deepcopy(tiny_model).train()
+    set_dropout(model, 0.0)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    captions = [CAPTIONS[i] for i in (5, 0, 6, 7)]  # 4 to 7 tokens: several per packed row, padding to skip
+    loss_a, grads_a = _step_grads(model, captions, "longest", images, chunk_size=chunk_size)
+    loss_b, grads_b = _step_grads(model, captions, "longest", images, packed=True, chunk_size=chunk_size)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4), \
+            (name, float((grads_a[name] - grads_b[name]).abs().max()), float(grads_a[name].abs().max()))
 
 
 def test_padding_to_the_longest_gives_the_same_masked_step(tiny_model):
@@ -668,6 +694,14 @@ def test_padding_to_the_longest_gives_the_same_masked_step(tiny_model):
     for name in grads_a:  # float rounding only: attention over 25 or fewer keys sums in another order
         assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4), \
             (name, float((grads_a[name] - grads_b[name]).abs().max()), float(grads_a[name].abs().max()))
+
+
+def test_a_run_with_packed_captions_trains(vocab_dir, tmp_path):
+    cfg = _cfg(vocab_dir, tmp_path / "run", steps=2, pad_captions="packed")
+    summary = train(cfg, batch_iter=_batches(), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and [r["step"] for r in records] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in records)
 
 
 @pytest.mark.parametrize("kernel", ["fused", "foreach"])

@@ -415,16 +415,19 @@ class SimSegModel(nn.Module):
         return out
 
     def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool | None = None
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: bool | None = None,
+        packed: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: normalised image and text embeddings.
 
         ``masked`` chooses the text pooling's variant (True: padding excluded; False: vanilla); None uses the model's
-        ``train_pooling`` (``"masked"`` unless built otherwise, as the released code trains).
+        ``train_pooling`` (``"masked"`` unless built otherwise, as the released code trains). ``packed``: the
+        captions are packed without padding (:meth:`text_tokens_packed`; masked pooling only).
         """
         if masked is None:
             masked = self.train_pooling == "masked"
-        return self.encode_image(images, masked=masked), self.encode_text(input_ids, attention_mask, masked=masked)
+        return self.encode_image(images, masked=masked), self.encode_text(input_ids, attention_mask, masked=masked,
+                                                                          packed=packed)
 
 
 def set_dropout(model: nn.Module, p: float) -> int:

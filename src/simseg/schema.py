@@ -121,7 +121,7 @@ class TrainSchema:
     decay_exclude_1d: bool = _optional(False)
     compile: bool = _optional(False)
     adamw: str = _optional("fused", choices=("fused", "foreach", "loop"))
-    pad_captions: str = _optional("auto", choices=("auto", "max_length"))
+    pad_captions: str = _optional("auto", choices=("auto", "max_length", "packed"))
 
 
 @dataclass(kw_only=True)

@@ -96,6 +96,7 @@ def contrastive_step(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     loss_scale: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
     masked: bool | None = None,
+    packed: bool = False,
 ) -> torch.Tensor:
     """Forward and backward of one contrastive step on this rank's share of the global batch.
 
@@ -104,13 +105,14 @@ def contrastive_step(
     all embeddings (gathered over ranks), backward to the embeddings and the temperature; (3) per chunk, restore its
     RNG state, embed again with a graph, and back-propagate the cached embedding gradients. Gradients accumulate in
     ``.grad`` (not averaged over ranks: see :func:`average_gradients`). ``masked`` is the text pooling's variant
-    (None: the model's ``train_pooling``). Returns the loss (detached).
+    (None: the model's ``train_pooling``); ``packed`` packs the captions without padding (:func:`packs_captions`).
+    Returns the loss (detached).
     """
     n = images.shape[0]
     temperature = model.temperature()
     if chunk_size <= 0 or chunk_size >= n:
         with autocast():
-            img, txt = model(images, input_ids, attention_mask, masked=masked)
+            img, txt = model(images, input_ids, attention_mask, masked=masked, packed=packed)
         loss = contrastive_loss(img.float(), txt.float(), temperature, rank, world_size)
         loss_scale(loss).backward()
         return loss.detach()
@@ -122,7 +124,7 @@ def contrastive_step(
         for s in parts:
             states.append(_rng_state(device))
             with autocast():
-                i, t = model(images[s], input_ids[s], attention_mask[s], masked=masked)
+                i, t = model(images[s], input_ids[s], attention_mask[s], masked=masked, packed=packed)
             img_parts.append(i.float())
             txt_parts.append(t.float())
     after = _rng_state(device)
@@ -133,7 +135,7 @@ def contrastive_step(
     for s, state in zip(parts, states):
         _set_rng_state(state, device)
         with autocast():
-            i, t = model(images[s], input_ids[s], attention_mask[s], masked=masked)
+            i, t = model(images[s], input_ids[s], attention_mask[s], masked=masked, packed=packed)
         surrogate = (i.float() * img.grad[s]).sum() + (t.float() * txt.grad[s]).sum()
         surrogate.backward()
     _set_rng_state(after, device)
@@ -215,7 +217,16 @@ def caption_padding(masked: bool, setting: str = "auto") -> str:
     pooling is masked (BERT attends only to real tokens and the masked pooling ignores padding, so the embeddings are
     the same to float rounding at a fraction of the cost), to ``max_length`` for the vanilla pooling, where padding
     tokens count. ``max_length``: always to 25 tokens, the original's (bit-exact cross-implementation checks)."""
-    return "longest" if masked and setting == "auto" else "max_length"
+    return "longest" if masked and setting in ("auto", "packed") else "max_length"
+
+
+def packs_captions(masked: bool, setting: str = "auto") -> bool:
+    """``train.pad_captions: packed``: as ``auto``, and the captions of a batch are then packed into rows without
+    padding (:meth:`simseg.model.SimSegModel.text_tokens_packed`: each attends only to itself at its own positions),
+    so BERT computes real tokens only. The same embeddings and gradients to float rounding; dropout draws its masks
+    over the packed rows, so a run differs from an ``auto`` run as two seeds do. The masked pooling only (the vanilla
+    pooling counts padding tokens: ``max_length``, not packed)."""
+    return masked and setting == "packed"
 
 
 def compiler_problem(device: torch.device) -> str | None:
@@ -588,6 +599,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     keep = int(tc.get("keep_checkpoints", 3))
     masked = train_pooling == "masked"
     padding = caption_padding(masked, str(tc.get("pad_captions", "auto")))
+    packed = packs_captions(masked, str(tc.get("pad_captions", "auto")))
     if tc.get("compile", False):
         compile_forward(model, device)
     grads = GradientBuffer(model) if world > 1 else None  # in a single process the backward's own tensors are kept
@@ -627,7 +639,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
             opt.zero_grad(set_to_none=True)
         loss = contrastive_step(model, images, tokens["input_ids"], tokens["attention_mask"], rank, world,
                                 int(tc.get("chunk_size", 0)), autocast,
-                                scaler.scale if scaler is not None else (lambda x: x), masked=masked)
+                                scaler.scale if scaler is not None else (lambda x: x), masked=masked, packed=packed)
         average_gradients(model, world)
         if scaler is not None:
             scaler.unscale_(opt)
