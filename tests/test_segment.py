@@ -376,6 +376,10 @@ def test_dense_labels_equal_interpolate_then_argmax():
     best, idx = prob.max(0)
     expected = torch.where(best < 0.4, 0, idx + 1)
     np.testing.assert_array_equal(_dense_labels(logits, 20, 31, 0.4, max_elements=200), expected)
+    # ties (equal class maps, constant logits) go to the lowest class index, as argmax's
+    tied = torch.cat([torch.zeros(2, 7, 9), torch.randint(-1, 1, (4, 7, 9)).float(), torch.zeros(1, 7, 9)])
+    up = F.interpolate(tied[None], size=(20, 31), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_array_equal(_dense_labels(tied, 20, 31, None, max_elements=200), up.argmax(0))
 
 
 def test_dense_protocol_on_a_non_square_image(model, tmp_path):

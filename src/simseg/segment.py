@@ -542,7 +542,7 @@ def _dense_labels(logits: torch.Tensor, height: int, width: int, bg_threshold: f
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).unsqueeze(0)
         strip = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
         if bg_threshold is None:
-            idx = strip.argmax(dim=0)
+            idx = strip.max(dim=0).indices  # argmax's labels (first maximum; tested), a few times faster over dim 0
             out[y0:y1] = idx if cls is None else cls[idx]
         else:
             prob = (strip[1:] if cls is None else strip[cls != 0]).softmax(dim=0)
