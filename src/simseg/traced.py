@@ -11,8 +11,9 @@ the ordinary way.
 A trace is found only for the same folder with the same files: the size, modification time and inode of its config,
 weights and vocabulary are recorded and compared, and the versions of torch, timm and simseg are part of its name.
 The traced program runs the eager model's operations without the graph optimiser (``optimized_execution(False)``),
-so its outputs are the eager model's (tested to be equal). The file is checked against its recorded sha256 before it
-is loaded: simseg wrote it into the user's own cache, and only a file whose contents are those simseg wrote is run.
+so its outputs are the eager model's (tested to be equal). simseg writes it into the user's own cache (atomically,
+program first, metadata last) and runs it only while it is the file written then: its size, modification time and
+inode are recorded too (hashing its 90 MB would cost a tenth of the start).
 """
 
 from __future__ import annotations
@@ -43,17 +44,18 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _stat(path: Path) -> list[int] | None:
+    """(size, mtime in ns, inode) of a file; None when it is absent or unreadable."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
+
+
 def _identity(checkpoint_dir: Path) -> dict[str, list[int] | None]:
-    """(size, mtime in ns, inode) of the folder's config, weights and vocabulary; None for a file that is absent."""
-    out: dict[str, list[int] | None] = {}
-    for name in _FILES:
-        try:
-            st = (checkpoint_dir / name).stat()
-        except FileNotFoundError:
-            out[name] = None
-            continue
-        out[name] = [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
-    return out
+    """:func:`_stat` of the folder's config, weights and vocabulary."""
+    return {name: _stat(checkpoint_dir / name) for name in _FILES}
 
 
 def trace_paths(checkpoint_dir: str | os.PathLike, input_size: int,
@@ -112,12 +114,11 @@ def save_traced_tower(model: Any, checkpoint_dir: str | os.PathLike, input_size:
         traced = torch.jit.trace(_TokensAndClass(model).eval(), example, check_trace=False)
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer)
-    data = buffer.getvalue()
-    atomic_write_bytes(program_path, data)
+    atomic_write_bytes(program_path, buffer.getvalue())
     temperature = float(model.temperature().detach().float())
     atomic_write_json(meta_path, {
         "format": TRACE_FORMAT,
-        "program_sha256": hashlib.sha256(data).hexdigest(),
+        "program": _stat(program_path),
         "checkpoint": os.path.realpath(checkpoint_dir),
         "files": identity,
         "input_size": int(input_size),
@@ -147,17 +148,15 @@ def load_traced_model(checkpoint_dir: str | os.PathLike, input_size: int, cache_
     program_path, meta_path = trace_paths(checkpoint_dir, input_size, cache_dir)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        data = program_path.read_bytes()
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if (not isinstance(meta, dict) or meta.get("format") != TRACE_FORMAT
-            or meta.get("files") != _identity(checkpoint_dir)
-            or meta.get("program_sha256") != hashlib.sha256(data).hexdigest()):
+            or meta.get("files") != _identity(checkpoint_dir) or meta.get("program") != _stat(program_path)):
         return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's note that TorchScript gives way to torch.export
-            program = torch.jit.load(io.BytesIO(data), map_location="cpu")
+            program = torch.jit.load(str(program_path), map_location="cpu")
     except Exception:  # a torch that cannot read it (or has no TorchScript): the ordinary load serves
         return None
     if tokenizer is None and (checkpoint_dir / "tokenizer" / "vocab.txt").is_file():

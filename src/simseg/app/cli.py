@@ -11,35 +11,39 @@ with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple, NoReturn
 
-from simseg.app import (checkpoints, demo, eval_retrieval, eval_seg, export, hub, prepare, segment, serve, train,
-                        vocab)
-
-
 class Command(NamedTuple):
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+    """A command: its module, imported only when the command runs (a start imports one command's module, not all),
+    and the names of its help text and functions there."""
+
+    module: str
+    help_name: str = "HELP"
+    add_name: str = "add_arguments"
+    run_name: str = "run"
+
+    def load(self) -> tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+        module = importlib.import_module(self.module)
+        return getattr(module, self.help_name), getattr(module, self.add_name), getattr(module, self.run_name)
 
 
 COMMANDS: dict[str, Command] = {
-    "info": Command(checkpoints.INFO_HELP, checkpoints.add_info_arguments, checkpoints.run_info),
-    "convert-checkpoint": Command(checkpoints.CONVERT_HELP, checkpoints.add_convert_arguments,
-                                  checkpoints.run_convert),
-    "segment": Command(segment.HELP, segment.add_arguments, segment.run),
-    "eval-seg": Command(eval_seg.HELP, eval_seg.add_arguments, eval_seg.run),
-    "prepare": Command(prepare.HELP, prepare.add_arguments, prepare.run),
-    "eval-retrieval": Command(eval_retrieval.HELP, eval_retrieval.add_arguments, eval_retrieval.run),
-    "train": Command(train.HELP, train.add_arguments, train.run),
-    "vocab": Command(vocab.HELP, vocab.add_arguments, vocab.run),
-    "demo": Command(demo.HELP, demo.add_arguments, demo.run),
-    "serve": Command(serve.HELP, serve.add_arguments, serve.run),
-    "export": Command(export.HELP, export.add_arguments, export.run),
-    "push-to-hub": Command(hub.HELP, hub.add_arguments, hub.run),
+    "info": Command("simseg.app.checkpoints", "INFO_HELP", "add_info_arguments", "run_info"),
+    "convert-checkpoint": Command("simseg.app.checkpoints", "CONVERT_HELP", "add_convert_arguments", "run_convert"),
+    "segment": Command("simseg.app.segment"),
+    "eval-seg": Command("simseg.app.eval_seg"),
+    "prepare": Command("simseg.app.prepare"),
+    "eval-retrieval": Command("simseg.app.eval_retrieval"),
+    "train": Command("simseg.app.train"),
+    "vocab": Command("simseg.app.vocab"),
+    "demo": Command("simseg.app.demo"),
+    "serve": Command("simseg.app.serve"),
+    "export": Command("simseg.app.export"),
+    "push-to-hub": Command("simseg.app.hub"),
 }
 
 
@@ -52,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<20}{command.help}" for name, command in COMMANDS.items())
+    lines = "\n".join(f"  {name:<20}{command.load()[0]}" for name, command in COMMANDS.items())
     parser = _Parser(
         prog="simseg",
         description="Text-supervised semantic segmentation (SimSeg, CVPR 2023).",
@@ -87,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0 if not argv else 2
     name, rest = argv[0], argv[1:]
-    command = COMMANDS[name]
-    parser = _Parser(prog=f"simseg {name}", description=command.help)
-    command.add_arguments(parser)
+    help_text, add_arguments, run = COMMANDS[name].load()
+    parser = _Parser(prog=f"simseg {name}", description=help_text)
+    add_arguments(parser)
     args = _parse(parser, rest)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
-            return int(command.run(args) or 0)
+            return int(run(args) or 0)
     except SimSegError as e:
         # one line whatever the message holds (a library's text can span several)
         print(f"simseg {name}: error: {one_line(e, limit=None)}", file=sys.stderr)

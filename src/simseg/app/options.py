@@ -43,7 +43,9 @@ def add_protocol_options(parser: argparse.ArgumentParser) -> None:
 def add_cache_option(parser: argparse.ArgumentParser) -> None:
     """``--cache-dir``: where class embeddings are cached."""
     parser.add_argument("--cache-dir", default=None,
-                        help="class-embedding cache folder (default: $SIMSEG_CACHE/text or ~/.cache/simseg/text)")
+                        help="class-embedding cache folder (default: $SIMSEG_CACHE/text or ~/.cache/simseg/text); "
+                             "simseg segment also keeps a traced image tower per checkpoint folder there, in "
+                             "image-towers/ (the size of the image weights), for a quicker start")
 
 
 def add_device_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
