@@ -22,9 +22,11 @@ sides and is left out of both):
 Captions have realistic lengths (4 to 22 words, one word-piece each, as image-caption data sets), so padding to the
 longest in a batch of 32 saves what it would save in training, no more. Printed: seconds per step, images/s,
 GFLOP/s and % of the fp32 matmul peak measured in the same run (model FLOPs: 3 x the forward's, real tokens only),
-peak memory, and every row as a ratio to the reference, with the machine's load.
+peak memory, and every row as a ratio to the reference, with the machine's load. ``--repeats N`` runs every row N
+times in turn and shows each row's median run: on a shared machine whose speed drifts, the rows then see the same
+drift.
 
-    python benchmarks/train_step.py [--batch 32] [--steps 3] [--model simseg-vit-s16] [--rows ...]
+    python benchmarks/train_step.py [--batch 32] [--steps 3] [--repeats 1] [--model simseg-vit-s16] [--rows ...]
 """
 
 from __future__ import annotations
@@ -181,6 +183,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of every row, in turn (round robin); each row shows its median run")
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one configuration
     a = p.parse_args()
@@ -192,22 +196,34 @@ def main() -> int:
 
     devices = a.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     rows = ["reference"] + [r for r in a.rows if r != "reference"]
-    print(f"{a.model}, batch {a.batch} at 224, fp32, {a.steps} timed steps after the warm-up, torch "
+    print(f"{a.model}, batch {a.batch} at 224, fp32, {a.steps} timed steps after the warm-up, median of "
+          f"{a.repeats} run(s) per row taken in turn, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; start: {_load()}")
     for device in devices:
         peak = _matmul_peak(device)
         print(f"\n[{device}] fp32 matmul peak (torch.mm 2048^3, measured now): {peak:.1f} GFLOP/s; {_load()}")
         print(f"{'':<28}{'s/step':>8}{'img/s':>7}{'x ref':>7}{'GFLOP/s':>9}{'% peak':>8}{'peak MiB':>10}"
               f"{'x ref':>7}{'tokens':>8}  notes")
+        runs: dict[str, list[dict]] = {row: [] for row in rows}
+        failed: dict[str, str] = {}
+        for _ in range(a.repeats):  # round robin: a drift of the machine's speed reaches every row alike
+            for row in rows:
+                if row in failed:
+                    continue
+                out = subprocess.run([sys.executable, __file__, "--model", a.model, "--batch", str(a.batch),
+                                      "--steps", str(a.steps), "--one", f"{device}:{row}"], capture_output=True,
+                                     text=True)
+                if out.returncode:
+                    failed[row] = (out.stderr.strip().splitlines() or ["?"])[-1]
+                    continue
+                runs[row].append(json.loads(out.stdout.strip().splitlines()[-1]))
         results = {}
         for row in rows:
-            out = subprocess.run([sys.executable, __file__, "--model", a.model, "--batch", str(a.batch),
-                                  "--steps", str(a.steps), "--one", f"{device}:{row}"], capture_output=True, text=True)
-            if out.returncode:
-                print(f"{row:<28}failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+            if row in failed:
+                print(f"{row:<28}failed: {failed[row]}")
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            results[row] = r
+            by_time = sorted(runs[row], key=lambda r: r["s_per_step"])
+            r = results[row] = by_time[len(by_time) // 2]  # the median run (of an odd number; upper middle else)
             ref = results.get("reference", r)
             gflops = r["flops"] / r["s_per_step"] / 1e9
             note = f"warm-up {r['warm_s']:.0f} s (compiling)" if r["compiled"] else (
