@@ -167,6 +167,11 @@ def test_a_trace_is_used_only_for_the_same_files(checkpoint, tmp_path):
     data[len(data) // 2] ^= 0xFF  # an altered program is never run
     program.write_bytes(bytes(data))
     assert load_traced_model(checkpoint, 64, cache) is None
+    _traced(checkpoint, tmp_path)
+    doc = json.loads(meta.read_text())
+    del doc["patch_size"]  # a hand-edited record
+    meta.write_text(json.dumps(doc))
+    assert load_traced_model(checkpoint, 64, cache) is None
     meta.write_text("{not json")
     assert load_traced_model(checkpoint, 64, cache) is None
 

@@ -162,7 +162,10 @@ def load_traced_model(checkpoint_dir: str | os.PathLike, input_size: int, cache_
     if tokenizer is None and (checkpoint_dir / "tokenizer" / "vocab.txt").is_file():
         tokenizer = checkpoint_dir / "tokenizer"
     tok = load_tokenizer(tokenizer) if tokenizer is not None and not hasattr(tokenizer, "vocab") else tokenizer
-    return TracedImageModel(program, meta, tok, str(checkpoint_dir))
+    try:
+        return TracedImageModel(program, meta, tok, str(checkpoint_dir))
+    except (KeyError, TypeError, ValueError):  # metadata edited by hand: the ordinary load serves
+        return None
 
 
 class TracedImageModel:
