@@ -189,3 +189,18 @@ def test_an_unwritable_trace_cache_costs_only_the_quick_start(checkpoint, tmp_pa
     err = capsys.readouterr().err
     assert rc == 0 and "traced image tower" in err and "could not be written" in err
     assert (tmp_path / "out" / "photo_labels.png").is_file()
+
+
+def test_new_class_names_keep_a_valid_trace(checkpoint, tmp_path):
+    """Class names not cached yet need the whole model; the trace it would write again is already there."""
+    from simseg.app.cli import main
+
+    image = tmp_path / "photo.png"
+    _images(1)[0].save(image)
+    common = ["--checkpoint", str(checkpoint), "--templates", "single", "--cache-dir", str(tmp_path / "cache"),
+              "--no-progress"]
+    assert main(["segment", str(image), "--classes", "cat,dog", "--out", str(tmp_path / "a"), *common]) == 0
+    (program,) = (tmp_path / "cache" / "image-towers").glob("*.pt")
+    before = program.stat().st_mtime_ns
+    assert main(["segment", str(image), "--classes", "grass,sky", "--out", str(tmp_path / "b"), *common]) == 0
+    assert program.stat().st_mtime_ns == before and len(list(program.parent.glob("*.pt"))) == 1

@@ -34,6 +34,11 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser() / "text"
 
 
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder in use: ``cache_dir`` (``~`` expanded), or :func:`default_cache_dir` when it is None."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
 def cache_key(model: Any, class_names: Sequence[str], templates: Sequence[str]) -> str:
     """sha256 over what determines the embeddings: text weights, vocabulary, pooling setup, classes, templates.
 
@@ -126,13 +131,11 @@ def encode_class_names(
     per_prompt: torch.Tensor | None = None
     bar = progress_bar(starts, desc="encoding class prompts", unit="batch", leave=False,
                        disable=not progress or len(starts) < 4)
+    packing = {"packed": True} if hasattr(model, "text_tokens_packed") else {}
     for start in bar:
         rows = order[start:start + batch_size]
         width = int(lengths[rows].max())
-        if hasattr(model, "text_tokens_packed"):
-            out = model.encode_text(ids[rows, :width], mask[rows, :width], packed=True).float()
-        else:
-            out = model.encode_text(ids[rows, :width], mask[rows, :width]).float()
+        out = model.encode_text(ids[rows, :width], mask[rows, :width], **packing).float()
         if per_prompt is None:
             per_prompt = torch.empty((len(prompts), out.shape[1]), dtype=torch.float32, device=out.device)
         per_prompt[rows.to(out.device)] = out
@@ -174,8 +177,7 @@ def class_embeddings(
     warn_unknown_words(getattr(model, "tokenizer", None), names)
     path = None
     if use_cache:
-        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        path = folder / f"{cache_key(model, names, temps)}.npy"
+        path = cache_folder(cache_dir) / f"{cache_key(model, names, temps)}.npy"
         embed_dim = getattr(model, "embed_dim", None)  # any model with the interface (the ONNX one has no layers)
         if embed_dim is None and hasattr(model, "text_projection"):
             embed_dim = int(model.text_projection.weight.shape[0])

@@ -598,8 +598,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
                        else [0] * n_sources)
     keep = int(tc.get("keep_checkpoints", 3))
     masked = train_pooling == "masked"
-    padding = caption_padding(masked, str(tc.get("pad_captions", "auto")))
-    packed = packs_captions(masked, str(tc.get("pad_captions", "auto")))
+    pad_captions = str(tc.get("pad_captions", "auto"))
+    padding, packed = caption_padding(masked, pad_captions), packs_captions(masked, pad_captions)
     if tc.get("compile", False):
         compile_forward(model, device)
     grads = GradientBuffer(model) if world > 1 else None  # in a single process the backward's own tensors are kept

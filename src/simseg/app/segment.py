@@ -66,12 +66,13 @@ def load_segmenter(args: argparse.Namespace, classes: list[str], protocol: str, 
 
     traceable = (args.backend == "torch" and str(device) == "cpu" and protocol == "simseg"
                  and Path(args.checkpoint).is_dir())
+    traced = None
     if traceable:
-        from simseg.embeddings import default_cache_dir
+        from simseg.embeddings import cache_folder
         from simseg.protocols import make_params
         from simseg.traced import load_traced_model
 
-        cache = Path(args.cache_dir).expanduser() if args.cache_dir is not None else default_cache_dir()
+        cache = cache_folder(args.cache_dir)
         size = make_params(protocol, **params).input_size
         traced = load_traced_model(args.checkpoint, size, cache, tokenizer=args.tokenizer)
         if traced is not None:
@@ -93,7 +94,7 @@ def load_segmenter(args: argparse.Namespace, classes: list[str], protocol: str, 
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if built is None:
         built = build(text=True)
-    if traceable:
+    if traceable and traced is None:  # a valid trace that only lacked these class names stays as it is
         _leave_trace(built[0], args.checkpoint, size, cache)
     return built
 
