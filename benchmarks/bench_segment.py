@@ -14,7 +14,7 @@ while other processes compete for the cores are not comparable between runs; rat
   The dense-CRF library's own calls are counted apart (``crf``): building the CRF, its kernels and the mean-field
   iterations; the unary (``-log(p + 1e-8)``) and the argmax of the marginals count as post-processing on both sides.
 - ``forward``: the ViT forward (with projection, pooling, scores) in GFLOP/s and in % of the matmul peak, with the
-  variants that decide it (threads, attention kernel, batching, lanes running side by side).
+  variants that decide it (packed linear weights, threads, attention kernel, batching, lanes running side by side).
 - ``embeddings``: class embeddings of new classes with BERT-base, tokens/s against the BERT FLOP limit of the
   tokens they contain (analytic FLOPs per token at the measured peak): prompts sorted by length and packed into
   rows without padding (ours), sorted and padded per batch, in prompt order, and the original's padding to 25.
@@ -51,6 +51,7 @@ from PIL import Image
 import simseg
 from simseg.classnames import IMAGENET_TEMPLATES, benchmark_classes
 from simseg.crf import binary_unary, crf_from_unary
+from simseg.packed import packed_view
 from simseg.segment import Segmenter
 
 SECTIONS = ("peak", "throughput", "forward", "embeddings", "dense", "startup")
@@ -342,21 +343,25 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, rep
     plain = copy.deepcopy(model)
     for block in plain.image_encoder.blocks:
         block.attn.fused_attn = False  # the explicit softmax(q k^T) v of the original's hand-written forward
+    plain = packed_view(plain)
 
-    def ours(batch=x, m=model):
+    packed = packed_view(model)  # what Segmenter runs: the image tower's linears on packed weights
+
+    def ours(batch=x, m=packed):
         with torch.inference_mode():
             return m.encode_image_tokens(batch)
 
     def ours_no_grad(batch=x):
         with torch.no_grad():
-            return model.encode_image_tokens(batch)
+            return packed.encode_image_tokens(batch)
 
     rows = []
     for t in sorted({1, n_threads}):
         with threads(t):
             for _ in range(2):
-                ours(), ref.forward(x), ours(m=plain), ours(x2)
-            rows.append(("ours (SDPA attention, inference_mode)", t, 1, _median_time(ours, reps)))
+                ours(), ref.forward(x), ours(m=plain), ours(x2), ours(m=model)
+            rows.append(("ours (packed linears, SDPA, inference_mode)", t, 1, _median_time(ours, reps)))
+            rows.append(("ours, linears unpacked", t, 1, _median_time(lambda: ours(m=model), reps)))
             rows.append(("ours, torch.no_grad", t, 1, _median_time(ours_no_grad, reps)))
             rows.append(("ours, explicit softmax attention", t, 1, _median_time(lambda: ours(m=plain), reps)))
             rows.append(("ours, batch of 2 images", t, 2, _median_time(lambda: ours(x2), reps)))
@@ -448,10 +453,10 @@ def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, pea
             dense(image)
         rows.append((f"one image at a time, {n_threads} threads", (time.perf_counter() - t0) / len(images), peak))
     with threads(1):
-        stream = dense.segment_many(images[:1] + images, lanes=cores)
-        next(stream)
-        t0 = time.perf_counter()
-        for _ in stream:
+        for _ in dense.segment_many(images[:cores], lanes=cores):  # warm-up
+            pass
+        t0 = time.perf_counter()  # the whole stream, filling and draining the lanes included
+        for _ in dense.segment_many(images, lanes=cores):
             pass
         rows.append((f"segment_many, {cores} lanes x 1 thread", (time.perf_counter() - t0) / len(images),
                      peaks[cores]))

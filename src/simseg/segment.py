@@ -53,6 +53,7 @@ from PIL import Image
 from simseg.classnames import flatten_synonyms, max_over_synonyms, parse_class_list, resolve_templates, templates_name
 from simseg.embeddings import class_embeddings
 from simseg.errors import ConfigError, InputError, SimSegError
+from simseg.packed import packed_view
 from simseg.protocols import DEFAULT_PROTOCOL, DenseParams, SimSegParams, make_params
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_normalize, short_side_size
 
@@ -623,6 +624,17 @@ class Segmenter:
         self.class_emb = class_embeddings(model, self.names, self.templates, cache_dir=cache_dir, progress=progress)
 
     @property
+    def model(self) -> Any:
+        """The model (only read). Its forwards run on :func:`simseg.packed.packed_view` of it: the same parameters,
+        the image tower's linear layers on packed weights, bit-identical outputs."""
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self._model = model
+        self._forward_model = packed_view(model)
+
+    @property
     def params(self) -> SimSegParams | DenseParams:
         """The protocol's parameters."""
         return self.protocol.params
@@ -648,17 +660,17 @@ class Segmenter:
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
         """``simseg`` protocol: patch tokens (N, D), grid (gh, gw) and image-level scores (C,) of a batch of one."""
-        return self.protocol.forward(self.model, self.class_emb, x, self.class_of_name)
+        return self.protocol.forward(self._forward_model, self.class_emb, x, self.class_of_name)
 
     def postprocess(self, x: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor,
                     size: tuple[int, int], crf_fn: CRFFunction | None = None) -> SegmentationResult:
         """``simseg`` protocol: everything after the forward, to a label map of ``size`` (W, H)."""
-        return self.protocol.postprocess(self.model, self.class_emb, self.class_names, x, tokens, grid, scores, size,
+        return self.protocol.postprocess(self._forward_model, self.class_emb, self.class_names, x, tokens, grid, scores, size,
                                          crf_fn=crf_fn, class_of_name=self.class_of_name)
 
     def __call__(self, image: Image.Image) -> SegmentationResult:
         """Segment one RGB PIL image; the label map has the image's size."""
-        return self.protocol(self.model, self.class_emb, self.class_names, image, self.class_of_name)
+        return self.protocol(self._forward_model, self.class_emb, self.class_names, image, self.class_of_name)
 
     def segment_many(self, images: Iterable[Image.Image | SimSegError], crf_workers: int = 0, lanes: int = 1,
                      return_exceptions: bool = False,
@@ -699,7 +711,7 @@ class Segmenter:
         pending: deque = deque()
 
         def start(image: Image.Image) -> Callable[[], SegmentationResult]:
-            return self.protocol.start(self.model, self.class_emb, self.class_names, image, self.class_of_name,
+            return self.protocol.start(self._forward_model, self.class_emb, self.class_names, image, self.class_of_name,
                                        crf_pool=pool)
 
         def started(image: Image.Image | SimSegError) -> Any:
