@@ -80,6 +80,8 @@ def test_a_packed_layer_equals_the_ordinary_linear_bit_for_bit(in_features, out_
     gen = torch.Generator().manual_seed(in_features)
     linear = nn.Linear(in_features, out_features)
     layer = PackedLinear(linear)
+    assert (layer.in_features, layer.out_features) == (in_features, out_features)
+    assert layer.weight is linear.weight and layer.bias is linear.bias
     with torch.inference_mode():
         for rows in (1, 3, packed.MIN_ROWS, 17, 65, 197, 325, 1000):
             x = torch.randn(rows, in_features, generator=gen)

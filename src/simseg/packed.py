@@ -60,6 +60,14 @@ class PackedLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.linear.bias
 
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
     def _pack(self, rows: int) -> torch.Tensor:
         w, b = self.linear.weight, self.linear.bias
         key = (rows, w.data_ptr(), w._version, None if b is None else b._version)
