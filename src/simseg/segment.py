@@ -665,8 +665,8 @@ class Segmenter:
     def postprocess(self, x: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor,
                     size: tuple[int, int], crf_fn: CRFFunction | None = None) -> SegmentationResult:
         """``simseg`` protocol: everything after the forward, to a label map of ``size`` (W, H)."""
-        return self.protocol.postprocess(self._forward_model, self.class_emb, self.class_names, x, tokens, grid, scores, size,
-                                         crf_fn=crf_fn, class_of_name=self.class_of_name)
+        return self.protocol.postprocess(self._forward_model, self.class_emb, self.class_names, x, tokens, grid,
+                                         scores, size, crf_fn=crf_fn, class_of_name=self.class_of_name)
 
     def __call__(self, image: Image.Image) -> SegmentationResult:
         """Segment one RGB PIL image; the label map has the image's size."""
