@@ -3,6 +3,9 @@
 Everything is measured in one run on one machine, and printed as ratios next to the machine's load (timings taken
 while other processes compete for the cores are not comparable between runs; ratios within a run are fairer):
 
+The C allocator keeps freed memory (``simseg.allocator``, as the ``simseg`` command sets it as it starts) unless
+``--malloc default``; both sides run in this one process, so the reference gains from it as much as ours.
+
 - ``peak``: the fp32 matmul peak, a large ``torch.mm`` loop, at the thread counts used below.
 - ``throughput``: the paper's protocol per image, whole (PIL image in, label map out), for a line-by-line port of
   the original pipeline (torchvision ``Resize((288, 288))`` + ``ToTensor`` + ``Normalize``, timm's forward of a ViT
@@ -14,7 +17,8 @@ while other processes compete for the cores are not comparable between runs; rat
   The dense-CRF library's own calls are counted apart (``crf``): building the CRF, its kernels and the mean-field
   iterations; the unary (``-log(p + 1e-8)``) and the argmax of the marginals count as post-processing on both sides.
 - ``forward``: the ViT forward (with projection, pooling, scores) in GFLOP/s and in % of the matmul peak, with the
-  variants that decide it (packed linear weights, threads, attention kernel, batching, lanes running side by side).
+  variants that decide it (packed linear weights, the allocator's thresholds, threads, attention kernel, batching,
+  lanes running side by side).
 - ``embeddings``: class embeddings of new classes with BERT-base, tokens/s against the BERT FLOP limit of the
   tokens they contain (analytic FLOPs per token at the measured peak): prompts sorted by length and packed into
   rows without padding (ours), sorted and padded per batch, in prompt order, and the original's padding to 25.
@@ -329,9 +333,12 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, reps: int = 7) -> float:
-    """Prints the forward table; returns the 1-thread forward seconds (the CPU time of one forward)."""
+def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, kept: bool, reps: int = 7) -> float:
+    """Prints the forward table; returns the 1-thread forward seconds (the CPU time of one forward). ``kept``: the
+    allocator keeps freed memory (then a row shows the forward with glibc's default thresholds)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from simseg.allocator import keep_freed_memory
 
     model = seg.model
     size = seg.params.input_size
@@ -351,6 +358,13 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, rep
         with torch.inference_mode():
             return m.encode_image_tokens(batch)
 
+    def ours_memory_returned():
+        keep_freed_memory(False)
+        try:
+            return ours()
+        finally:
+            keep_freed_memory(True)
+
     def ours_no_grad(batch=x):
         with torch.no_grad():
             return packed.encode_image_tokens(batch)
@@ -362,6 +376,9 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, rep
                 ours(), ref.forward(x), ours(m=plain), ours(x2), ours(m=model)
             rows.append(("ours (packed linears, SDPA, inference_mode)", t, 1, _median_time(ours, reps)))
             rows.append(("ours, linears unpacked", t, 1, _median_time(lambda: ours(m=model), reps)))
+            if kept:
+                rows.append(("ours, allocator defaults (memory returned)", t, 1,
+                             _median_time(ours_memory_returned, reps)))
             rows.append(("ours, torch.no_grad", t, 1, _median_time(ours_no_grad, reps)))
             rows.append(("ours, explicit softmax attention", t, 1, _median_time(lambda: ours(m=plain), reps)))
             rows.append(("ours, batch of 2 images", t, 2, _median_time(lambda: ours(x2), reps)))
@@ -515,11 +532,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--embed-classes", type=int, default=6, help="classes of the embeddings section (x 80)")
     parser.add_argument("--dense-images", type=int, default=6)
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: the C allocator keeps freed memory, as the simseg command sets it (both sides "
+                             "run in this process, so the reference gains from it too); default: glibc's defaults")
     args = parser.parse_args(argv)
+    from simseg.allocator import from_environment
+
+    kept = from_environment({"SIMSEG_MALLOC": args.malloc})
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_threads = args.threads or cores
     torch.set_num_threads(n_threads)
-    print(f"simseg benchmark, CPU, torch {torch.__version__}, {cores} cores, {n_threads} threads; start: {load()}")
+    print(f"simseg benchmark, CPU, torch {torch.__version__}, {cores} cores, {n_threads} threads, freed memory "
+          f"{'kept' if kept else 'returned (allocator defaults)'}; start: {load()}")
     peaks = {t: matmul_peak(t) for t in sorted({1, n_threads, cores})}
     print("[peak] fp32 torch.mm 2048^3: " + ", ".join(f"{t} thread(s) {p:.1f} GFLOP/s" for t, p in peaks.items()))
     classes = benchmark_classes("pascal_voc")
@@ -532,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         fwd1 = None
         if "forward" in args.sections or "throughput" in args.sections:
-            fwd1 = section_forward(seg, n_threads, cores, peaks)
+            fwd1 = section_forward(seg, n_threads, cores, peaks, kept)
         if "throughput" in args.sections:
             images = synthetic_images(args.images)
             warm = synthetic_images(args.warmup, seed=1)

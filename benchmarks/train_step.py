@@ -14,7 +14,9 @@ sides and is left out of both):
   original was written against (timm's ``fused_attn = False``, BERT's eager attention), for information only.
 - one row per change, added one at a time, so each one's share shows: captions padded to the longest in the batch
   (``train.pad_captions: auto``; the masked pooling ignores padding), the fused AdamW kernel (``train.adamw:
-  fused``): ``ours`` is what ``simseg train`` runs by default.
+  fused``), the C allocator keeping freed memory (``simseg.allocator``, what the ``simseg`` command sets as it
+  starts; the rows above run with glibc's defaults, as the original's script does): ``ours`` is what
+  ``simseg train`` runs by default.
 - ``ours + packed captions``: ``train.pad_captions: packed``, the captions of the batch packed into rows without
   padding (BERT computes real tokens only).
 - ``ours + train.compile``: the opt-in ``torch.compile`` of the training forward (first steps compile; not timed).
@@ -42,12 +44,20 @@ import time
 
 #: Each row: (name, settings). The settings build the step in :func:`_one`.
 ROWS = {
-    "reference": {"attention": "sdpa", "padding": "max_length", "adamw": "loop", "compile": False},
-    "original-era attention": {"attention": "explicit", "padding": "max_length", "adamw": "loop", "compile": False},
-    "+ padding to the longest": {"attention": "sdpa", "padding": "auto", "adamw": "loop", "compile": False},
-    "ours (+ fused AdamW)": {"attention": "sdpa", "padding": "auto", "adamw": "fused", "compile": False},
-    "ours + packed captions": {"attention": "sdpa", "padding": "packed", "adamw": "fused", "compile": False},
-    "ours + train.compile": {"attention": "sdpa", "padding": "auto", "adamw": "fused", "compile": True},
+    "reference": {"attention": "sdpa", "padding": "max_length", "adamw": "loop", "compile": False,
+                  "malloc": "default"},
+    "original-era attention": {"attention": "explicit", "padding": "max_length", "adamw": "loop", "compile": False,
+                               "malloc": "default"},
+    "+ padding to the longest": {"attention": "sdpa", "padding": "auto", "adamw": "loop", "compile": False,
+                                 "malloc": "default"},
+    "+ fused AdamW": {"attention": "sdpa", "padding": "auto", "adamw": "fused", "compile": False,
+                      "malloc": "default"},
+    "ours (+ freed memory kept)": {"attention": "sdpa", "padding": "auto", "adamw": "fused", "compile": False,
+                                   "malloc": "keep"},
+    "ours + packed captions": {"attention": "sdpa", "padding": "packed", "adamw": "fused", "compile": False,
+                               "malloc": "keep"},
+    "ours + train.compile": {"attention": "sdpa", "padding": "auto", "adamw": "fused", "compile": True,
+                             "malloc": "keep"},
 }
 
 
@@ -101,6 +111,11 @@ def _step_flops(model, batch: int, real_tokens: int, size: int) -> float:
 
 
 def _one(model_name: str, device: str, batch: int, steps: int, row: str) -> dict:
+    from simseg.allocator import keep_freed_memory
+
+    settings = ROWS[row]
+    if settings["malloc"] == "keep":
+        keep_freed_memory()
     import torch
 
     from simseg.config import load_preset, to_dict
@@ -110,7 +125,6 @@ def _one(model_name: str, device: str, batch: int, steps: int, row: str) -> dict
     from simseg.tokenizer import load_tokenizer
     from simseg.train import caption_padding, compile_forward, contrastive_step, packs_captions
 
-    settings = ROWS[row]
     with tempfile.TemporaryDirectory() as d:  # a BERT-sized vocabulary (the real one has the same size)
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         words = [f"w{i}" for i in range(30522 - len(specials))]

@@ -113,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:  # pragma: no cover - console script
+    """The console script: the process-wide allocator setting (:mod:`simseg.allocator`), then :func:`main`."""
+    import os
+
+    from simseg.allocator import from_environment
+
+    try:
+        from_environment(dict(os.environ))
+    except ValueError as err:
+        print(f"simseg: error: {err}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())
 
 
