@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import simseg
+from simseg.allocator import CHOICES, ENV, from_environment
 from simseg.classnames import IMAGENET_TEMPLATES, benchmark_classes
 from simseg.crf import binary_unary, crf_from_unary
 from simseg.packed import packed_view
@@ -532,13 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--embed-classes", type=int, default=6, help="classes of the embeddings section (x 80)")
     parser.add_argument("--dense-images", type=int, default=6)
-    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+    parser.add_argument("--malloc", choices=CHOICES, default="keep",
                         help="keep: the C allocator keeps freed memory, as the simseg command sets it (both sides "
                              "run in this process, so the reference gains from it too); default: glibc's defaults")
     args = parser.parse_args(argv)
-    from simseg.allocator import from_environment
-
-    kept = from_environment({"SIMSEG_MALLOC": args.malloc})
+    kept = from_environment({ENV: args.malloc})
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_threads = args.threads or cores
     torch.set_num_threads(n_threads)

@@ -111,11 +111,10 @@ def _step_flops(model, batch: int, real_tokens: int, size: int) -> float:
 
 
 def _one(model_name: str, device: str, batch: int, steps: int, row: str) -> dict:
-    from simseg.allocator import keep_freed_memory
+    from simseg.allocator import ENV, from_environment
 
     settings = ROWS[row]
-    if settings["malloc"] == "keep":
-        keep_freed_memory()
+    from_environment({ENV: settings["malloc"]})
     import torch
 
     from simseg.config import load_preset, to_dict

@@ -8,8 +8,8 @@ when two threads fault at once.
 
 :func:`keep_freed_memory` raises both thresholds, so freed blocks stay in the process and are reused. Measured on a
 2-core CPU (ViT-S/16 at 288, 30 forwards with each setting in turn in one process): about 1.07x faster on one
-thread and 1.3x on two; ``benchmarks/bench_segment.py`` prints the forward with and without it. The price is that the process keeps the memory it freed
-(its peak, not more) until it exits.
+thread and 1.3x on two; ``benchmarks/bench_segment.py`` prints the forward with and without it. The price is that
+the process keeps the memory it freed (its peak, not more) until it exits.
 
 The ``simseg`` command applies it as it starts (:func:`from_environment`: ``SIMSEG_MALLOC=default`` leaves the
 allocator as it is); a program using the library calls it itself, or not. It changes a process-wide setting, so it
