@@ -22,6 +22,9 @@ The C allocator keeps freed memory (``simseg.allocator``, as the ``simseg`` comm
 - ``embeddings``: class embeddings of new classes with BERT-base, tokens/s against the BERT FLOP limit of the
   tokens they contain (analytic FLOPs per token at the measured peak): prompts sorted by length and packed into
   rows without padding (ours), sorted and padded per batch, in prompt order, and the original's padding to 25.
+- ``forward`` and ``embeddings`` also time the model's linear layers as bare ``F.linear`` calls at the shapes the
+  forward gives them (recorded by hooks): the BLAS library's speed at those shapes, and the share of the peak the
+  whole would reach were everything else (attention, norms, activations, Python) free.
 - ``dense``: the dense protocol per image against its own FLOP limit (the windows' forwards at the peak).
 - ``startup``: a whole ``simseg segment`` process on one image with a warm cache (class embeddings and the traced
   image tower; median of 5), with a ViT-S/16 + BERT-base checkpoint written here (random weights: timing does not
@@ -334,7 +337,89 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, kept: bool, reps: int = 7) -> float:
+class PeakProbe:
+    """The fp32 matmul rate at this moment: one timed (size x size) @ (size x size) ``torch.mm`` per :meth:`sample`.
+
+    A shared machine's speed drifts within a run; a row's % of the peak is taken against the best rate sampled
+    between that row's own repetitions (:func:`timed`), so that it compares the row with the machine as it was."""
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self.a, self.b = torch.randn(size, size), torch.randn(size, size)
+        self.out = torch.empty(size, size)
+        torch.mm(self.a, self.b, out=self.out)
+
+    def sample(self) -> float:
+        t0 = time.perf_counter()
+        torch.mm(self.a, self.b, out=self.out)
+        return 2 * self.size ** 3 / (time.perf_counter() - t0) / 1e9
+
+
+def timed(fn, reps: int, probe: PeakProbe) -> tuple[float, float]:
+    """Median seconds of ``fn`` over ``reps`` runs, and the best matmul rate (GFLOP/s, at the threads in force)
+    sampled before each run and after the last."""
+    times, rates = [], [probe.sample()]
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        rates.append(probe.sample())
+    return statistics.median(times), max(rates)
+
+
+def linear_calls(module: torch.nn.Module, run) -> list[tuple[int, int, int, bool]]:
+    """(rows, in_features, out_features, bias) of every call of ``module``'s ``nn.Linear`` layers while ``run()``
+    runs; rows: the vectors of the call (tokens, images)."""
+    calls: list[tuple[int, int, int, bool]] = []
+
+    def record(layer, args):
+        x = args[0]
+        calls.append((x.numel() // x.shape[-1], layer.in_features, layer.out_features, layer.bias is not None))
+
+    handles = [m.register_forward_pre_hook(record) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def matmuls_alone(calls: list[tuple[int, int, int, bool]], reps: int, probe: PeakProbe) -> tuple[float, float, float]:
+    """``calls`` run as bare ``F.linear`` calls one after another (random inputs of the same shapes, one weight per
+    layer shape): what the linear layers of a forward cost with nothing around them, the part of a forward that the
+    BLAS library's speed at those shapes sets. Returns :func:`timed`'s median seconds and matmul rate, and the calls'
+    FLOPs."""
+    tensors = {}
+    for rows, k, n, bias in calls:
+        if (rows, k) not in tensors:
+            tensors[(rows, k)] = torch.randn(rows, k)
+        if (k, n, bias) not in tensors:
+            tensors[(k, n, bias)] = (torch.randn(n, k) * 0.02, torch.randn(n) if bias else None)
+
+    def run():
+        with torch.inference_mode():
+            for rows, k, n, bias in calls:
+                F.linear(tensors[(rows, k)], *tensors[(k, n, bias)])
+
+    run()
+    seconds, peak = timed(run, reps, probe)
+    return seconds, peak, float(sum(2 * rows * k * n for rows, k, n, _ in calls))
+
+
+def print_matmul_ceiling(seconds: float, peak: float, matmul_flops: float, whole: float, whole_peak: float,
+                         unit: str) -> None:
+    """One line: the linear layers' matmuls alone (``seconds`` at matmul rate ``peak``) against the whole they are
+    part of (``whole`` seconds at rate ``whole_peak``); the matmuls' time is scaled to the whole's rate (the machine's
+    speed drifts between the two) before the rest is told apart."""
+    at_whole_rate = seconds * peak / whole_peak
+    print(f"  the linear layers' matmuls alone (bare F.linear at the same shapes and threads): {seconds * 1e3:.1f} ms"
+          f"{unit}, {100 * matmul_flops / seconds / 1e9 / peak:.1f} % of the peak ({peak:.1f}) on their own FLOPs; "
+          f"at the rate of ours ({whole_peak:.1f}) {at_whole_rate * 1e3:.1f} of its {whole * 1e3:.1f} ms, the rest "
+          f"(attention, norms, activations, copies, Python) {(whole - at_whole_rate) * 1e3:.1f} ms")
+
+
+def section_forward(seg: Segmenter, n_threads: int, cores: int, kept: bool, reps: int = 7) -> float:
     """Prints the forward table; returns the 1-thread forward seconds (the CPU time of one forward). ``kept``: the
     allocator keeps freed memory (then a row shows the forward with glibc's default thresholds)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -370,41 +455,52 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, peaks: dict, kep
         with torch.no_grad():
             return packed.encode_image_tokens(batch)
 
-    rows = []
+    rows, ceilings = [], {}
+    probe = PeakProbe()
     for t in sorted({1, n_threads}):
         with threads(t):
             for _ in range(2):
                 ours(), ref.forward(x), ours(m=plain), ours(x2), ours(m=model)
-            rows.append(("ours (packed linears, SDPA, inference_mode)", t, 1, _median_time(ours, reps)))
-            rows.append(("ours, linears unpacked", t, 1, _median_time(lambda: ours(m=model), reps)))
+            rows.append(("ours (packed linears, SDPA, inference_mode)", t, 1, *timed(ours, reps, probe)))
+            rows.append(("ours, linears unpacked", t, 1, *timed(lambda: ours(m=model), reps, probe)))
             if kept:
                 rows.append(("ours, allocator defaults (memory returned)", t, 1,
-                             _median_time(ours_memory_returned, reps)))
-            rows.append(("ours, torch.no_grad", t, 1, _median_time(ours_no_grad, reps)))
-            rows.append(("ours, explicit softmax attention", t, 1, _median_time(lambda: ours(m=plain), reps)))
-            rows.append(("ours, batch of 2 images", t, 2, _median_time(lambda: ours(x2), reps)))
-            rows.append((f"reference: timm forward at {size}", t, 1, _median_time(lambda: ref.forward(x), reps)))
+                             *timed(ours_memory_returned, reps, probe)))
+            rows.append(("ours, torch.no_grad", t, 1, *timed(ours_no_grad, reps, probe)))
+            rows.append(("ours, explicit softmax attention", t, 1, *timed(lambda: ours(m=plain), reps, probe)))
+            rows.append(("ours, batch of 2 images", t, 2, *timed(lambda: ours(x2), reps, probe)))
+            rows.append((f"reference: timm forward at {size}", t, 1, *timed(lambda: ref.forward(x), reps, probe)))
+            ceilings[t] = matmuls_alone(linear_calls(model, lambda: ours(m=model)), reps, probe)
     # lanes: one-thread forwards side by side, as segment_many runs them on a CPU
+    with threads(cores):
+        lane_rates = [probe.sample()]
     with threads(1), ThreadPoolExecutor(cores) as pool:
         list(pool.map(lambda _: ours(), range(cores)))
         t0 = time.perf_counter()
         list(pool.map(lambda _: ours(), range(cores * reps)))
         lanes_s = (time.perf_counter() - t0) / reps  # seconds for `cores` images
+    with threads(cores):
+        lane_rates.append(probe.sample())
     print(f"\n[forward] ViT at {size} ({grid[0]}x{grid[1]} patches), {flops / 1e9:.2f} GFLOP per image (analytic, "
           f"with the projection); median of {reps}; {load()}")
-    print(f"{'':<44}{'threads':>8}{'ms/img':>8}{'GFLOP/s':>9}{'% peak':>8}")
+    print(f"{'':<44}{'threads':>8}{'ms/img':>8}{'GFLOP/s':>9}{'% peak':>8}{'peak':>7}")
     one_thread = None
-    for name, t, batch, seconds in rows:
+    for name, t, batch, seconds, peak in rows:
         per_image = seconds / batch
         if name.startswith("ours (") and t == 1:
             one_thread = per_image
         print(f"{name:<44}{t:>8}{per_image * 1e3:8.1f}{flops / per_image / 1e9:9.1f}"
-              f"{100 * flops / per_image / 1e9 / peaks[t]:8.1f}")
-    per_image = lanes_s / cores
+              f"{100 * flops / per_image / 1e9 / peak:8.1f}{peak:7.1f}")
+    per_image, peak = lanes_s / cores, max(lane_rates)
     print(f"{f'ours, {cores} lanes x 1 thread side by side':<44}{cores:>8}{per_image * 1e3:8.1f}"
-          f"{flops / per_image / 1e9:9.1f}{100 * flops / per_image / 1e9 / peaks[cores]:8.1f}   (segment_many on a CPU)")
-    print(f"% peak: of the fp32 matmul peak at that thread count ({', '.join(f'{t}: {p:.1f}' for t, p in peaks.items())}"
-          f" GFLOP/s)")
+          f"{flops / per_image / 1e9:9.1f}{100 * flops / per_image / 1e9 / peak:8.1f}{peak:7.1f}"
+          f"   (segment_many on a CPU)")
+    print("% peak: of the best fp32 matmul rate (GFLOP/s, 2048^3 torch.mm at the row's thread count; column peak) "
+          "sampled between the row's repetitions")
+    for t, ceiling in ceilings.items():
+        print(f"{t} thread(s):", end="")
+        whole = next(r for r in rows if r[0].startswith("ours (") and r[1] == t)
+        print_matmul_ceiling(*ceiling, whole[3], whole[4], " per image")
     return one_thread
 
 
@@ -437,26 +533,30 @@ def section_embeddings(preset: str, n_threads: int, peak: float, num_classes: in
 
     rows = []
     with threads(n_threads):
+        probe = PeakProbe()
         encode_class_names(model, classes[:1], IMAGENET_TEMPLATES[:8], progress=False)  # warm-up
-        rows.append(("ours: sorted, packed without padding, batch 256", _median_time(
-            lambda: encode_class_names(model, classes, IMAGENET_TEMPLATES, progress=False), reps)))
-        rows.append(("sorted, each batch padded to its longest", _median_time(sorted_padded, reps)))
-        rows.append(("prompt order, padded to the longest of 256", _median_time(unsorted, reps)))
-        rows.append(("original: prompt order, padded to 25", _median_time(
-            lambda: unsorted(padding="max_length"), reps)))
-    limit = flops / (peak * 1e9)
+        rows.append(("ours: sorted, packed without padding, batch 256", *timed(
+            lambda: encode_class_names(model, classes, IMAGENET_TEMPLATES, progress=False), reps, probe)))
+        rows.append(("sorted, each batch padded to its longest", *timed(sorted_padded, reps, probe)))
+        rows.append(("prompt order, padded to the longest of 256", *timed(unsorted, reps, probe)))
+        rows.append(("original: prompt order, padded to 25", *timed(
+            lambda: unsorted(padding="max_length"), reps, probe)))
+        ceiling = matmuls_alone(linear_calls(model, lambda: encode_class_names(
+            model, classes, IMAGENET_TEMPLATES, progress=False)), reps, probe)
     print(f"\n[embeddings] {len(classes)} classes x {len(IMAGENET_TEMPLATES)} templates = {len(prompts)} prompts, "
           f"{tokens} tokens (mean {float(lengths.mean()):.1f}), BERT-base {flops / tokens / 1e6:.0f} MFLOP/token; "
-          f"{n_threads} threads; {load()}")
-    print(f"{'':<46}{'s':>7}{'tokens/s':>10}{'% limit':>9}")
-    for name, seconds in rows:
-        print(f"{name:<46}{seconds:7.2f}{tokens / seconds:10.0f}{100 * limit / seconds:9.1f}")
-    print(f"{'limit: real tokens x FLOP/token at the peak':<46}{limit:7.2f}{tokens / limit:10.0f}{100.0:9.1f}"
-          f"   (peak {peak:.1f} GFLOP/s)")
+          f"{n_threads} threads; median of {reps}; {load()}")
+    print(f"{'':<46}{'s':>7}{'tokens/s':>10}{'% limit':>9}{'limit s':>9}{'peak':>7}")
+    for name, seconds, row_peak in rows:
+        limit = flops / (row_peak * 1e9)
+        print(f"{name:<46}{seconds:7.2f}{tokens / seconds:10.0f}{100 * limit / seconds:9.1f}{limit:9.2f}"
+              f"{row_peak:7.1f}")
+    print(f"limit: the real tokens' FLOPs at the best fp32 matmul rate (GFLOP/s, column peak) sampled between the "
+          f"row's repetitions (the run's first peak measurement: {peak:.1f})")
+    print_matmul_ceiling(*ceiling, rows[0][1], rows[0][2], " for ours")
 
 
-def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, peak: float, cores: int,
-                  peaks: dict) -> None:
+def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, cores: int) -> None:
     dense = Segmenter(seg.model, seg.class_names, protocol="dense", templates="single", cache_dir=None)
     dense.class_emb = seg.class_emb
     model = seg.model
@@ -466,24 +566,39 @@ def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, pea
         windows = first.details["windows"]
         crop = dense.params.crop_size
         flops = windows * vit_flops(model.image_encoder, (crop // model.patch_size,) * 2, model.embed_dim)
-        t0 = time.perf_counter()
-        for image in images:
-            dense(image)
-        rows.append((f"one image at a time, {n_threads} threads", (time.perf_counter() - t0) / len(images), peak))
+        probe = PeakProbe()
+
+        def one_at_a_time():
+            for image in images:
+                dense(image)
+
+        seconds, rate = timed(one_at_a_time, 1, probe)
+        rows.append((f"one image at a time, {n_threads} threads", seconds / len(images), rate))
+
+    def stream():  # the whole stream, filling and draining the lanes included
+        for _ in dense.segment_many(images, lanes=cores):
+            pass
+
     with threads(1):
         for _ in dense.segment_many(images[:cores], lanes=cores):  # warm-up
             pass
-        t0 = time.perf_counter()  # the whole stream, filling and draining the lanes included
-        for _ in dense.segment_many(images, lanes=cores):
-            pass
-        rows.append((f"segment_many, {cores} lanes x 1 thread", (time.perf_counter() - t0) / len(images),
-                     peaks[cores]))
+    with threads(cores):
+        before = probe.sample()
+    with threads(1):
+        t0 = time.perf_counter()
+        stream()
+        seconds = time.perf_counter() - t0
+    with threads(cores):
+        rate = max(before, probe.sample())
+    rows.append((f"segment_many, {cores} lanes x 1 thread", seconds / len(images), rate))
     print(f"\n[dense] {len(images)} images 500x375 -> short side {dense.params.short_side}, {windows} windows of "
           f"{crop} (stride {dense.params.stride}), {flops / 1e9:.1f} GFLOP per image; {load()}")
-    print(f"{'':<44}{'ms/img':>8}{'GFLOP/s':>9}{'% limit':>9}")
+    print(f"{'':<44}{'ms/img':>8}{'GFLOP/s':>9}{'% limit':>9}{'peak':>7}")
     for name, seconds, p in rows:
-        print(f"{name:<44}{seconds * 1e3:8.1f}{flops / seconds / 1e9:9.1f}{100 * flops / seconds / 1e9 / p:9.1f}")
-    print("limit: the windows' forwards at the matmul peak of the threads used")
+        print(f"{name:<44}{seconds * 1e3:8.1f}{flops / seconds / 1e9:9.1f}{100 * flops / seconds / 1e9 / p:9.1f}"
+              f"{p:7.1f}")
+    print("limit: the windows' forwards at the best fp32 matmul rate (GFLOP/s, column peak) at the threads used, "
+          "sampled just before and after the row")
 
 
 def section_startup(preset: str, runs: int = 5) -> None:
@@ -555,14 +670,13 @@ def main(argv: list[str] | None = None) -> int:
             else None
         fwd1 = None
         if "forward" in args.sections or "throughput" in args.sections:
-            fwd1 = section_forward(seg, n_threads, cores, peaks, kept)
+            fwd1 = section_forward(seg, n_threads, cores, kept)
         if "throughput" in args.sections:
             images = synthetic_images(args.images)
             warm = synthetic_images(args.warmup, seed=1)
             failed |= section_throughput(seg, images, warm, n_threads, cores, fwd1)
         if "dense" in args.sections:
-            section_dense(seg, synthetic_images(args.dense_images, seed=2), n_threads, peaks[n_threads], cores,
-                          peaks)
+            section_dense(seg, synthetic_images(args.dense_images, seed=2), n_threads, cores)
     if "embeddings" in args.sections:
         section_embeddings(args.model, n_threads, peaks[n_threads], args.embed_classes)
     if "startup" in args.sections:
