@@ -410,13 +410,13 @@ def matmuls_alone(calls: list[tuple[int, int, int, bool]], reps: int, probe: Pea
 def print_matmul_ceiling(seconds: float, peak: float, matmul_flops: float, whole: float, whole_peak: float,
                          unit: str) -> None:
     """One line: the linear layers' matmuls alone (``seconds`` at matmul rate ``peak``) against the whole they are
-    part of (``whole`` seconds at rate ``whole_peak``); the matmuls' time is scaled to the whole's rate (the machine's
-    speed drifts between the two) before the rest is told apart."""
+    part of (``whole`` seconds at rate ``whole_peak``), the matmuls' time scaled to the whole's rate first (the
+    machine's speed drifts between the two; below 1.00x, the drift was larger than the work around the matmuls)."""
     at_whole_rate = seconds * peak / whole_peak
     print(f"  the linear layers' matmuls alone (bare F.linear at the same shapes and threads): {seconds * 1e3:.1f} ms"
           f"{unit}, {100 * matmul_flops / seconds / 1e9 / peak:.1f} % of the peak ({peak:.1f}) on their own FLOPs; "
-          f"at the rate of ours ({whole_peak:.1f}) {at_whole_rate * 1e3:.1f} of its {whole * 1e3:.1f} ms, the rest "
-          f"(attention, norms, activations, copies, Python) {(whole - at_whole_rate) * 1e3:.1f} ms")
+          f"ours takes {whole / at_whole_rate:.2f}x their time at the same matmul rate (the rest: attention, norms, "
+          f"activations, copies, Python)")
 
 
 def section_forward(seg: Segmenter, n_threads: int, cores: int, kept: bool, reps: int = 7) -> float:
