@@ -86,11 +86,48 @@ def test_a_packed_layer_equals_the_ordinary_linear_bit_for_bit(in_features, out_
         for rows in (1, 3, packed.MIN_ROWS, 17, 65, 197, 325, 1000):
             x = torch.randn(rows, in_features, generator=gen)
             assert torch.equal(layer(x), linear(x)), rows
-        assert layer._packs  # the packed path ran
+        assert layer._packs  # packs were made, and checked against the ordinary linear
         x = torch.randn(2, 325, in_features, generator=gen)
         assert torch.equal(layer(x), linear(x))
         torch.set_num_threads(2)  # more threads: the ordinary linear, so the same values again
         assert torch.equal(layer(x), linear(x))
+
+
+class _Counting(PackedLinear):
+    """A packed layer that counts its packed products and can be told to make them wrong."""
+
+    def __init__(self, linear: nn.Linear, off: float = 0.0):
+        super().__init__(linear)
+        self.off, self.calls = off, 0
+
+    def _packed_product(self, x, pack, rows):
+        self.calls += 1
+        return super()._packed_product(x, pack, rows) + self.off
+
+
+@needs_mkl
+def test_a_pack_whose_product_differs_from_the_ordinary_linear_is_never_used():
+    linear = nn.Linear(384, 1152)
+    layer = _Counting(linear, off=1e-3)
+    x = torch.randn(325, 384)
+    with torch.inference_mode():
+        for _ in range(2):
+            assert torch.equal(layer(x), linear(x))
+    assert layer.calls == 1  # the check as the pack was made, then the ordinary linear only
+    assert list(layer._packs.values()) == [None]
+
+
+@needs_mkl
+def test_where_the_products_agree_the_packed_kernel_computes_the_layer():
+    linear = nn.Linear(384, 1152)  # a ViT-S layer at 288 px: 325 tokens
+    layer = _Counting(linear)
+    x = torch.randn(325, 384)
+    with torch.inference_mode():
+        out = layer(x)
+    if list(layer._packs.values()) == [None]:
+        pytest.skip("on this CPU MKL's packed kernel sums in another order than the ordinary one at this shape")
+    assert layer.calls == 2  # the check, then the call itself
+    assert torch.equal(out, linear(x))
 
 
 @needs_mkl

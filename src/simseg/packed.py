@@ -8,7 +8,11 @@ so a call skips that copy: about 15 % faster on the ViT's layers (see ``benchmar
 The packed path is taken only where it computes the same products in the same order as
 ``torch.nn.functional.linear``, so the outputs are bit-identical (tested): with one torch thread (how
 :meth:`simseg.segment.Segmenter.segment_many` runs its lanes on a CPU; with more threads MKL may split the inner
-dimension between them differently) and at least :data:`MIN_ROWS` rows (MKL takes other kernels for fewer).
+dimension between them differently), at least :data:`MIN_ROWS` rows (MKL takes other kernels for fewer), and only
+for a pack whose product equals the ordinary linear's bit for bit on a random input of the call's shape, checked
+as the pack is made: which kernels MKL takes for which shapes depends on the CPU (on an AVX2 AMD EPYC the packed
+and the ordinary kernels differ for small layers, 16 -> 8 features), and a layer where they disagree stays the
+ordinary linear at that row count.
 
 :func:`packed_view` gives a model whose image tower uses such layers and shares every parameter with the model
 it was made from (nothing is copied, nothing of the original changes). A layer packs its weight for the row
@@ -68,17 +72,25 @@ class PackedLinear(nn.Module):
     def out_features(self) -> int:
         return self.linear.out_features
 
-    def _pack(self, rows: int) -> torch.Tensor:
+    def _pack(self, rows: int) -> torch.Tensor | None:
+        """The weight packed for ``rows``, or None where MKL's packed product differs from the ordinary linear's
+        (then the layer computes the ordinary linear at that row count)."""
         w, b = self.linear.weight, self.linear.bias
         key = (rows, w.data_ptr(), w._version, None if b is None else b._version)
         with self._lock:
-            pack = self._packs.get(key)
-            if pack is None:
-                pack = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows)
-                while len(self._packs) >= KEEP_PACKS:
-                    self._packs.pop(next(iter(self._packs)))
-                self._packs[key] = pack
+            if key in self._packs:
+                return self._packs[key]
+            pack = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows)
+            probe = torch.randn(rows, w.shape[1], generator=torch.Generator().manual_seed(rows))
+            if not torch.equal(self._packed_product(probe, pack, rows), F.linear(probe, w, b)):
+                pack = None
+            while len(self._packs) >= KEEP_PACKS:
+                self._packs.pop(next(iter(self._packs)))
+            self._packs[key] = pack
             return pack
+
+    def _packed_product(self, x: torch.Tensor, pack: torch.Tensor, rows: int) -> torch.Tensor:
+        return torch.ops.mkl._mkl_linear(x, pack, self.linear.weight, self.linear.bias, rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.linear.weight, self.linear.bias
@@ -88,7 +100,8 @@ class PackedLinear(nn.Module):
         rows = x.numel() // max(1, x.shape[-1])
         if rows < MIN_ROWS or torch.get_num_threads() != 1:
             return F.linear(x, w, b)
-        return torch.ops.mkl._mkl_linear(x, self._pack(rows), w, b, rows)
+        pack = self._pack(rows)
+        return F.linear(x, w, b) if pack is None else self._packed_product(x, pack, rows)
 
     def extra_repr(self) -> str:
         return f"in_features={self.linear.in_features}, out_features={self.linear.out_features}, packed"
