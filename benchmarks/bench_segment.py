@@ -23,8 +23,10 @@ The C allocator keeps freed memory (``simseg.allocator``, as the ``simseg`` comm
   tokens they contain (analytic FLOPs per token at the measured peak): prompts sorted by length and packed into
   rows without padding (ours), sorted and padded per batch, in prompt order, and the original's padding to 25.
 - ``forward`` and ``embeddings`` also time the model's linear layers as bare ``F.linear`` calls at the shapes the
-  forward gives them (recorded by hooks): the BLAS library's speed at those shapes, and the share of the peak the
-  whole would reach were everything else (attention, norms, activations, Python) free.
+  forward gives them (recorded by hooks): the BLAS library's speed at those shapes, and ours as a multiple of their
+  time at the same matmul rate (the rest is attention, norms, activations, copies, Python).
+- every row's % of the peak is taken against the best matmul rate sampled between that row's own repetitions
+  (column ``peak``): a shared machine's speed drifts within a run.
 - ``dense``: the dense protocol per image against its own FLOP limit (the windows' forwards at the peak).
 - ``startup``: a whole ``simseg segment`` process on one image with a warm cache (class embeddings and the traced
   image tower; median of 5), with a ViT-S/16 + BERT-base checkpoint written here (random weights: timing does not
@@ -87,18 +89,32 @@ class threads:
         torch.set_num_threads(self.before)
 
 
-def matmul_peak(n_threads: int, size: int = 2048, seconds: float = 1.5) -> float:
-    """Best GFLOP/s of an fp32 (size x size) @ (size x size) ``torch.mm`` over a loop of ``seconds``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
-    best = 0.0
+class PeakProbe:
+    """The fp32 matmul rate at this moment: one timed (size x size) @ (size x size) ``torch.mm`` per :meth:`sample`.
+
+    A shared machine's speed drifts within a run; a row's % of the peak is taken against the best rate sampled
+    between that row's own repetitions (:func:`timed`), so that it compares the row with the machine as it was."""
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self.a, self.b = torch.randn(size, size), torch.randn(size, size)
+        self.out = torch.empty(size, size)
+        torch.mm(self.a, self.b, out=self.out)
+
+    def sample(self) -> float:
+        t0 = time.perf_counter()
+        torch.mm(self.a, self.b, out=self.out)
+        return 2 * self.size ** 3 / (time.perf_counter() - t0) / 1e9
+
+
+def matmul_peak(n_threads: int, seconds: float = 1.5) -> float:
+    """Best GFLOP/s of :class:`PeakProbe`'s ``torch.mm`` over a loop of ``seconds``."""
     with threads(n_threads):
-        torch.mm(a, b, out=out)
+        probe = PeakProbe()
+        best = 0.0
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=out)
-            best = max(best, 2 * size ** 3 / (time.perf_counter() - t0) / 1e9)
+            best = max(best, probe.sample())
     return best
 
 
@@ -328,33 +344,6 @@ def section_throughput(seg: Segmenter, images: list[Image.Image], warm: list[Ima
     return failed
 
 
-def _median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-class PeakProbe:
-    """The fp32 matmul rate at this moment: one timed (size x size) @ (size x size) ``torch.mm`` per :meth:`sample`.
-
-    A shared machine's speed drifts within a run; a row's % of the peak is taken against the best rate sampled
-    between that row's own repetitions (:func:`timed`), so that it compares the row with the machine as it was."""
-
-    def __init__(self, size: int = 2048):
-        self.size = size
-        self.a, self.b = torch.randn(size, size), torch.randn(size, size)
-        self.out = torch.empty(size, size)
-        torch.mm(self.a, self.b, out=self.out)
-
-    def sample(self) -> float:
-        t0 = time.perf_counter()
-        torch.mm(self.a, self.b, out=self.out)
-        return 2 * self.size ** 3 / (time.perf_counter() - t0) / 1e9
-
-
 def timed(fn, reps: int, probe: PeakProbe) -> tuple[float, float]:
     """Median seconds of ``fn`` over ``reps`` runs, and the best matmul rate (GFLOP/s, at the threads in force)
     sampled before each run and after the last."""
@@ -365,6 +354,19 @@ def timed(fn, reps: int, probe: PeakProbe) -> tuple[float, float]:
         times.append(time.perf_counter() - t0)
         rates.append(probe.sample())
     return statistics.median(times), max(rates)
+
+
+def timed_in_lanes(fn, probe: PeakProbe, cores: int) -> tuple[float, float]:
+    """Seconds of one run of ``fn`` at one torch thread (its lanes side by side), and the best ``cores``-thread
+    matmul rate sampled just before and just after it."""
+    with threads(cores):
+        before = probe.sample()
+    with threads(1):
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+    with threads(cores):
+        return seconds, max(before, probe.sample())
 
 
 def linear_calls(module: torch.nn.Module, run) -> list[tuple[int, int, int, bool]]:
@@ -472,15 +474,11 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, kept: bool, reps
             rows.append((f"reference: timm forward at {size}", t, 1, *timed(lambda: ref.forward(x), reps, probe)))
             ceilings[t] = matmuls_alone(linear_calls(model, lambda: ours(m=model)), reps, probe)
     # lanes: one-thread forwards side by side, as segment_many runs them on a CPU
-    with threads(cores):
-        lane_rates = [probe.sample()]
     with threads(1), ThreadPoolExecutor(cores) as pool:
         list(pool.map(lambda _: ours(), range(cores)))
-        t0 = time.perf_counter()
-        list(pool.map(lambda _: ours(), range(cores * reps)))
-        lanes_s = (time.perf_counter() - t0) / reps  # seconds for `cores` images
-    with threads(cores):
-        lane_rates.append(probe.sample())
+        lanes_s, lanes_peak = timed_in_lanes(lambda: list(pool.map(lambda _: ours(), range(cores * reps))), probe,
+                                             cores)
+        lanes_s /= reps  # seconds for `cores` images
     print(f"\n[forward] ViT at {size} ({grid[0]}x{grid[1]} patches), {flops / 1e9:.2f} GFLOP per image (analytic, "
           f"with the projection); median of {reps}; {load()}")
     print(f"{'':<44}{'threads':>8}{'ms/img':>8}{'GFLOP/s':>9}{'% peak':>8}{'peak':>7}")
@@ -491,7 +489,7 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, kept: bool, reps
             one_thread = per_image
         print(f"{name:<44}{t:>8}{per_image * 1e3:8.1f}{flops / per_image / 1e9:9.1f}"
               f"{100 * flops / per_image / 1e9 / peak:8.1f}{peak:7.1f}")
-    per_image, peak = lanes_s / cores, max(lane_rates)
+    per_image, peak = lanes_s / cores, lanes_peak
     print(f"{f'ours, {cores} lanes x 1 thread side by side':<44}{cores:>8}{per_image * 1e3:8.1f}"
           f"{flops / per_image / 1e9:9.1f}{100 * flops / per_image / 1e9 / peak:8.1f}{peak:7.1f}"
           f"   (segment_many on a CPU)")
@@ -582,14 +580,7 @@ def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, cor
     with threads(1):
         for _ in dense.segment_many(images[:cores], lanes=cores):  # warm-up
             pass
-    with threads(cores):
-        before = probe.sample()
-    with threads(1):
-        t0 = time.perf_counter()
-        stream()
-        seconds = time.perf_counter() - t0
-    with threads(cores):
-        rate = max(before, probe.sample())
+    seconds, rate = timed_in_lanes(stream, probe, cores)
     rows.append((f"segment_many, {cores} lanes x 1 thread", seconds / len(images), rate))
     print(f"\n[dense] {len(images)} images 500x375 -> short side {dense.params.short_side}, {windows} windows of "
           f"{crop} (stride {dense.params.stride}), {flops / 1e9:.1f} GFLOP per image; {load()}")
