@@ -3,7 +3,9 @@
 ViT-S/16 + BERT-base (random weights: timing does not depend on them), batch 32 at 224, fp32, on CPU (and on the
 GPU too when one is present). Every configuration runs the same number of steps in its own subprocess (so peak
 memory, ``ru_maxrss`` on CPU and ``max_memory_allocated`` on GPU, belongs to it alone), on the same images and
-captions, timed from ``zero_grad`` to the end of ``optimizer.step()`` (tokenisation is the data loader's work on both
+captions, timed from ``zero_grad`` to the end of ``optimizer.step()`` after the same untimed warm-up steps (3 unless
+``--warmup`` says otherwise: a process's first steps run slower while its memory is first mapped and the allocator's
+free lists fill, so fewer would time start-up rather than training; tokenisation is the data loader's work on both
 sides and is left out of both):
 
 - ``reference``: the original's step on the same model: its forward/backward boundaries (one forward of both
@@ -28,7 +30,7 @@ peak memory, and every row as a ratio to the reference, with the machine's load.
 times in turn and shows each row's median run: on a shared machine whose speed drifts, the rows then see the same
 drift.
 
-    python benchmarks/train_step.py [--batch 32] [--steps 3] [--repeats 1] [--model simseg-vit-s16] [--rows ...]
+    python benchmarks/train_step.py [--batch 32] [--steps 3] [--warmup 3] [--repeats 1] [--model simseg-vit-s16] [--rows ...]
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _step_flops(model, batch: int, real_tokens: int, size: int) -> float:
     return 3 * (batch * image + real_tokens * per_token)
 
 
-def _one(model_name: str, device: str, batch: int, steps: int, row: str) -> dict:
+def _one(model_name: str, device: str, batch: int, steps: int, row: str, warmup: int) -> dict:
     from simseg.allocator import ENV, from_environment
 
     settings = ROWS[row]
@@ -172,7 +174,7 @@ def _one(model_name: str, device: str, batch: int, steps: int, row: str) -> dict
 
     step = reference_step if row in ("reference", "original-era attention") else our_step
     t0 = time.perf_counter()
-    for _ in range(3 if compiled else 1):  # warm-up (compiling: the first steps compile forward and backward)
+    for _ in range(max(warmup, 3 if compiled else 1)):  # compiling: the first steps compile forward and backward
         step()
     warm_s = time.perf_counter() - t0
     if device == "cuda":
@@ -195,6 +197,9 @@ def main() -> int:
     p.add_argument("--model", default="simseg-vit-s16")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps first, on every row (the first steps of a process run slower while its "
+                        "memory is first mapped and the allocator's free lists fill)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of every row, in turn (round robin); each row shows its median run")
@@ -203,14 +208,14 @@ def main() -> int:
     a = p.parse_args()
     if a.one:
         device, row = a.one.split(":", 1)
-        print(json.dumps(_one(a.model, device, a.batch, a.steps, row)))
+        print(json.dumps(_one(a.model, device, a.batch, a.steps, row, a.warmup)))
         return 0
     import torch
 
     devices = a.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     rows = ["reference"] + [r for r in a.rows if r != "reference"]
-    print(f"{a.model}, batch {a.batch} at 224, fp32, {a.steps} timed steps after the warm-up, median of "
-          f"{a.repeats} run(s) per row taken in turn, torch "
+    print(f"{a.model}, batch {a.batch} at 224, fp32, {a.steps} timed steps after {a.warmup} warm-up steps, median "
+          f"of {a.repeats} run(s) per row taken in turn, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; start: {_load()}")
     for device in devices:
         peak = _matmul_peak(device)
@@ -224,8 +229,8 @@ def main() -> int:
                 if row in failed:
                     continue
                 out = subprocess.run([sys.executable, __file__, "--model", a.model, "--batch", str(a.batch),
-                                      "--steps", str(a.steps), "--one", f"{device}:{row}"], capture_output=True,
-                                     text=True)
+                                      "--steps", str(a.steps), "--warmup", str(a.warmup), "--one", f"{device}:{row}"],
+                                     check=False, capture_output=True, text=True)
                 if out.returncode:
                     failed[row] = (out.stderr.strip().splitlines() or ["?"])[-1]
                     continue

@@ -562,7 +562,7 @@ def test_dense_protocol_equals_a_direct_sliding_window_computation(model, tmp_pa
         for y in sorted({min(i * 16, h - 32) for i in range((h - 32 + 15) // 16 + 1)}):
             for xx in sorted({min(i * 16, w - 32) for i in range((w - 32 + 15) // 16 + 1)}):
                 tokens, (gh, gw) = model.encode_image_tokens(x[None, :, y:y + 32, xx:xx + 32])
-                sim = (F.normalize(tokens[0], dim=-1) @ seg.class_emb.T).T.reshape(1, 4, gh, gw)
+                sim = (F.normalize(tokens[0], dim=-1) @ seg.class_emb.T).T.contiguous().reshape(1, 4, gh, gw)
                 acc[:, y:y + 32, xx:xx + 32] += F.interpolate(sim, size=(32, 32), mode="bilinear")[0]
                 hits[:, y:y + 32, xx:xx + 32] += 1
         logits = acc / hits / model.temperature()

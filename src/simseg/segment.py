@@ -478,7 +478,9 @@ class DenseProtocol:
             else:
                 all_tokens.append(tokens.reshape(-1, tokens.shape[-1]))
             sim = F.normalize(tokens.float(), dim=-1) @ emb.T  # (B, N, C) cosine
-            sim = sim.transpose(1, 2).reshape(len(chunk), num_classes, gh, gw)
+            # contiguous (C, h, w) maps, as a segmentation head gives them: the transposed view would be channels-last,
+            # whose bilinear upsampling runs a slower kernel and copies its output back (about 20x the time here)
+            sim = sim.transpose(1, 2).contiguous().reshape(len(chunk), num_classes, gh, gw)
             for (y, xx), s in zip(chunk, sim):
                 # one window at a time: a (batch, C, crop, crop) upsampled block would grow with batch x classes
                 up = F.interpolate(s.unsqueeze(0), size=(crop, crop), mode="bilinear", align_corners=False)[0]
