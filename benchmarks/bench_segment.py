@@ -61,7 +61,7 @@ import simseg
 from simseg.allocator import CHOICES, ENV, from_environment
 from simseg.classnames import IMAGENET_TEMPLATES, benchmark_classes
 from simseg.crf import binary_unary, crf_from_unary
-from simseg.packed import packed_view
+from simseg.packed import PackedLinear, packed_view
 from simseg.segment import Segmenter
 
 SECTIONS = ("peak", "throughput", "forward", "embeddings", "dense", "startup")
@@ -369,21 +369,21 @@ def timed_in_lanes(fn, probe: PeakProbe, cores: int) -> tuple[float, float]:
         return seconds, max(before, probe.sample())
 
 
-def linear_calls(module: torch.nn.Module, run) -> list[tuple[int, int, int, bool]]:
-    """(rows, in_features, out_features, bias) of every call of ``module``'s ``nn.Linear`` layers while ``run()``
-    runs; rows: the vectors of the call (tokens, images)."""
+def linear_calls(run) -> list[tuple[int, int, int, bool]]:
+    """(rows, in_features, out_features, bias) of every linear layer's call while ``run()`` runs (``nn.Linear`` and
+    :class:`simseg.packed.PackedLinear`, of any module); rows: the vectors of the call (tokens, images)."""
     calls: list[tuple[int, int, int, bool]] = []
 
     def record(layer, args):
-        x = args[0]
-        calls.append((x.numel() // x.shape[-1], layer.in_features, layer.out_features, layer.bias is not None))
+        if isinstance(layer, (torch.nn.Linear, PackedLinear)):
+            x = args[0]
+            calls.append((x.numel() // x.shape[-1], layer.in_features, layer.out_features, layer.bias is not None))
 
-    handles = [m.register_forward_pre_hook(record) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
         run()
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
     return calls
 
 
@@ -407,6 +407,52 @@ def matmuls_alone(calls: list[tuple[int, int, int, bool]], reps: int, probe: Pea
     run()
     seconds, peak = timed(run, reps, probe)
     return seconds, peak, float(sum(2 * rows * k * n for rows, k, n, _ in calls))
+
+
+def attention_calls(run) -> list[tuple[int, int, int, int]]:
+    """(batch, heads, tokens, head_dim) of every call of a timm attention layer while ``run()`` runs."""
+    calls: list[tuple[int, int, int, int]] = []
+
+    def record(layer, args):
+        if hasattr(layer, "num_heads") and hasattr(layer, "qkv"):
+            b, n, c = args[0].shape
+            calls.append((b, layer.num_heads, n, c // layer.num_heads))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return calls
+
+
+def attention_alone(calls: list[tuple[int, int, int, int]], reps: int,
+                    probe: PeakProbe) -> tuple[float, float, float]:
+    """``calls`` run as bare ``F.scaled_dot_product_attention`` calls (random q, k, v of the same shapes): the
+    attention kernel's part of a forward with nothing around it. Returns :func:`timed`'s median seconds and matmul
+    rate, and the calls' FLOPs (4 x tokens^2 x head_dim per head)."""
+    tensors = {shape: tuple(torch.randn(*shape) for _ in range(3)) for shape in set(calls)}
+
+    def run():
+        with torch.inference_mode():
+            for shape in calls:
+                F.scaled_dot_product_attention(*tensors[shape])
+
+    run()
+    seconds, peak = timed(run, reps, probe)
+    return seconds, peak, float(sum(4 * b * h * n * n * d for b, h, n, d in calls))
+
+
+def print_kernel_bound(linears: tuple[float, float, float], attention: tuple[float, float, float], flops: float,
+                       unit: str) -> None:
+    """One line: the attention kernel alone, and the bound the two kernels set: ``flops`` (the whole's) over the
+    linears' and the attention's times alone, each scaled to one matmul rate, as a % of that rate (the most the
+    whole could reach if norms, activations, copies and Python took no time)."""
+    (lin_s, lin_peak, _), (att_s, att_peak, att_flops) = linears, attention
+    bound = flops / (lin_s * lin_peak / att_peak + att_s) / 1e9 / att_peak
+    print(f"  the attention kernel alone (bare scaled_dot_product_attention at the same shapes and threads): "
+          f"{att_s * 1e3:.1f} ms{unit}, {100 * att_flops / att_s / 1e9 / att_peak:.1f} % of the peak ({att_peak:.1f}) "
+          f"on its own FLOPs; the two kernels alone bound the whole at {100 * bound:.1f} % of the peak")
 
 
 def print_matmul_ceiling(seconds: float, peak: float, matmul_flops: float, whole: float, whole_peak: float,
@@ -457,7 +503,7 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, kept: bool, reps
         with torch.no_grad():
             return packed.encode_image_tokens(batch)
 
-    rows, ceilings = [], {}
+    rows, ceilings, attention = [], {}, {}
     probe = PeakProbe()
     for t in sorted({1, n_threads}):
         with threads(t):
@@ -472,7 +518,8 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, kept: bool, reps
             rows.append(("ours, explicit softmax attention", t, 1, *timed(lambda: ours(m=plain), reps, probe)))
             rows.append(("ours, batch of 2 images", t, 2, *timed(lambda: ours(x2), reps, probe)))
             rows.append((f"reference: timm forward at {size}", t, 1, *timed(lambda: ref.forward(x), reps, probe)))
-            ceilings[t] = matmuls_alone(linear_calls(model, lambda: ours(m=model)), reps, probe)
+            ceilings[t] = matmuls_alone(linear_calls(lambda: ours(m=model)), reps, probe)
+            attention[t] = attention_alone(attention_calls(lambda: ours(m=model)), reps, probe)
     # lanes: one-thread forwards side by side, as segment_many runs them on a CPU
     with threads(1), ThreadPoolExecutor(cores) as pool:
         list(pool.map(lambda _: ours(), range(cores)))
@@ -499,6 +546,7 @@ def section_forward(seg: Segmenter, n_threads: int, cores: int, kept: bool, reps
         print(f"{t} thread(s):", end="")
         whole = next(r for r in rows if r[0].startswith("ours (") and r[1] == t)
         print_matmul_ceiling(*ceiling, whole[3], whole[4], " per image")
+        print_kernel_bound(ceiling, attention[t], flops, " per image")
     return one_thread
 
 
@@ -539,7 +587,7 @@ def section_embeddings(preset: str, n_threads: int, peak: float, num_classes: in
         rows.append(("prompt order, padded to the longest of 256", *timed(unsorted, reps, probe)))
         rows.append(("original: prompt order, padded to 25", *timed(
             lambda: unsorted(padding="max_length"), reps, probe)))
-        ceiling = matmuls_alone(linear_calls(model, lambda: encode_class_names(
+        ceiling = matmuls_alone(linear_calls(lambda: encode_class_names(
             model, classes, IMAGENET_TEMPLATES, progress=False)), reps, probe)
     print(f"\n[embeddings] {len(classes)} classes x {len(IMAGENET_TEMPLATES)} templates = {len(prompts)} prompts, "
           f"{tokens} tokens (mean {float(lengths.mean()):.1f}), BERT-base {flops / tokens / 1e6:.0f} MFLOP/token; "
@@ -572,6 +620,8 @@ def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, cor
 
         seconds, rate = timed(one_at_a_time, 1, probe)
         rows.append((f"one image at a time, {n_threads} threads", seconds / len(images), rate))
+        linears = matmuls_alone(linear_calls(lambda: dense(images[0])), 3, probe)
+        attention = attention_alone(attention_calls(lambda: dense(images[0])), 3, probe)
 
     def stream():  # the whole stream, filling and draining the lanes included
         for _ in dense.segment_many(images, lanes=cores):
@@ -590,6 +640,9 @@ def section_dense(seg: Segmenter, images: list[Image.Image], n_threads: int, cor
               f"{p:7.1f}")
     print("limit: the windows' forwards at the best fp32 matmul rate (GFLOP/s, column peak) at the threads used, "
           "sampled just before and after the row")
+    print(f"{n_threads} thread(s), one image:", end="")
+    print_matmul_ceiling(*linears, rows[0][1], rows[0][2], " per image")
+    print_kernel_bound(linears, attention, flops, " per image")
 
 
 def section_startup(preset: str, runs: int = 5) -> None:
