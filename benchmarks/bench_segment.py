@@ -22,9 +22,12 @@ The C allocator keeps freed memory (``simseg.allocator``, as the ``simseg`` comm
 - ``embeddings``: class embeddings of new classes with BERT-base, tokens/s against the BERT FLOP limit of the
   tokens they contain (analytic FLOPs per token at the measured peak): prompts sorted by length and packed into
   rows without padding (ours), sorted and padded per batch, in prompt order, and the original's padding to 25.
-- ``forward`` and ``embeddings`` also time the model's linear layers as bare ``F.linear`` calls at the shapes the
-  forward gives them (recorded by hooks): the BLAS library's speed at those shapes, and ours as a multiple of their
-  time at the same matmul rate (the rest is attention, norms, activations, copies, Python).
+- ``forward``, ``embeddings`` and ``dense`` also time the model's linear layers as bare ``F.linear`` calls at the
+  shapes the forward gives them (recorded by hooks): the BLAS library's speed at those shapes, and ours as a
+  multiple of their time at the same matmul rate (the rest is attention, norms, activations, copies, Python).
+  ``forward`` and ``dense`` time the ViT's attention kernel alone in the same way (bare
+  ``scaled_dot_product_attention`` calls) and print the bound the two kernels set: the whole's FLOPs over the
+  linears' and the attention's times alone, as a % of the peak, which no forward built from these kernels exceeds.
 - every row's % of the peak is taken against the best matmul rate sampled between that row's own repetitions
   (column ``peak``): a shared machine's speed drifts within a run.
 - ``dense``: the dense protocol per image against its own FLOP limit (the windows' forwards at the peak).
@@ -369,15 +372,15 @@ def timed_in_lanes(fn, probe: PeakProbe, cores: int) -> tuple[float, float]:
         return seconds, max(before, probe.sample())
 
 
-def linear_calls(run) -> list[tuple[int, int, int, bool]]:
-    """(rows, in_features, out_features, bias) of every linear layer's call while ``run()`` runs (``nn.Linear`` and
-    :class:`simseg.packed.PackedLinear`, of any module); rows: the vectors of the call (tokens, images)."""
-    calls: list[tuple[int, int, int, bool]] = []
+def recorded_calls(run, shape_of) -> list[tuple]:
+    """``shape_of(module, args)`` of every module call while ``run()`` runs (a global forward pre-hook, so modules
+    of any model count), skipping the calls it gives None for."""
+    calls: list[tuple] = []
 
     def record(layer, args):
-        if isinstance(layer, (torch.nn.Linear, PackedLinear)):
-            x = args[0]
-            calls.append((x.numel() // x.shape[-1], layer.in_features, layer.out_features, layer.bias is not None))
+        shape = shape_of(layer, args)
+        if shape is not None:
+            calls.append(shape)
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
@@ -385,6 +388,18 @@ def linear_calls(run) -> list[tuple[int, int, int, bool]]:
     finally:
         handle.remove()
     return calls
+
+
+def linear_calls(run) -> list[tuple[int, int, int, bool]]:
+    """(rows, in_features, out_features, bias) of every linear layer's call while ``run()`` runs (``nn.Linear`` and
+    :class:`simseg.packed.PackedLinear`); rows: the vectors of the call (tokens, images)."""
+    def shape_of(layer, args):
+        if isinstance(layer, (torch.nn.Linear, PackedLinear)):
+            x = args[0]
+            return x.numel() // x.shape[-1], layer.in_features, layer.out_features, layer.bias is not None
+        return None
+
+    return recorded_calls(run, shape_of)
 
 
 def matmuls_alone(calls: list[tuple[int, int, int, bool]], reps: int, probe: PeakProbe) -> tuple[float, float, float]:
@@ -411,19 +426,13 @@ def matmuls_alone(calls: list[tuple[int, int, int, bool]], reps: int, probe: Pea
 
 def attention_calls(run) -> list[tuple[int, int, int, int]]:
     """(batch, heads, tokens, head_dim) of every call of a timm attention layer while ``run()`` runs."""
-    calls: list[tuple[int, int, int, int]] = []
-
-    def record(layer, args):
+    def shape_of(layer, args):
         if hasattr(layer, "num_heads") and hasattr(layer, "qkv"):
             b, n, c = args[0].shape
-            calls.append((b, layer.num_heads, n, c // layer.num_heads))
+            return b, layer.num_heads, n, c // layer.num_heads
+        return None
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
-    try:
-        run()
-    finally:
-        handle.remove()
-    return calls
+    return recorded_calls(run, shape_of)
 
 
 def attention_alone(calls: list[tuple[int, int, int, int]], reps: int,
