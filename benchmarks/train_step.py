@@ -30,7 +30,8 @@ peak memory, and every row as a ratio to the reference, with the machine's load.
 times in turn and shows each row's median run: on a shared machine whose speed drifts, the rows then see the same
 drift.
 
-    python benchmarks/train_step.py [--batch 32] [--steps 3] [--warmup 3] [--repeats 1] [--model simseg-vit-s16] [--rows ...]
+    python benchmarks/train_step.py [--batch 32] [--steps 3] [--warmup 3] [--repeats 1] [--model simseg-vit-s16] \
+        [--rows ...]
 """
 
 from __future__ import annotations
@@ -198,14 +199,16 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3,
-                   help="untimed steps first, on every row (the first steps of a process run slower while its "
-                        "memory is first mapped and the allocator's free lists fill)")
+                   help="untimed steps first, on every row, at least 1 (3 on the train.compile row, whose first "
+                        "steps compile); the first steps of a process run slower while its memory is first mapped "
+                        "and the allocator's free lists fill")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of every row, in turn (round robin); each row shows its median run")
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one configuration
     a = p.parse_args()
+    a.warmup = max(1, a.warmup)  # at least one untimed step, as the help says
     if a.one:
         device, row = a.one.split(":", 1)
         print(json.dumps(_one(a.model, device, a.batch, a.steps, row, a.warmup)))

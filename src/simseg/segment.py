@@ -479,7 +479,7 @@ class DenseProtocol:
                 all_tokens.append(tokens.reshape(-1, tokens.shape[-1]))
             sim = F.normalize(tokens.float(), dim=-1) @ emb.T  # (B, N, C) cosine
             # contiguous (C, h, w) maps, as a segmentation head gives them: the transposed view would be channels-last,
-            # whose bilinear upsampling runs a slower kernel and copies its output back (about 20x the time here)
+            # whose bilinear upsampling runs a slower kernel and copies its output back (about 20x the time on a CPU)
             sim = sim.transpose(1, 2).contiguous().reshape(len(chunk), num_classes, gh, gw)
             for (y, xx), s in zip(chunk, sim):
                 # one window at a time: a (batch, C, crop, crop) upsampled block would grow with batch x classes
