@@ -100,6 +100,17 @@ def test_a_list_file_with_a_byte_order_mark_windows_line_ends_and_blank_lines(tm
     with pytest.raises(InputError, match=r"val\.txt: cannot read list file \(not UTF-8 text: byte 22\)"):
         SegmentationBenchmark("pascal_voc", tmp_path)
 
+
+def test_a_sample_listed_twice_is_refused_not_counted_twice(tmp_path):
+    base = write_voc(tmp_path, {"2007_000001": np.zeros((2, 3), np.uint8), "2007_000002": np.ones((2, 3), np.uint8)})
+    val = base / "ImageSets" / "Segmentation" / "val.txt"
+    val.write_text("2007_000001\n2007_000002\n\n 2007_000001 \n")
+    with pytest.raises(InputError, match=r"val\.txt: line 4: sample id '2007_000001' is listed twice \(first on line 1"):
+        SegmentationBenchmark("pascal_voc", tmp_path)
+    presence = benchmark_presence("pascal_voc", tmp_path)  # --dataset all: shown as missing, with the reason
+    assert not presence.present and "listed twice" in presence.reason
+
+
 def test_bad_layouts_name_the_path(tmp_path):
     with pytest.raises(InputError, match="VOC2012/JPEGImages"):
         SegmentationBenchmark("pascal_voc", tmp_path)

@@ -240,8 +240,9 @@ class SegmentationBenchmark:
         label_suffix: the label file suffix in use (for COCO-Object, see the precedence rule in the module notes).
 
     Raises:
-        InputError: unknown name, a missing folder or list file, no samples, or no label file of any of the
-            benchmark's suffixes (the message names the path, and the ``simseg prepare`` command when there is one).
+        InputError: unknown name, a missing folder or list file, a sample listed twice, no samples, or no label file
+            of any of the benchmark's suffixes (the message names the path, and the ``simseg prepare`` command when
+            there is one).
     """
 
     def __init__(self, name: str, data_root: str | os.PathLike, class_names: list[str] | None = None) -> None:
@@ -285,7 +286,15 @@ class SegmentationBenchmark:
             raise InputError(f"{self.list_path}: cannot read list file (not UTF-8 text: byte {e.start})") from None
         except OSError as e:
             raise InputError(f"{self.list_path}: cannot read list file ({e.strerror or e})") from None
-        return [line.strip() for line in lines if line.strip()]
+        first_line: dict[str, int] = {}
+        for number, line in enumerate(lines, start=1):
+            sample_id = line.strip()
+            if sample_id in first_line:  # evaluated twice, it would weigh twice in every number
+                raise InputError(f"{self.list_path}: line {number}: sample id {sample_id!r} is listed twice "
+                                 f"(first on line {first_line[sample_id]})")
+            if sample_id:
+                first_line[sample_id] = number
+        return list(first_line)
 
     def _label_suffix(self) -> str:
         for suffix in self.spec.label_suffixes:
