@@ -138,6 +138,27 @@ def test_convert_pascal_context_bad_input(tmp_path):
         convert_pascal_context(tmp_path / "VOCdevkit", bad)
 
 
+@pytest.mark.parametrize("edit, message", [
+    # a repeated image_id would paint both images with both images' masks; a repeated name writes one label twice
+    (lambda d: d["images"][1].update(image_id=1), r"images\[1\] repeats the image_id 1 of images\[0\]"),
+    (lambda d: d["images"][1].update(file_name="2008_000002.jpg"),
+     r"images\[1\] repeats the file_name '2008_000002' of images\[0\]"),
+    (lambda d: d["images"].__setitem__(0, 5), r"images\[0\] is not an object"),
+    (lambda d: d["images"][0].update(height="abc"), r"images\[0\]\.height is 'abc', not a positive integer"),
+    (lambda d: d["images"][0].update(file_name=None), r"images\[0\]\.file_name is None"),
+    (lambda d: d["annos_segmentation"][0].update(category_id="sky"),
+     r"annos_segmentation\[0\]\.category_id is 'sky', not an integer"),
+    (lambda d: d["annos_segmentation"][0]["segmentation"].update(size=[3]), r"bad segmentation of image 2008_000002"),
+])
+def test_convert_pascal_context_malformed_records_name_the_record(tmp_path, edit, message):
+    path, data = _context_json(tmp_path)
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"trainval_merged\.json: " + message):
+        convert_pascal_context(tmp_path / "VOCdevkit", path)
+    assert not list((tmp_path / "VOCdevkit" / "VOC2010").rglob("*.png"))  # checked before any label is written
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # COCO-Stuff 171 and Cityscapes, each mapping checked pixel by pixel against a table written out here
 

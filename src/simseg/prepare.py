@@ -256,17 +256,44 @@ def _load_detail_json(json_path: Path) -> tuple[list[dict], dict[int, list[dict]
     images, annotations = data["images"], data["annos_segmentation"]
     if not isinstance(images, list) or not isinstance(annotations, list):
         raise InputError(f"{json_path}: 'images' and 'annos_segmentation' must be lists")
+    first: dict[tuple[str, object], int] = {}  # (key, value) -> the images[] entry that has it
     for i, img in enumerate(images):
+        if not isinstance(img, dict):
+            raise InputError(f"{json_path}: images[{i}] is not an object")
         missing = [k for k in ("image_id", "file_name", "height", "width", "phase") if k not in img]
         if missing:
             raise InputError(f"{json_path}: images[{i}] lacks {', '.join(missing)}")
+        for key in ("height", "width"):
+            if not _is_int(img[key]) or img[key] < 1:
+                raise InputError(f"{json_path}: images[{i}].{key} is {img[key]!r}, not a positive integer")
+        if not isinstance(img["file_name"], str) or not Path(img["file_name"]).stem:
+            raise InputError(f"{json_path}: images[{i}].file_name is {img['file_name']!r}, not a file name")
+        if not _is_int(img["image_id"]) and not isinstance(img["image_id"], str):
+            raise InputError(f"{json_path}: images[{i}].image_id is {img['image_id']!r}, not an integer or string")
+        # a repeated id would give both images each other's masks; a repeated name, one label file for two images
+        for key, value in (("image_id", img["image_id"]), ("file_name", Path(img["file_name"]).stem)):
+            if (key, value) in first:
+                raise InputError(f"{json_path}: images[{i}] repeats the {key} {value!r} of images[{first[key, value]}]")
+            first[key, value] = i
     by_image: dict[int, list[dict]] = {}
     for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise InputError(f"{json_path}: annos_segmentation[{i}] is not an object")
         missing = [k for k in ("image_id", "category_id", "segmentation") if k not in ann]
         if missing:
             raise InputError(f"{json_path}: annos_segmentation[{i}] lacks {', '.join(missing)}")
+        if not _is_int(ann["category_id"]):
+            raise InputError(f"{json_path}: annos_segmentation[{i}].category_id is {ann['category_id']!r}, "
+                             "not an integer")
+        if not _is_int(ann["image_id"]) and not isinstance(ann["image_id"], str):
+            raise InputError(f"{json_path}: annos_segmentation[{i}].image_id is {ann['image_id']!r}, "
+                             "not an integer or string")
         by_image.setdefault(ann["image_id"], []).append(ann)
     return images, by_image
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _context_label(img: dict, anns: list[dict], json_path: Path) -> np.ndarray:
@@ -284,7 +311,7 @@ def _context_label(img: dict, anns: list[dict], json_path: Path) -> np.ndarray:
             if isinstance(rle.get("counts"), list):  # uncompressed RLE
                 rle = mask_utils.frPyObjects(rle, h, w)
             m = mask_utils.decode(rle)
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
             raise InputError(f"{json_path}: bad segmentation of image {img['file_name']} ({e!r})") from None
         if m.shape != (h, w):
             raise InputError(
