@@ -15,14 +15,19 @@ from typing import Any, Iterable, TextIO
 LOG_INTERVAL_S = 30.0
 
 
+#: A terminal control sequence (tqdm moves the cursor up to redraw a nested bar after a message).
+_CONTROL_SEQUENCE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class LineStream:
-    """A text stream that turns tqdm's carriage-return redraws into whole lines (blank redraws are dropped)."""
+    """A text stream that turns tqdm's carriage-return redraws into whole lines (blank redraws and cursor movements
+    are dropped)."""
 
     def __init__(self, stream: TextIO):
         self.stream = stream
 
     def write(self, text: str) -> int:
-        for piece in re.split(r"[\r\n]", text):
+        for piece in re.split(r"[\r\n]", _CONTROL_SEQUENCE.sub("", text)):
             piece = piece.rstrip()
             if piece:
                 self.stream.write(piece + "\n")

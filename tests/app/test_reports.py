@@ -116,6 +116,22 @@ def test_progress_bar_redraws_on_a_terminal_and_writes_whole_lines_in_a_log():
     assert lines[-1].startswith("work: 100%") and "50/50" in lines[-1] and len(max(lines, key=len)) <= 100
 
 
+def test_nested_progress_bars_in_a_log_write_no_cursor_movements():
+    # eval-seg's bar over benchmarks holds one over images, which reports a bad sample between its lines
+    from simseg.progress import progress_bar
+
+    log = io.StringIO()
+    for _ in progress_bar(range(2), desc="benchmarks", file=log):
+        bar = progress_bar(range(3), desc="images", file=log)
+        for i in bar:
+            if i == 1:
+                bar.write("bad sample 1: corrupt", file=log)
+        bar.close()
+    text = log.getvalue()
+    assert "\x1b" not in text and "bad sample 1: corrupt\n" in text
+    assert all(line.strip() for line in text.splitlines())
+
+
 def _many_images(tmp_path, n):
     paths = []
     for i in range(n):
