@@ -180,6 +180,15 @@ def test_independent_tables_are_complete():
     assert sorted(CITYSCAPES_EXPECTED.values()) == list(range(19))
 
 
+def test_convert_coco_object_reports_a_decompression_bomb(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)  # Pillow refuses images over twice this: 32 pixels
+    root, _ = _coco_tree(tmp_path)  # 4 x 4 stuffthingmaps
+    Image.fromarray(np.zeros((6, 6), np.uint8), mode="L").save(root / "annotations" / "val2017" / "000000000777.png")
+    with pytest.raises(InputError, match=r"1 bad file: .*000000000777\.png: image of 36 pixels exceeds the limit"):
+        convert_coco_object(root, nproc=1)
+    assert (root / "annotations" / "val2017" / "000000000139_labelTrainIds.png").exists()
+
+
 def _stuffthing_tree(tmp_path, values: np.ndarray, stem="000000000139"):
     root = tmp_path / "coco_stuff164k"
     (root / "annotations" / "val2017").mkdir(parents=True, exist_ok=True)

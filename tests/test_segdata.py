@@ -144,6 +144,14 @@ def test_bad_samples_name_their_files(tmp_path):
         read_label(tmp_path / "broken.png")
 
 
+def test_a_label_refused_as_a_decompression_bomb_is_a_bad_sample(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)  # Pillow refuses images over twice this: 32 pixels
+    base = write_voc(tmp_path, {"huge": np.zeros((6, 6), np.uint8)})
+    Image.new("RGB", (4, 4)).save(base / "JPEGImages" / "huge.jpg")  # the image itself passes
+    with pytest.raises(InputError, match=r"huge\.png: image of 36 pixels exceeds the limit of 32"):
+        SegmentationBenchmark("pascal_voc", tmp_path)[0]
+
+
 def test_exif_orientation_is_not_applied_to_benchmark_images(tmp_path):
     # Labels annotate the stored pixels; a rotated-by-EXIF JPEG must still line up with its label.
     base = write_voc(tmp_path, {"rot": np.zeros((2, 4), np.uint8)})

@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from simseg.errors import InputError, one_line
 from simseg.files import atomic_write_bytes, atomic_write_text
+from simseg.images import pillow_refusal
 from simseg.segdata import (
     CITYSCAPES_LABELIDS_SUFFIX,
     CITYSCAPES_TRAINIDS_SUFFIX,
@@ -130,6 +131,8 @@ def _convert_label_png(job: tuple[str, str], lut: np.ndarray, kind: str) -> str 
             if img.mode not in ("L", "P"):
                 return f"{src}: expected a single-channel {kind} PNG, got mode {img.mode}"
             values = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        return pillow_refusal(str(src), e, None)
     except UnidentifiedImageError:
         return f"{src}: not a readable PNG"
     except (OSError, SyntaxError, ValueError) as e:

@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from simseg.classnames import benchmark_classes
-from simseg.errors import InputError, one_line
-from simseg.images import load_image
+from simseg.errors import ImageTooLargeError, InputError, one_line
+from simseg.images import load_image, pillow_refusal
 
 #: Environment variable naming the folder that holds VOCdevkit/, coco_stuff164k/, cityscapes/, ade/.
 DATA_ENV = "SIMSEG_DATA"
@@ -197,7 +197,8 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     lose that, so the raw indices are read. Grey ("L") PNGs are read as they are.
 
     Raises:
-        InputError: missing, unreadable, or not a single-channel 8-bit image.
+        InputError: missing, unreadable, not a single-channel 8-bit image, or refused by the image library as a
+            possible decompression bomb.
     """
     p = Path(path)
     if not p.is_file():
@@ -212,6 +213,8 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
             return np.array(img, dtype=np.uint8)
     except InputError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(pillow_refusal(str(p), e, None)) from None
     except UnidentifiedImageError:
         raise InputError(f"{p}: not a readable label image") from None
     except (OSError, SyntaxError, ValueError) as e:
