@@ -292,6 +292,14 @@ def _load_detail_json(json_path: Path) -> tuple[list[dict], dict[int, list[dict]
             raise InputError(f"{json_path}: annos_segmentation[{i}].image_id is {ann['image_id']!r}, "
                              "not an integer or string")
         by_image.setdefault(ann["image_id"], []).append(ann)
+    # an annotation of no listed image would be lost from every label; like the other bad records, it stops the run
+    orphans = [f"annos_segmentation[{i}] (image_id {ann['image_id']!r})" for i, ann in enumerate(annotations)
+               if ("image_id", ann["image_id"]) not in first]
+    if orphans:
+        named = "; ".join(orphans[:_MAX_NAMED_ERRORS])
+        more = f" (and {len(orphans) - _MAX_NAMED_ERRORS} more)" if len(orphans) > _MAX_NAMED_ERRORS else ""
+        raise InputError(f"{json_path}: {len(orphans)} annotation{'s' if len(orphans) > 1 else ''} of no image in "
+                         f"'images': {named}{more}")
     return images, by_image
 
 
@@ -348,7 +356,8 @@ def convert_pascal_context(vocdevkit: str | os.PathLike, json_path: str | os.Pat
         Images written per phase, e.g. ``{"train": 4996, "val": 5104}``.
 
     Raises:
-        InputError: a missing folder or file, a json without the expected keys, or an undecodable annotation.
+        InputError: a missing folder or file, a json without the expected keys, a malformed record, an annotation of
+            no listed image, or an undecodable annotation.
     """
     from tqdm import tqdm
 
