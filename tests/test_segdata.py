@@ -142,6 +142,9 @@ def test_bad_samples_name_their_files(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(InputError, match="broken.png"):
         read_label(tmp_path / "broken.png")
+    (tmp_path / "folder.png").mkdir()  # said "label file not found"
+    with pytest.raises(InputError, match=r"folder\.png: is a directory, not a label file$"):
+        read_label(tmp_path / "folder.png")
 
 
 def test_a_label_refused_as_a_decompression_bomb_is_a_bad_sample(tmp_path, monkeypatch):

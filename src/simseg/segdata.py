@@ -202,7 +202,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: label file not found")
+        raise InputError(f"{p}: {'is a directory, not a label file' if p.is_dir() else 'label file not found'}")
     try:
         with Image.open(p) as img:
             img.load()
