@@ -318,6 +318,10 @@ def test_parse_benchmark_selection():
         parse_benchmark_selection("pascal_voc,ade847")
     with pytest.raises(InputError, match="no dataset"):
         parse_benchmark_selection(" , ")
+    # said "unknown dataset(s) 'all'; choose all or some of ..."
+    with pytest.raises(InputError, match=r"^dataset 'all' cannot be combined with dataset names \(all, pascal_voc\)"):
+        parse_benchmark_selection("all,pascal_voc")
+    assert parse_benchmark_selection("all, all") == (list(TABLE_ORDER), False)
 
 
 def test_select_all_lists_missing_benchmarks(tmp_path):

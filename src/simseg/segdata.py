@@ -418,14 +418,17 @@ def parse_benchmark_selection(selection: str | Sequence[str]) -> tuple[list[str]
         ``"all"``).
 
     Raises:
-        InputError: an empty selection or an unknown name.
+        InputError: an empty selection, ``all`` beside names, or an unknown name.
     """
     items = selection.split(",") if isinstance(selection, str) else list(selection)
     items = [str(item).strip() for item in items if str(item).strip()]
     if not items:
         raise InputError(f"no dataset given; choose all or some of {', '.join(BENCHMARKS)}")
-    if items == ["all"]:
+    if set(items) == {"all"}:
         return list(TABLE_ORDER), False
+    if "all" in items:
+        raise InputError(f"dataset 'all' cannot be combined with dataset names ({', '.join(items)}); give all alone "
+                         "or some of " + ", ".join(BENCHMARKS))
     unknown = [item for item in items if item not in BENCHMARKS]
     if unknown:
         raise InputError(
