@@ -343,3 +343,15 @@ def test_eval_seg_label_values_out_of_range_stop_with_one_line(tmp_path, saved_c
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the progress bar
     assert len(err) == 1 and "2008_000001.png: label values 40, 254 are not class indices of pascal_voc" in err[0]
     assert not (tmp_path / "o" / "metrics.json").exists()
+    # nothing of the stopped run is left: one image at a time, the first image's overlays were (in overlays/)
+    kept = tmp_path / "o" / "overlays" / "mine.txt"
+    kept.parent.mkdir()
+    kept.write_text("not the run's")
+    assert main(args + ["--serial"]) == 2
+    assert [p.name for p in (tmp_path / "o").rglob("*")] == ["overlays", "mine.txt"]
+    kept.unlink()
+    assert main(args + ["--serial"]) == 2
+    assert list((tmp_path / "o").iterdir()) == []  # --out itself is made up front, to fail early where unwritable
+    args[2] = "all"  # nor the benchmark's report folder
+    assert main(args + ["--serial"]) == 2
+    assert list((tmp_path / "o").iterdir()) == []

@@ -92,29 +92,46 @@ def format_table(metrics: dict, title: str) -> str:
 
 
 def overlay_writer(out_dir: Path, class_names: list[str], count: int):
-    """A prediction callback that writes prediction and ground-truth overlays of the first ``count`` samples."""
+    """A prediction callback that writes prediction and ground-truth overlays of the first ``count`` samples.
+
+    Its ``remove()`` deletes the files it wrote, and ``out_dir`` if that leaves it empty (an evaluation that stopped).
+    """
     from simseg.segdata import IGNORE_INDEX
 
-    written = [0]
+    written: list[Path] = []
 
     def write(index: int, sample_id: str, image: Any, gt: Any, result: Any) -> None:
         import numpy as np
 
         from simseg.visualize import overlay
 
-        if written[0] >= count:
+        if len(written) >= 2 * count:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         scores = getattr(result, "scores", None)
         # Cityscapes ids hold a city folder ("frankfurt/frankfurt_000000_000294"): one flat file name per sample
         stem = sample_id.replace("/", "_")
-        overlay(image, np.asarray(result.labels), class_names, scores=scores).save(out_dir / f"{stem}_pred.png")
+        written.append(out_dir / f"{stem}_pred.png")
+        overlay(image, np.asarray(result.labels), class_names, scores=scores).save(written[-1])
         # ignored pixels (255) are drawn as background: the overlay only knows class indices
         shown = np.where(gt == IGNORE_INDEX, 0, gt).astype(np.int32)
-        overlay(image, shown, class_names).save(out_dir / f"{stem}_gt.png")
-        written[0] += 1
+        written.append(out_dir / f"{stem}_gt.png")
+        overlay(image, shown, class_names).save(written[-1])
 
+    def remove() -> None:
+        for path in written:
+            path.unlink(missing_ok=True)
+        _remove_if_empty(out_dir)
+
+    write.remove = remove
     return write
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or not there
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- the plan
@@ -271,7 +288,10 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
     from simseg.segment import Segmenter
     from simseg.visualize import iou_bar_chart
 
+    from simseg.segdata import LabelValueError
+
     dataset, out = plan.dataset, plan.report_dir
+    created = rank == 0 and not out.exists()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     classes, offset = evaluation_classes(dataset.class_names)
@@ -281,11 +301,19 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
     overlays = overlay_writer(out / "overlays", classes, args.num_overlays) if rank == 0 else None
     # consecutive images overlap (CRF calls in worker processes, forwards in lanes): the labels of one at a time
     parallel = parallel_plan(args, str(model.device), segmenter.crf)
-    with torch_threads(parallel["threads"]):
-        metrics = evaluate_segmentation(segmenter, dataset, limit=args.limit, rank=rank, world_size=world_size,
-                                        on_prediction=overlays if args.num_overlays else None,
-                                        progress=not args.no_progress, crf_workers=parallel["crf_workers"],
-                                        lanes=parallel["lanes"])
+    try:
+        with torch_threads(parallel["threads"]):
+            metrics = evaluate_segmentation(segmenter, dataset, limit=args.limit, rank=rank, world_size=world_size,
+                                            on_prediction=overlays if args.num_overlays else None,
+                                            progress=not args.no_progress, crf_workers=parallel["crf_workers"],
+                                            lanes=parallel["lanes"])
+    except LabelValueError:
+        # the labels are not this benchmark's: no report, and none of this run's overlays or folders left behind
+        if overlays is not None:
+            overlays.remove()
+        if created:
+            _remove_if_empty(out)
+        raise
     protocol = segmenter.protocol_info()
     report = {
         **plan.key,
