@@ -154,11 +154,11 @@ def _run_conversions(worker: Callable[[tuple[str, str]], str | None], jobs: Sequ
         InputError: some files could not be converted (one line naming the first few and counting the rest); the
             other files are converted all the same.
     """
-    from tqdm import tqdm
+    from simseg.progress import progress_bar
 
     nproc = max(1, min(nproc or os.cpu_count() or 1, len(jobs)))
     errors: list[str] = []
-    with tqdm(total=len(jobs), desc=desc, unit="png", disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc=desc, unit="png", disable=not progress) as bar:
         if nproc == 1:
             for err in map(worker, jobs):
                 if err:
@@ -359,7 +359,7 @@ def convert_pascal_context(vocdevkit: str | os.PathLike, json_path: str | os.Pat
         InputError: a missing folder or file, a json without the expected keys, a malformed record, an annotation of
             no listed image, or an undecodable annotation.
     """
-    from tqdm import tqdm
+    from simseg.progress import progress_bar
 
     voc2010 = Path(vocdevkit) / "VOC2010"
     if not voc2010.is_dir():
@@ -371,7 +371,7 @@ def convert_pascal_context(vocdevkit: str | os.PathLike, json_path: str | os.Pat
     label_dir.mkdir(parents=True, exist_ok=True)
     list_dir.mkdir(parents=True, exist_ok=True)
     stems: dict[str, list[str]] = {"train": [], "val": []}
-    for img in tqdm(images, desc="pascal-context", unit="img"):
+    for img in progress_bar(images, desc="pascal-context", unit="img"):
         phase = img["phase"]
         if phase not in stems:
             continue  # the Detail json may list test images; they have no labels

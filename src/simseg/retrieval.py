@@ -548,9 +548,8 @@ def evaluate_retrieval(
     Raises:
         InputError: malformed input (see :class:`PairIndex`), or unreadable images without ``skip_bad``.
     """
-    from tqdm import tqdm
-
     from simseg.distributed import all_gather_object, get_rank, get_world_size
+    from simseg.progress import progress_bar
 
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
@@ -615,8 +614,8 @@ def evaluate_retrieval(
                 image_embs.append(emb.float().cpu())
 
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-            bar = tqdm(pairs, total=total_rows, desc=f"images {Path(name).parent.name or name}", unit="row",
-                       disable=not show, dynamic_ncols=True)
+            bar = progress_bar(pairs, total=total_rows, desc=f"images {Path(name).parent.name or name}", unit="row",
+                               disable=not show)
             for pair in bar:
                 new = index.add(pair)
                 if new is not None and new % world_size == rank:
@@ -646,8 +645,8 @@ def evaluate_retrieval(
         # Captions: this rank's share, sorted by length so each batch pads little.
         mine = sorted(range(rank, len(text_rows), world_size), key=lambda j: len(index.captions[text_rows[j]]))
         text_embs: list[torch.Tensor] = []
-        bar = tqdm(total=len(mine), desc="captions" + (" (rank 0's share)" if world_size > 1 else ""), unit="cap",
-                   disable=not show, dynamic_ncols=True)
+        bar = progress_bar(total=len(mine), desc="captions" + (" (rank 0's share)" if world_size > 1 else ""),
+                           unit="cap", disable=not show)
         for start in range(0, len(mine), batch_size):
             chunk = mine[start:start + batch_size]
             tokens = model.tokenize([index.captions[text_rows[j]] for j in chunk], padding="longest")

@@ -502,11 +502,10 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
             ``{"images", "captions", "skipped"}`` for THIS rank, starting at the resume step.
         progress: show a tqdm bar on rank 0.
     """
-    from tqdm.auto import tqdm
-
     from simseg.checkpoint import save_model
     from simseg.config import save_config
     from simseg.model import set_dropout
+    from simseg.progress import progress_bar
 
     validate_config(cfg)
     tc, mc, dc = cfg["train"], cfg["model"], cfg["data"]
@@ -586,8 +585,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         restore_rng(found[1]["rng"], rank, world, device)
 
     # ---- loop
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
-               desc="train", dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
+                       desc="train")
     loss_value, t_last, n_last = float("nan"), time.perf_counter(), 0
     saved_bad = extra.get("bad_samples")
     local_bad = int(saved_bad[rank]) if isinstance(saved_bad, list) and len(saved_bad) == world else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +131,34 @@ def test_nested_progress_bars_in_a_log_write_no_cursor_movements():
     text = log.getvalue()
     assert "\x1b" not in text and "bad sample 1: corrupt\n" in text
     assert all(line.strip() for line in text.splitlines())
+
+
+def test_every_progress_bar_goes_through_progress_bar():
+    # demo, train, prepare and eval-retrieval drew plain tqdm bars: one giant line of redraws in a log file
+    import ast
+
+    import simseg
+
+    package = Path(simseg.__file__).parent
+    plain = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "tqdm" for n in names) and path.name != "progress.py":
+                plain.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert plain == []
+
+
+def test_demo_scenes_and_a_conversion_write_whole_lines_in_a_log(tmp_path, capsys):
+    from simseg.app.demo import _generate
+    from simseg.prepare import convert_pascal_context
+    from tests.test_prepare import _context_json
+
+    _generate(3, 0, "training scenes", progress=True)
+    convert_pascal_context(tmp_path / "VOCdevkit", _context_json(tmp_path)[0])
+    err = capsys.readouterr().err
+    assert "\r" not in err and "training scenes: 100%" in err and "pascal-context: 100%" in err
 
 
 def _many_images(tmp_path, n):

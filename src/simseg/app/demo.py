@@ -175,13 +175,12 @@ def _check_arguments(steps: int | None, seed: int) -> None:
 # ------------------------------------------------------------------------------------------------ data
 def _generate(n: int, seed: int, desc: str, progress: bool) -> list:
     """``synthetic.generate_scenes(n, seed)`` with a progress bar (the same rng stream, so the same scenes)."""
-    from tqdm import tqdm
-
+    from simseg.progress import progress_bar
     from simseg.synthetic import generate_scene
 
     rng = np.random.default_rng(seed)
-    return [generate_scene(rng) for _ in tqdm(range(n), desc=desc, unit="scene", disable=not progress,
-                                              dynamic_ncols=True, leave=False)]
+    return [generate_scene(rng) for _ in progress_bar(range(n), desc=desc, unit="scene", disable=not progress,
+                                                      leave=False)]
 
 
 def prepare_data(out: Path, plan: DemoPlan, seed: int, progress: bool = True) -> dict[str, Any]:
