@@ -523,11 +523,13 @@ def _check_names_options(args: argparse.Namespace, names: list[str], single: boo
         raise ConfigError("--names-file: applies to one benchmark; for several, use --names-dir DIR holding "
                           "<dataset>.txt files")
     if args.names_file and not Path(args.names_file).is_file():
-        raise InputError(f"--names-file {args.names_file}: file not found")
+        what = "is a folder (--names-dir takes one)" if Path(args.names_file).is_dir() else "file not found"
+        raise InputError(f"--names-file {args.names_file}: {what}")
     if args.names_dir:
         folder = Path(args.names_dir)
         if not folder.is_dir():
-            raise InputError(f"--names-dir {folder}: folder not found")
+            what = "is a file (--names-file takes one)" if folder.exists() else "folder not found"
+            raise InputError(f"--names-dir {folder}: {what}")
         unknown = sorted(p.name for p in folder.glob("*.txt") if p.stem not in BENCHMARKS)
         if unknown:
             raise InputError(f"--names-dir {folder}: {', '.join(unknown)} name no benchmark; files are "
