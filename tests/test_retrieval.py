@@ -502,6 +502,13 @@ def test_missing_image_file_is_a_bad_image_and_empty_sources_fail(tmp_path):
         evaluate_retrieval(FakeModel(), tmp_path / "empty.csv", progress=False)
 
 
+
+def test_a_missing_source_is_one_line_before_any_progress_line(tmp_path, capsys):
+    with pytest.raises(InputError, match=r"missing\.csv: file not found$"):
+        evaluate_retrieval(FakeModel(), tmp_path / "missing.csv", progress=True)
+    assert capsys.readouterr().err == ""  # the bar over images was drawn, then the error came
+
+
 def test_crop_size_must_suit_the_model(tmp_path):
     path = write_parquet(tmp_path / "valid.parquet", toy_rows(2, 1))
     with pytest.raises(ValueError, match="image_size=8"):  # a model without a patch size runs at its own size only

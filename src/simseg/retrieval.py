@@ -574,6 +574,8 @@ def evaluate_retrieval(
         name = str(source)
         pairs: Iterable[Pair] = read_pairs(source)
         path = Path(source) / "valid.parquet" if Path(source).is_dir() else Path(source)
+        if not path.is_file():  # before a progress line is shown
+            raise InputError(f"{path}: file not found")
         if path.suffix.lower() == ".parquet":
             total_rows = parquet_num_rows(path)
     else:
