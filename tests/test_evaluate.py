@@ -130,7 +130,7 @@ def test_torchrun_style_sharding_equals_single_process(voc_root, tmp_path):
         assert sharded[key] == single[key]  # integer counts summed: bit-identical
 
 
-def test_bad_samples_are_counted_and_named(voc_root):
+def test_bad_samples_are_counted_and_named(voc_root, capsys):
     base = voc_root / "VOCdevkit" / "VOC2012"
     (base / "JPEGImages" / "2007_000002.jpg").write_bytes(b"")  # 0-byte image
     Image.new("RGB", (3, 3)).save(base / "JPEGImages" / "2007_000003.jpg")  # size differs from its label
@@ -142,6 +142,10 @@ def test_bad_samples_are_counted_and_named(voc_root):
     assert "2007_000002.jpg" in r["bad_samples"][0]["error"] and "empty" in r["bad_samples"][0]["error"]
     assert "2007_000003.png" in r["bad_samples"][1]["error"]
     assert r["mIoU"] == pytest.approx(100.0)
+    # in a log: a line per bad sample, and the bar's start and end (it also redrew at each bad sample)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err] == ["eval pascal_voc", "bad sample 2007_000002",
+                                                     "bad sample 2007_000003", "eval pascal_voc"], err
 
 
 def test_background_free_variant_counts_background_as_miss(voc_root):

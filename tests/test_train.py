@@ -37,6 +37,13 @@ def _batches(seed=0, n=8, size=32, start=0):
         i += 1
 
 
+
+def test_training_progress_in_a_log_is_a_start_and_an_end_line(vocab_dir, tmp_path, capsys):
+    # the bar redrew at every logged step (set_postfix), one line each in a log file, not one every 30 s
+    train(_cfg(vocab_dir, tmp_path / "run", steps=4), batch_iter=_batches())
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train:")]
+    assert len(lines) == 2 and "0/4" in lines[0] and "4/4" in lines[1] and "loss=" in lines[1], lines
+
 def _write_csv_data(root, n=24, size=40):
     """A folder of n small solid-colour images and a ``train_anno.csv`` naming them with CAPTIONS in turn."""
     from PIL import Image

@@ -92,7 +92,7 @@ def evaluate_segmentation(
     def report_bad(index: int, sample_id: str, error: Exception) -> None:
         bad.append({"index": index, "sample_id": sample_id, "error": str(error)})
         bar.write(f"bad sample {sample_id}: {error}", file=sys.stderr)
-        bar.set_postfix(bad=len(bad))
+        bar.set_postfix(bad=len(bad), refresh=False)  # the line above says it; in a log a redraw is one more line
 
     def images():
         for index in bar:

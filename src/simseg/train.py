@@ -659,7 +659,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
             now = time.perf_counter()
             ips = n_last / max(now - t_last, 1e-9)
             t_last, n_last = now, 0
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+            # no redraw of its own: in a log file every redraw is a line (the bar's next one shows the numbers)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}", refresh=False)
             record = {"step": done, "loss": loss_value, "lr": lr, "temperature": model.temperature().item(),
                       "images_per_s": ips, "bad_samples": bad_total}
             if bad_sources:
