@@ -153,8 +153,8 @@ def test_convert_pascal_context_bad_input(tmp_path):
     (lambda d: d["annos_segmentation"][0].update(image_id=99),
      r"1 annotation of no image in 'images': annos_segmentation\[0\] \(image_id 99\)$"),
     (lambda d: d["annos_segmentation"].extend(dict(d["annos_segmentation"][2], image_id=f"x{i}") for i in range(6)),
-     r"6 annotations of no image in 'images': annos_segmentation\[3\] \(image_id 'x0'\); .*"
-     r"annos_segmentation\[7\] \(image_id 'x4'\) \(and 1 more\)$"),
+     (r"6 annotations of no image in 'images': annos_segmentation\[3\] \(image_id 'x0'\); .*"
+      r"annos_segmentation\[7\] \(image_id 'x4'\) \(and 1 more\)$")),
 ])
 def test_convert_pascal_context_malformed_records_name_the_record(tmp_path, edit, message):
     path, data = _context_json(tmp_path)

@@ -285,10 +285,9 @@ def _evaluate(plan: _Plan, model: Any, args: argparse.Namespace, stamp: dict, ra
     """Evaluate one benchmark; on rank 0 write its report folder. Returns the report and a title for its table."""
     from simseg.app.report import describe_protocol, write_json
     from simseg.evaluate import evaluate_segmentation, evaluation_classes
+    from simseg.segdata import LabelValueError
     from simseg.segment import Segmenter
     from simseg.visualize import iou_bar_chart
-
-    from simseg.segdata import LabelValueError
 
     dataset, out = plan.dataset, plan.report_dir
     created = rank == 0 and not out.exists()
