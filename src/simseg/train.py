@@ -421,6 +421,27 @@ def check_run_inputs(cfg: dict) -> None:
             raise ConfigError(f"eval.segmentation: {e}") from None
 
 
+def check_fresh_output(run_dir: Path) -> None:
+    """Refuse to start a new run (no ``--resume``) in a folder that holds one: starting would empty its
+    ``metrics.jsonl`` at once and replace or prune its checkpoints at the first checkpoint of the new run.
+
+    Raises:
+        ConfigError: ``train.output_dir`` holds training checkpoints, a final checkpoint or logged steps.
+    """
+    steps = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir())
+    log = run_dir / "metrics.jsonl"
+    if steps:
+        held = f"checkpoints up to {steps[-1]}"
+    elif (run_dir / "checkpoint").is_dir():
+        held = "a final checkpoint"
+    elif log.is_file() and log.stat().st_size:
+        held = "a metrics.jsonl of logged steps"
+    else:
+        return
+    raise ConfigError(f"train.output_dir {run_dir}: already holds a run ({held}); continue it with --resume auto, "
+                      "or choose another train.output_dir (or remove that run)")
+
+
 def _device(name: str) -> torch.device:
     """``train.device``: auto, cpu, cuda (this process's GPU under torchrun) or cuda:N, checked before the model
     moves there."""
@@ -518,6 +539,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     train_pooling = str(mc.get("train_pooling") or "masked")
     run_dir = Path(tc["output_dir"])
     check_run_inputs(cfg)
+    if resume in ("none", "", None):
+        check_fresh_output(run_dir)
     total_steps, global_batch = int(tc["steps"]), int(tc["batch_size"])
     if global_batch % world:
         raise ConfigError(f"train.batch_size ({global_batch}) must be a positive multiple of the world size ({world})")
