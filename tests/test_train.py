@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -236,6 +237,22 @@ def test_damaged_newest_checkpoint_falls_back(vocab_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])  # half-written
     found = find_resume_checkpoint(tmp_path / "run")
     assert found is not None and found[0].name == "step-00000002" and found[1]["step"] == 2
+
+
+def test_resuming_with_another_model_config_is_refused_naming_the_keys(vocab_dir, tmp_path):
+    cfg = _cfg(vocab_dir, tmp_path / "run", steps=2, checkpoint_every=1)
+    train(cfg, batch_iter=_batches(), progress=False)
+    wider = copy.deepcopy(cfg)
+    wider["train"]["steps"] = 4
+    wider["model"]["vision"]["kwargs"]["embed_dim"] = 128  # the checkpoint's ViT is 64 wide: it would be kept
+    wider["model"]["image_topk"] = 3
+    with pytest.raises(ConfigError, match=r"^--resume: .*step-00000002 holds another model than the config's "
+                                          r"\(checkpoint vs config: model\.vision\.kwargs\.embed_dim: 64 vs 128; "
+                                          r"model\.image_topk: 5 vs 3\)"):
+        train(wider, resume="auto", batch_iter=_batches(start=2), progress=False)
+    longer = copy.deepcopy(cfg)  # what a resumed run may change: its length, the dropout, the vocabulary's path
+    longer["train"]["steps"], longer["model"]["dropout"] = 3, 0.0
+    assert train(longer, resume="auto", batch_iter=_batches(start=2), progress=False)["steps"] == 3
 
 
 def test_periodic_evaluation_hooks_are_logged(vocab_dir, tmp_path):

@@ -442,6 +442,27 @@ def check_fresh_output(run_dir: Path) -> None:
                       "or choose another train.output_dir (or remove that run)")
 
 
+#: Model keys a resumed run may change: where the weights first came from, the vocabulary's location (the checkpoint
+#: holds its own copy), and what the run applies itself (dropout, the training pooling, pretrained initialisation).
+_RESUME_FREE_KEYS = ("init", "tokenizer", "dropout", "train_pooling", "pretrained")
+
+
+def model_config_differences(saved: dict, wanted: dict, prefix: str = "model") -> list[str]:
+    """The keys of the config's ``model`` section (``wanted``) whose value differs from a checkpoint's (``saved``), as
+    ``key: checkpoint value vs config value``; keys only the checkpoint has (filled in when it was built) and
+    :data:`_RESUME_FREE_KEYS` are not compared."""
+    differences = []
+    for key, value in wanted.items():
+        if key in _RESUME_FREE_KEYS:
+            continue
+        have = saved.get(key) if isinstance(saved, dict) else None
+        if isinstance(value, dict):
+            differences += model_config_differences(have if isinstance(have, dict) else {}, value, f"{prefix}.{key}")
+        elif have != value:
+            differences.append(f"{prefix}.{key}: {have!r} vs {value!r}")
+    return differences
+
+
 def _device(name: str) -> torch.device:
     """``train.device``: auto, cpu, cuda (this process's GPU under torchrun) or cuda:N, checked before the model
     moves there."""
@@ -557,6 +578,11 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     start_step, extra = 0, {}
     if found is not None:
         ckpt, state, model = found
+        differences = model_config_differences(model.config, mc)
+        if differences:
+            raise ConfigError(f"--resume: {ckpt} holds another model than the config's (checkpoint vs config: "
+                              f"{'; '.join(differences[:3])}); a resumed run keeps its model: resume with the model "
+                              "config it was trained with")
         start_step, extra = int(state["step"]), dict(state["extra"])
         if du.is_main_process():
             print(f"resuming from {ckpt} (step {start_step})", flush=True)
