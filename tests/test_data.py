@@ -116,6 +116,14 @@ def test_tsv_with_image_root_and_custom_columns(tmp_path):
     assert src[0][1] == "a caption, with a comma"
 
 
+def test_a_tsv_source_is_tab_separated_whatever_its_file_is_called(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpeg(0))
+    listing = tmp_path / "pairs.txt"
+    listing.write_text("image\tcaption\na.jpg\ta caption, with a comma\n", encoding="utf-8")
+    src = source_from_spec({"type": "tsv", "path": str(listing)})
+    assert len(src) == 1 and src[0][1] == "a caption, with a comma"
+
+
 def test_csv_missing_column_names_file_and_columns(tmp_path):
     path = tmp_path / "anno.csv"
     path.write_text("filepath,title\nx.jpg,hello\n", encoding="utf-8")

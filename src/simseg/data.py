@@ -764,6 +764,8 @@ def source_from_spec(spec: Mapping[str, Any]) -> Any:
     kwargs = {k: v for k, v in spec.items() if k not in ("type", "weight")}
     if "path" in kwargs:
         kwargs["csv_path"] = kwargs.pop("path")
+    if kind == "tsv":  # tab-separated whatever the file is called (csv: the separator of the file's extension)
+        kwargs.setdefault("sep", "\t")
     return cls(**kwargs)
 
 
