@@ -255,6 +255,18 @@ def test_resuming_with_another_model_config_is_refused_naming_the_keys(vocab_dir
     assert train(longer, resume="auto", batch_iter=_batches(start=2), progress=False)["steps"] == 3
 
 
+def test_resuming_a_finished_run_reports_its_loss_and_fewer_steps_are_refused(vocab_dir, tmp_path):
+    cfg = _cfg(vocab_dir, tmp_path / "run", steps=2, checkpoint_every=1)
+    first = train(cfg, batch_iter=_batches(), progress=False)
+    again = train(cfg, resume="auto", batch_iter=_batches(start=2), progress=False)  # nothing left to run
+    assert again["steps"] == 2 and again["final_loss"] == first["final_loss"]  # the logged loss, not NaN
+    shorter = copy.deepcopy(cfg)
+    shorter["train"]["steps"] = 1
+    with pytest.raises(ConfigError, match=r"^train\.steps: 1 is fewer than the 2 steps of .*step-00000002, the "
+                                          r"checkpoint resumed from$"):
+        train(shorter, resume="auto", batch_iter=_batches(start=2), progress=False)
+
+
 def test_periodic_evaluation_hooks_are_logged(vocab_dir, tmp_path):
     from simseg.synthetic import (
         colour_class_names,

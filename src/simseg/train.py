@@ -275,14 +275,17 @@ class _Logger:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = self.wandb = None
+        self.last_loss = None  # the last loss logged up to the resume step (a finished run resumed runs no step)
         if not enabled:
             return
         if self.path.exists():  # drop what a killed run logged after its last checkpoint (and a cut-off line)
             kept = []
             for ln in self.path.read_text().splitlines():
                 try:
-                    if json.loads(ln).get("step", 0) <= resume_step:
+                    record = json.loads(ln)
+                    if record.get("step", 0) <= resume_step:
                         kept.append(ln)
+                        self.last_loss = record.get("loss", self.last_loss)
                 except ValueError:
                     continue
             atomic_write_bytes(self.path, "".join(ln + "\n" for ln in kept).encode())
@@ -584,6 +587,9 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
                               f"{'; '.join(differences[:3])}); a resumed run keeps its model: resume with the model "
                               "config it was trained with")
         start_step, extra = int(state["step"]), dict(state["extra"])
+        if start_step > total_steps:
+            raise ConfigError(f"train.steps: {total_steps} is fewer than the {start_step} steps of {ckpt}, the "
+                              "checkpoint resumed from")
         if du.is_main_process():
             print(f"resuming from {ckpt} (step {start_step})", flush=True)
         if mc.get("dropout") is not None:
@@ -730,7 +736,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     bad_total = sum(du.all_gather_object(local_bad))
     bad_sources = by_source_total()
     summary: dict[str, Any] = {
-        "steps": total_steps, "final_loss": loss_value, "bad_samples": bad_total,
+        "steps": total_steps, "final_loss": loss_value if start_step < total_steps else logger.last_loss,
+        "bad_samples": bad_total,
         "bad_samples_by_source": bad_sources, "output_dir": str(run_dir), "precision": precision,
         "train_pooling": train_pooling, "schedule": schedule, "world_size": world, "data": mixing,
     }
