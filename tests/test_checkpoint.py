@@ -126,6 +126,17 @@ def test_a_pth_with_a_smaller_vocabulary_than_berts_needs_its_tokenizer(tmp_path
     assert model.encode_text(batch["input_ids"], batch["attention_mask"]).shape == (1, 512)
 
 
+def test_a_training_run_folder_given_as_checkpoint_names_its_model(tmp_path, tiny_model):
+    from simseg.config import save_config
+
+    run = tmp_path / "run"  # what simseg train writes: the run's config.yaml, the final model in checkpoint/
+    save_model(tiny_model, run / "checkpoint")
+    save_config(to_dict(load_preset("tiny")), run / "config.yaml")
+    with pytest.raises(CheckpointError, match=r"run/config\.yaml: not a simseg checkpoint config \(a training run's "
+                                              r"folder: its model is .*run/checkpoint\)$"):
+        load_model(run)
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))

@@ -152,7 +152,9 @@ def _read_own_config(directory: Path) -> dict:
     except Exception as e:
         raise CheckpointError(f"{cfg_path}: unreadable config ({type(e).__name__}: {describe_yaml_error(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != "simseg" or "model" not in doc:
-        raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config")
+        final = directory / "checkpoint"
+        hint = f" (a training run's folder: its model is {final})" if (final / CONFIG_NAME).is_file() else ""
+        raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config{hint}")
     try:
         validate_model_config(doc["model"], where=str(cfg_path))
     except ConfigError as e:
