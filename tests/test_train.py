@@ -597,6 +597,9 @@ def test_resume_skips_damaged_files_and_says_which(vocab_dir, tmp_path, capsys):
                  "--no-progress"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "no valid checkpoint" in last and str(root) in last
+    assert main(["train", "tiny", f"model.tokenizer={vocab_dir}", f"train.output_dir={run}", "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err  # so the advice is another folder, not no --resume
+    assert "start a new run in another train.output_dir" in last
 
 
 # ------------------------------------------------------------------------------------------------ several nodes

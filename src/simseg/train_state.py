@@ -184,8 +184,8 @@ def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict, SimSegModel] | No
             skipped.append(ckpt.name)
     if skipped:
         raise CheckpointError(f"{Path(run_dir) / 'checkpoints'}: no valid checkpoint to resume from "
-                              f"({len(skipped)} damaged: {', '.join(skipped)}); repair or remove them, or train "
-                              "without --resume")
+                              f"({len(skipped)} damaged: {', '.join(skipped)}); repair or remove them, or start a "
+                              "new run in another train.output_dir")
     return None
 
 
