@@ -171,7 +171,8 @@ def test_parquet_hugging_face_image_struct(tmp_path):
 
 def test_parquet_missing_column(tmp_path):
     pq.write_table(pa.table({"jpg": [b"x"], "caption": ["c"]}), tmp_path / "x.parquet")
-    with pytest.raises(InputError, match=r"x\.parquet.*'imbytes'.*\['jpg', 'caption'\]"):
+    with pytest.raises(InputError, match=r"x\.parquet.*'imbytes'.*\['jpg', 'caption'\] \(the source's image_column / "
+                                         r"caption_column name others\)$"):  # the default is the original's name
         ParquetSource(tmp_path / "x.parquet")
 
 

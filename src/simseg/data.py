@@ -276,7 +276,8 @@ class ParquetSource:
             names = pf.schema_arrow.names
             missing = [c for c in (image_column, caption_column) if c not in names]
             if missing:
-                raise InputError(f"{f}: no column {', '.join(repr(c) for c in missing)}; the file has columns {names}")
+                raise InputError(f"{f}: no column {', '.join(repr(c) for c in missing)}; the file has columns {names} "
+                                 "(the source's image_column / caption_column name others)")
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
                 if n:
