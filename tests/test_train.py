@@ -267,6 +267,20 @@ def test_resuming_a_finished_run_reports_its_loss_and_fewer_steps_are_refused(vo
         train(shorter, resume="auto", batch_iter=_batches(start=2), progress=False)
 
 
+def test_resuming_from_a_model_without_training_state_says_to_start_from_it_instead(vocab_dir, tmp_path):
+    from simseg.train_state import resume_checkpoint
+
+    run = tmp_path / "run"
+    train(_cfg(vocab_dir, run, steps=1), batch_iter=_batches(), progress=False)
+    final, weights = run / "checkpoint", run / "checkpoint" / "model.safetensors"  # the final model: no optimizer
+    with pytest.raises(CheckpointError, match=rf"^--resume {final}: a model without training state \(no "
+                                              rf"train_state\.pt\): .* model\.init={final}$"):
+        resume_checkpoint(tmp_path / "new", final)
+    with pytest.raises(CheckpointError, match=rf"^--resume {weights}: a file, not a training checkpoint folder "
+                                              rf"\(to start from its weights: model\.init={weights}\)$"):
+        resume_checkpoint(tmp_path / "new", weights)
+
+
 def test_periodic_evaluation_hooks_are_logged(vocab_dir, tmp_path):
     from simseg.synthetic import (
         colour_class_names,
