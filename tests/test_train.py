@@ -281,6 +281,13 @@ def test_resuming_from_a_model_without_training_state_says_to_start_from_it_inst
         resume_checkpoint(tmp_path / "new", weights)
 
 
+def test_training_progress_in_a_log_is_whole_lines(vocab_dir, tmp_path, capsys):
+    train(_cfg(vocab_dir, tmp_path / "run", steps=6, log_every=1), batch_iter=_batches(), progress=True)
+    err = capsys.readouterr().err  # not a terminal: a line at the start and one at the end, no redraws
+    lines = [ln for ln in err.splitlines() if ln.startswith("train:")]
+    assert "\r" not in err and len(lines) == 2 and "6/6" in lines[-1] and "loss=" in lines[-1]
+
+
 def test_periodic_evaluation_hooks_are_logged(vocab_dir, tmp_path):
     from simseg.synthetic import (
         colour_class_names,

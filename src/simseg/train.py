@@ -545,13 +545,12 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         resume: "none", "auto" (newest valid checkpoint in the output folder, if any), or a checkpoint folder.
         batch_iter: batches to use instead of the configured data sources (tests, the demo): an iterator of
             ``{"images", "captions", "skipped"}`` for THIS rank, starting at the resume step.
-        progress: show a tqdm bar on rank 0.
+        progress: show a progress bar on rank 0 (redrawn on a terminal, whole lines every 30 s in a log).
     """
-    from tqdm.auto import tqdm
-
     from simseg.checkpoint import save_model
     from simseg.config import save_config
     from simseg.model import set_dropout
+    from simseg.progress import progress_bar
 
     validate_config(cfg)
     tc, mc, dc = cfg["train"], cfg["model"], cfg["data"]
@@ -641,8 +640,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         restore_rng(found[1]["rng"], rank, world, device)
 
     # ---- loop
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
-               desc="train", dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
+                       desc="train", unit="step")
     loss_value, t_last, n_last = float("nan"), time.perf_counter(), 0
     saved_bad = extra.get("bad_samples")
     local_bad = int(saved_bad[rank]) if isinstance(saved_bad, list) and len(saved_bad) == world else 0
@@ -715,7 +714,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
             now = time.perf_counter()
             ips = n_last / max(now - t_last, 1e-9)
             t_last, n_last = now, 0
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}", refresh=False)
             record = {"step": done, "loss": loss_value, "lr": lr, "temperature": model.temperature().item(),
                       "images_per_s": ips, "bad_samples": bad_total}
             if bad_sources:
