@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms as T
 
+from simseg.config import load_config, to_dict
 from simseg.data import (
     CsvSource,
     ParquetSource,
@@ -367,6 +368,32 @@ def test_resume_is_exact_and_skips_earlier_batches():
 
 
 # ---------------------------------------------------------------- config entries
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"type": "csv", "path": 3}, r"data\.train\[0\]\.path: 3 is not allowed \(must be a non-empty string\)"),
+    ({"type": "csv", "path": "a.csv", "image_root": ["a"]}, r"data\.train\[0\]\.image_root: \['a'\]"),
+    ({"type": "webdataset", "urls": "a.tar", "resampled": "false"},  # a string: it was taken as true
+     r"data\.train\[0\]\.resampled: 'false' is not allowed \(must be true or false\)"),
+    ({"type": "webdataset", "urls": "a.tar", "seed": "x"}, r"data\.train\[0\]\.seed: 'x' .*must be an integer"),
+    ({"type": "parquet", "paths": "a.parquet", "cache_row_groups": "x"}, r"data\.train\[0\]\.cache_row_groups"),
+])
+def test_a_source_key_of_the_wrong_type_is_one_config_error_naming_it(entry, message):
+    from simseg.schema import validate_config
+
+    cfg = to_dict(load_config("tiny"))
+    cfg["data"]["train"] = [entry]
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_source_paths_urls_and_separator_of_the_wrong_type_are_config_errors():
+    with pytest.raises(ConfigError, match=r"'parquet': paths 5 is not allowed \(must be a path or a list of them\)"):
+        source_from_spec({"type": "parquet", "paths": 5})
+    with pytest.raises(ConfigError, match=r"'webdataset': urls \['a\.tar', 3\] is not allowed \(must be a URL"):
+        source_from_spec({"type": "webdataset", "urls": ["a.tar", 3]})
+    with pytest.raises(ConfigError, match=r"'csv': sep 'ab' is not allowed \(must be one character"):
+        source_from_spec({"type": "csv", "path": "a.csv", "sep": "ab"})
 
 
 def test_source_from_spec(tmp_path):
