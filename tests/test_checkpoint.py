@@ -115,6 +115,28 @@ def test_tampered_key_fails_listing_it(tmp_path, small_model, vocab_dir):
         import_original(tmp_path / "shape.pth", load_tokenizer(vocab_dir), model_config=_small_cfg())
 
 
+def test_a_pth_with_a_smaller_vocabulary_than_berts_needs_its_tokenizer(tmp_path, small_model, vocab_dir):
+    path = tmp_path / "own-vocab.pth"  # an original-layout file whose text tower has the tokens of vocab_dir
+    torch.save(_to_original_layout(small_model), path)
+    with pytest.raises(CheckpointError, match=r"own-vocab\.pth: its text tower has \d+ word embeddings, fewer than "
+                                              r"the tokenizer's 30522 tokens \(give the tokenizer it was trained with"):
+        load_model(path)  # bert-base-uncased by default, whose ids would index past the embeddings
+    model = load_model(path, tokenizer=vocab_dir)
+    batch = model.tokenize(["a photo of a cat."])
+    assert model.encode_text(batch["input_ids"], batch["attention_mask"]).shape == (1, 512)
+
+
+def test_a_training_run_folder_given_as_checkpoint_names_its_model(tmp_path, tiny_model):
+    from simseg.config import save_config
+
+    run = tmp_path / "run"  # what simseg train writes: the run's config.yaml, the final model in checkpoint/
+    save_model(tiny_model, run / "checkpoint")
+    save_config(to_dict(load_preset("tiny")), run / "config.yaml")
+    with pytest.raises(CheckpointError, match=r"run/config\.yaml: not a simseg checkpoint config \(a training run's "
+                                              r"folder: its model is .*run/checkpoint\)$"):
+        load_model(run)
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))

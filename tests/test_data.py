@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms as T
 
+from simseg.config import load_config, to_dict
 from simseg.data import (
     CsvSource,
     ParquetSource,
@@ -116,6 +117,14 @@ def test_tsv_with_image_root_and_custom_columns(tmp_path):
     assert src[0][1] == "a caption, with a comma"
 
 
+def test_a_tsv_source_is_tab_separated_whatever_its_file_is_called(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpeg(0))
+    listing = tmp_path / "pairs.txt"
+    listing.write_text("image\tcaption\na.jpg\ta caption, with a comma\n", encoding="utf-8")
+    src = source_from_spec({"type": "tsv", "path": str(listing)})
+    assert len(src) == 1 and src[0][1] == "a caption, with a comma"
+
+
 def test_csv_missing_column_names_file_and_columns(tmp_path):
     path = tmp_path / "anno.csv"
     path.write_text("filepath,title\nx.jpg,hello\n", encoding="utf-8")
@@ -163,7 +172,8 @@ def test_parquet_hugging_face_image_struct(tmp_path):
 
 def test_parquet_missing_column(tmp_path):
     pq.write_table(pa.table({"jpg": [b"x"], "caption": ["c"]}), tmp_path / "x.parquet")
-    with pytest.raises(InputError, match=r"x\.parquet.*'imbytes'.*\['jpg', 'caption'\]"):
+    with pytest.raises(InputError, match=r"x\.parquet.*'imbytes'.*\['jpg', 'caption'\] \(the source's image_column / "
+                                         r"caption_column name others\)$"):  # the default is the original's name
         ParquetSource(tmp_path / "x.parquet")
 
 
@@ -358,6 +368,32 @@ def test_resume_is_exact_and_skips_earlier_batches():
 
 
 # ---------------------------------------------------------------- config entries
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"type": "csv", "path": 3}, r"data\.train\[0\]\.path: 3 is not allowed \(must be a non-empty string\)"),
+    ({"type": "csv", "path": "a.csv", "image_root": ["a"]}, r"data\.train\[0\]\.image_root: \['a'\]"),
+    ({"type": "webdataset", "urls": "a.tar", "resampled": "false"},  # a string: it was taken as true
+     r"data\.train\[0\]\.resampled: 'false' is not allowed \(must be true or false\)"),
+    ({"type": "webdataset", "urls": "a.tar", "seed": "x"}, r"data\.train\[0\]\.seed: 'x' .*must be an integer"),
+    ({"type": "parquet", "paths": "a.parquet", "cache_row_groups": "x"}, r"data\.train\[0\]\.cache_row_groups"),
+])
+def test_a_source_key_of_the_wrong_type_is_one_config_error_naming_it(entry, message):
+    from simseg.schema import validate_config
+
+    cfg = to_dict(load_config("tiny"))
+    cfg["data"]["train"] = [entry]
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_source_paths_urls_and_separator_of_the_wrong_type_are_config_errors():
+    with pytest.raises(ConfigError, match=r"'parquet': paths 5 is not allowed \(must be a path or a list of them\)"):
+        source_from_spec({"type": "parquet", "paths": 5})
+    with pytest.raises(ConfigError, match=r"'webdataset': urls \['a\.tar', 3\] is not allowed \(must be a URL"):
+        source_from_spec({"type": "webdataset", "urls": ["a.tar", 3]})
+    with pytest.raises(ConfigError, match=r"'csv': sep 'ab' is not allowed \(must be one character"):
+        source_from_spec({"type": "csv", "path": "a.csv", "sep": "ab"})
 
 
 def test_source_from_spec(tmp_path):

@@ -188,3 +188,14 @@ def test_packed_text_tokens_equal_the_padded_ones(tiny_model):
                                    rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="masked"):
         tiny_model.encode_text(ids, mask, masked=False, packed=True)
+
+
+def test_max_length_beyond_the_text_towers_positions_is_one_config_error(vocab_dir):
+    from simseg.config import to_dict
+    from simseg.model import build_model
+
+    cfg = to_dict(load_config("tiny", ["model.max_length=65"]).model)  # the tiny text tower has 64 positions
+    with pytest.raises(ConfigError, match=r"^model\.max_length: 65 is not allowed \(must be at most the text "
+                                          r"tower's max_position_embeddings, 64\)$"):
+        build_model(cfg, load_tokenizer(vocab_dir))
+    assert build_model({**cfg, "max_length": 64}, load_tokenizer(vocab_dir)).max_length == 64

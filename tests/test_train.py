@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -243,6 +244,55 @@ def test_damaged_newest_checkpoint_falls_back(vocab_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])  # half-written
     found = find_resume_checkpoint(tmp_path / "run")
     assert found is not None and found[0].name == "step-00000002" and found[1]["step"] == 2
+
+
+def test_resuming_with_another_model_config_is_refused_naming_the_keys(vocab_dir, tmp_path):
+    cfg = _cfg(vocab_dir, tmp_path / "run", steps=2, checkpoint_every=1)
+    train(cfg, batch_iter=_batches(), progress=False)
+    wider = copy.deepcopy(cfg)
+    wider["train"]["steps"] = 4
+    wider["model"]["vision"]["kwargs"]["embed_dim"] = 128  # the checkpoint's ViT is 64 wide: it would be kept
+    wider["model"]["image_topk"] = 3
+    with pytest.raises(ConfigError, match=r"^--resume: .*step-00000002 holds another model than the config's "
+                                          r"\(checkpoint vs config: model\.vision\.kwargs\.embed_dim: 64 vs 128; "
+                                          r"model\.image_topk: 5 vs 3\)"):
+        train(wider, resume="auto", batch_iter=_batches(start=2), progress=False)
+    longer = copy.deepcopy(cfg)  # what a resumed run may change: its length, the dropout, the vocabulary's path
+    longer["train"]["steps"], longer["model"]["dropout"] = 3, 0.0
+    assert train(longer, resume="auto", batch_iter=_batches(start=2), progress=False)["steps"] == 3
+
+
+def test_resuming_a_finished_run_reports_its_loss_and_fewer_steps_are_refused(vocab_dir, tmp_path):
+    cfg = _cfg(vocab_dir, tmp_path / "run", steps=2, checkpoint_every=1)
+    first = train(cfg, batch_iter=_batches(), progress=False)
+    again = train(cfg, resume="auto", batch_iter=_batches(start=2), progress=False)  # nothing left to run
+    assert again["steps"] == 2 and again["final_loss"] == first["final_loss"]  # the logged loss, not NaN
+    shorter = copy.deepcopy(cfg)
+    shorter["train"]["steps"] = 1
+    with pytest.raises(ConfigError, match=r"^train\.steps: 1 is fewer than the 2 steps of .*step-00000002, the "
+                                          r"checkpoint resumed from$"):
+        train(shorter, resume="auto", batch_iter=_batches(start=2), progress=False)
+
+
+def test_resuming_from_a_model_without_training_state_says_to_start_from_it_instead(vocab_dir, tmp_path):
+    from simseg.train_state import resume_checkpoint
+
+    run = tmp_path / "run"
+    train(_cfg(vocab_dir, run, steps=1), batch_iter=_batches(), progress=False)
+    final, weights = run / "checkpoint", run / "checkpoint" / "model.safetensors"  # the final model: no optimizer
+    with pytest.raises(CheckpointError, match=rf"^--resume {final}: a model without training state \(no "
+                                              rf"train_state\.pt\): .* model\.init={final}$"):
+        resume_checkpoint(tmp_path / "new", final)
+    with pytest.raises(CheckpointError, match=rf"^--resume {weights}: a file, not a training checkpoint folder "
+                                              rf"\(to start from its weights: model\.init={weights}\)$"):
+        resume_checkpoint(tmp_path / "new", weights)
+
+
+def test_training_progress_in_a_log_is_whole_lines(vocab_dir, tmp_path, capsys):
+    train(_cfg(vocab_dir, tmp_path / "run", steps=6, log_every=1), batch_iter=_batches(), progress=True)
+    err = capsys.readouterr().err  # not a terminal: a line at the start and one at the end, no redraws
+    lines = [ln for ln in err.splitlines() if ln.startswith("train:")]
+    assert "\r" not in err and len(lines) == 2 and "6/6" in lines[-1] and "loss=" in lines[-1]
 
 
 def test_periodic_evaluation_hooks_are_logged(vocab_dir, tmp_path):
@@ -575,6 +625,9 @@ def test_resume_skips_damaged_files_and_says_which(vocab_dir, tmp_path, capsys):
                  "--no-progress"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "no valid checkpoint" in last and str(root) in last
+    assert main(["train", "tiny", f"model.tokenizer={vocab_dir}", f"train.output_dir={run}", "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err  # so the advice is another folder, not no --resume
+    assert "start a new run in another train.output_dir" in last
 
 
 # ------------------------------------------------------------------------------------------------ several nodes

@@ -152,7 +152,9 @@ def _read_own_config(directory: Path) -> dict:
     except Exception as e:
         raise CheckpointError(f"{cfg_path}: unreadable config ({type(e).__name__}: {describe_yaml_error(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != "simseg" or "model" not in doc:
-        raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config")
+        final = directory / "checkpoint"
+        hint = f" (a training run's folder: its model is {final})" if (final / CONFIG_NAME).is_file() else ""
+        raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config{hint}")
     try:
         validate_model_config(doc["model"], where=str(cfg_path))
     except ConfigError as e:
@@ -379,7 +381,13 @@ def import_original(
     ``load_model(..., image_size=288)``) for the evaluation resolution.
     """
     state, mapped = read_original_state(path)
-    model = build_model(model_config or infer_original_config(state), tokenizer, pretrained=False, empty=True)
+    config = model_config or infer_original_config(state)
+    embeddings = state.get(_ORIG_TEXT + "embeddings.word_embeddings.weight")  # absent: named by the key check
+    words = int(embeddings.shape[0]) if embeddings is not None else None
+    if tokenizer is not None and words is not None and tokenizer.vocab_size > words:
+        raise CheckpointError(f"{path}: its text tower has {words} word embeddings, fewer than the tokenizer's "
+                              f"{tokenizer.vocab_size} tokens (give the tokenizer it was trained with: --tokenizer)")
+    model = build_model(config, tokenizer, pretrained=False, empty=True)
     _load_checked(model, mapped, str(path), assign=True)
     return model
 
@@ -450,9 +458,7 @@ def load_model(
     elif p.is_dir():
         model = _load_own(p, tok, text=text)
     elif p.is_file():
-        model = import_original(p, tok)
-        if tok is None:  # the release's tokenizer, shipped with simseg; never a download
-            model.tokenizer = default_tokenizer()
+        model = import_original(p, tok if tok is not None else default_tokenizer())  # the release's, shipped
     else:
         raise InputError(f"{path_or_preset}: checkpoint not found (and not a preset: {', '.join(preset_names())})")
     if image_size is not None:

@@ -276,7 +276,8 @@ class ParquetSource:
             names = pf.schema_arrow.names
             missing = [c for c in (image_column, caption_column) if c not in names]
             if missing:
-                raise InputError(f"{f}: no column {', '.join(repr(c) for c in missing)}; the file has columns {names}")
+                raise InputError(f"{f}: no column {', '.join(repr(c) for c in missing)}; the file has columns {names} "
+                                 "(the source's image_column / caption_column name others)")
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
                 if n:
@@ -762,8 +763,20 @@ def source_from_spec(spec: Mapping[str, Any]) -> Any:
     if absent:
         raise ConfigError(f"data source of type {kind!r}: missing key {absent[0]!r}")
     kwargs = {k: v for k, v in spec.items() if k not in ("type", "weight")}
+    for key in ("paths", "urls"):  # the other keys' value types are checked with the config (simseg.schema)
+        if key in kwargs:
+            items = kwargs[key] if isinstance(kwargs[key], (list, tuple)) else [kwargs[key]]
+            if not items or not all(isinstance(v, os.PathLike) or (isinstance(v, str) and v.strip()) for v in items):
+                raise ConfigError(f"data source of type {kind!r}: {key} {kwargs[key]!r} is not allowed (must be a "
+                                  f"{key[:-1].replace('url', 'URL')} or a list of them)")
+    sep = kwargs.get("sep")
+    if sep is not None and not (isinstance(sep, str) and len(sep) == 1):
+        raise ConfigError(f"data source of type {kind!r}: sep {sep!r} is not allowed (must be one character, e.g. "
+                          "',' or '\\t')")
     if "path" in kwargs:
         kwargs["csv_path"] = kwargs.pop("path")
+    if kind == "tsv":  # tab-separated whatever the file is called (csv: the separator of the file's extension)
+        kwargs.setdefault("sep", "\t")
     return cls(**kwargs)
 
 

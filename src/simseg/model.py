@@ -493,6 +493,10 @@ def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained:
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the text tower only {bert.config.vocab_size} embeddings"
         )
+    positions = int(bert.config.max_position_embeddings)
+    if int(cfg.get("max_length", 25)) > positions:
+        raise ConfigError(f"model.max_length: {cfg['max_length']} is not allowed (must be at most the text tower's "
+                          f"max_position_embeddings, {positions})")
     cfg["text"] = {**text, "config": {**(text.get("config") or {}), "vocab_size": bert.config.vocab_size}}
     model = _assemble(cfg, vit, bert, tokenizer)
     if cfg.get("dropout") is not None:

@@ -78,6 +78,15 @@ class SourceSchema:
     weight: Optional[float] = _optional(None, gt=0)
     num_samples: Optional[int] = _optional(None, ge=1)
     allow_missing_shards: bool = _optional(False)
+    # the value types of the per-type keys, where a source has them (paths, urls and sep: simseg.data)
+    path: str = _optional(None)
+    image_root: Optional[str] = _optional(None)
+    image_column: str = _optional(None)
+    caption_column: str = _optional(None)
+    cache_row_groups: int = _optional(None, ge=1)
+    shuffle_buffer: int = _optional(None, ge=0)
+    resampled: bool = _optional(False)
+    seed: int = _optional(None)
 
 
 #: Sections whose other keys are checked elsewhere: a source's keys differ per type (simseg.data.source_from_spec).

@@ -241,11 +241,12 @@ def train_wordpiece_vocab(texts: list[str], out_dir: str | os.PathLike, vocab_si
 def read_captions(path: str | os.PathLike, column: str = "caption") -> list[str]:
     """The captions of a text file (one per line) or a CSV / TSV file with a header row (the ``column`` column).
 
-    ``.csv`` is comma-separated and ``.tsv`` / ``.tab`` tab-separated; any other suffix is read as plain text. A
-    byte-order mark and Windows line endings are accepted; blank captions are left out.
+    ``.csv`` is comma-separated and ``.tsv`` / ``.tab`` tab-separated; ``.json`` / ``.jsonl`` are refused (their
+    lines are records, not captions); any other suffix is read as plain text. A byte-order mark and Windows line
+    endings are accepted; blank captions are left out.
 
     Raises:
-        InputError: the file is missing, not UTF-8 text, has no ``column`` column, or holds no caption.
+        InputError: the file is missing, JSON, not UTF-8 text, has no ``column`` column, or holds no caption.
     """
     import csv
     import io
@@ -253,6 +254,9 @@ def read_captions(path: str | os.PathLike, column: str = "caption") -> list[str]
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: {'is a folder, not a captions file' if path.is_dir() else 'file not found'}")
+    if path.suffix.lower() in (".json", ".jsonl"):
+        raise InputError(f"{path}: a JSON file, whose lines would be read as captions; give a text file (one caption "
+                         f"per line) or a CSV / TSV with a {column!r} column")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

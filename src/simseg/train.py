@@ -275,14 +275,17 @@ class _Logger:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = self.wandb = None
+        self.last_loss = None  # the last loss logged up to the resume step (a finished run resumed runs no step)
         if not enabled:
             return
         if self.path.exists():  # drop what a killed run logged after its last checkpoint (and a cut-off line)
             kept = []
             for ln in self.path.read_text().splitlines():
                 try:
-                    if json.loads(ln).get("step", 0) <= resume_step:
+                    record = json.loads(ln)
+                    if record.get("step", 0) <= resume_step:
                         kept.append(ln)
+                        self.last_loss = record.get("loss", self.last_loss)
                 except ValueError:
                     continue
             atomic_write_bytes(self.path, "".join(ln + "\n" for ln in kept).encode())
@@ -421,6 +424,48 @@ def check_run_inputs(cfg: dict) -> None:
             raise ConfigError(f"eval.segmentation: {e}") from None
 
 
+def check_fresh_output(run_dir: Path) -> None:
+    """Refuse to start a new run (no ``--resume``) in a folder that holds one: starting would empty its
+    ``metrics.jsonl`` at once and replace or prune its checkpoints at the first checkpoint of the new run.
+
+    Raises:
+        ConfigError: ``train.output_dir`` holds training checkpoints, a final checkpoint or logged steps.
+    """
+    steps = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir())
+    log = run_dir / "metrics.jsonl"
+    if steps:
+        held = f"checkpoints up to {steps[-1]}"
+    elif (run_dir / "checkpoint").is_dir():
+        held = "a final checkpoint"
+    elif log.is_file() and log.stat().st_size:
+        held = "a metrics.jsonl of logged steps"
+    else:
+        return
+    raise ConfigError(f"train.output_dir {run_dir}: already holds a run ({held}); continue it with --resume auto, "
+                      "or choose another train.output_dir (or remove that run)")
+
+
+#: Model keys a resumed run may change: where the weights first came from, the vocabulary's location (the checkpoint
+#: holds its own copy), and what the run applies itself (dropout, the training pooling, pretrained initialisation).
+_RESUME_FREE_KEYS = ("init", "tokenizer", "dropout", "train_pooling", "pretrained")
+
+
+def model_config_differences(saved: dict, wanted: dict, prefix: str = "model") -> list[str]:
+    """The keys of the config's ``model`` section (``wanted``) whose value differs from a checkpoint's (``saved``), as
+    ``key: checkpoint value vs config value``; keys only the checkpoint has (filled in when it was built) and
+    :data:`_RESUME_FREE_KEYS` are not compared."""
+    differences = []
+    for key, value in wanted.items():
+        if key in _RESUME_FREE_KEYS:
+            continue
+        have = saved.get(key) if isinstance(saved, dict) else None
+        if isinstance(value, dict):
+            differences += model_config_differences(have if isinstance(have, dict) else {}, value, f"{prefix}.{key}")
+        elif have != value:
+            differences.append(f"{prefix}.{key}: {have!r} vs {value!r}")
+    return differences
+
+
 def _device(name: str) -> torch.device:
     """``train.device``: auto, cpu, cuda (this process's GPU under torchrun) or cuda:N, checked before the model
     moves there."""
@@ -500,7 +545,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
         resume: "none", "auto" (newest valid checkpoint in the output folder, if any), or a checkpoint folder.
         batch_iter: batches to use instead of the configured data sources (tests, the demo): an iterator of
             ``{"images", "captions", "skipped"}`` for THIS rank, starting at the resume step.
-        progress: show a tqdm bar on rank 0.
+        progress: show a progress bar on rank 0 (redrawn on a terminal, whole lines every 30 s in a log).
     """
     from simseg.checkpoint import save_model
     from simseg.config import save_config
@@ -517,6 +562,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     train_pooling = str(mc.get("train_pooling") or "masked")
     run_dir = Path(tc["output_dir"])
     check_run_inputs(cfg)
+    if resume in ("none", "", None):
+        check_fresh_output(run_dir)
     total_steps, global_batch = int(tc["steps"]), int(tc["batch_size"])
     if global_batch % world:
         raise ConfigError(f"train.batch_size ({global_batch}) must be a positive multiple of the world size ({world})")
@@ -533,7 +580,15 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     start_step, extra = 0, {}
     if found is not None:
         ckpt, state, model = found
+        differences = model_config_differences(model.config, mc)
+        if differences:
+            raise ConfigError(f"--resume: {ckpt} holds another model than the config's (checkpoint vs config: "
+                              f"{'; '.join(differences[:3])}); a resumed run keeps its model: resume with the model "
+                              "config it was trained with")
         start_step, extra = int(state["step"]), dict(state["extra"])
+        if start_step > total_steps:
+            raise ConfigError(f"train.steps: {total_steps} is fewer than the {start_step} steps of {ckpt}, the "
+                              "checkpoint resumed from")
         if du.is_main_process():
             print(f"resuming from {ckpt} (step {start_step})", flush=True)
         if mc.get("dropout") is not None:
@@ -586,7 +641,7 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
 
     # ---- loop
     bar = progress_bar(total=total_steps, initial=start_step, disable=not (progress and du.is_main_process()),
-                       desc="train")
+                       desc="train", unit="step")
     loss_value, t_last, n_last = float("nan"), time.perf_counter(), 0
     saved_bad = extra.get("bad_samples")
     local_bad = int(saved_bad[rank]) if isinstance(saved_bad, list) and len(saved_bad) == world else 0
@@ -681,7 +736,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     bad_total = sum(du.all_gather_object(local_bad))
     bad_sources = by_source_total()
     summary: dict[str, Any] = {
-        "steps": total_steps, "final_loss": loss_value, "bad_samples": bad_total,
+        "steps": total_steps, "final_loss": loss_value if start_step < total_steps else logger.last_loss,
+        "bad_samples": bad_total,
         "bad_samples_by_source": bad_sources, "output_dir": str(run_dir), "precision": precision,
         "train_pooling": train_pooling, "schedule": schedule, "world_size": world, "data": mixing,
     }

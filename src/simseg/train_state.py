@@ -184,8 +184,8 @@ def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict, SimSegModel] | No
             skipped.append(ckpt.name)
     if skipped:
         raise CheckpointError(f"{Path(run_dir) / 'checkpoints'}: no valid checkpoint to resume from "
-                              f"({len(skipped)} damaged: {', '.join(skipped)}); repair or remove them, or train "
-                              "without --resume")
+                              f"({len(skipped)} damaged: {', '.join(skipped)}); repair or remove them, or start a "
+                              "new run in another train.output_dir")
     return None
 
 
@@ -235,8 +235,15 @@ def resume_checkpoint(run_dir: Path, resume: str | os.PathLike | None) -> tuple[
                 found = find_resume_checkpoint(Path(run_dir))
             else:
                 ckpt = Path(resume)
+                if ckpt.is_file():
+                    raise CheckpointError(f"--resume {ckpt}: a file, not a training checkpoint folder (to start from "
+                                          f"its weights: model.init={ckpt})")
                 if not ckpt.is_dir():
                     raise CheckpointError(f"--resume {ckpt}: no such checkpoint folder")
+                if not (ckpt / STATE_NAME).exists() and (ckpt / "model.safetensors").is_file():
+                    raise CheckpointError(f"--resume {ckpt}: a model without training state (no {STATE_NAME}): give "
+                                          f"a folder of the run's checkpoints/, or start from its weights with "
+                                          f"model.init={ckpt}")
                 found = (ckpt, read_training_state(ckpt), load_model(ckpt))
             decision = None if found is None else {"name": found[0].name, "path": str(found[0]),
                                                     "step": int(found[1]["step"]), "sha256": _weights_sha(found[0])}

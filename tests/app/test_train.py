@@ -90,3 +90,23 @@ def test_options_may_come_before_between_or_after_overrides(vocab_dir, tmp_path,
     assert main(["train", base[0], "--no-progress", *base[1:3], "--resume", "auto", *base[3:],
                  "train.lr=-1"]) == 2
     assert "train.lr: -1 is not allowed" in capsys.readouterr().err
+
+
+def test_a_new_run_in_a_folder_holding_a_run_is_refused_and_loses_nothing(vocab_dir, tmp_path, capsys):
+    from simseg.app.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "tiny", f"model.tokenizer={vocab_dir}", f"train.output_dir={out}", "train.steps=2",
+            "train.batch_size=8", "train.checkpoint_every=1", "train.log_every=1", "model.vision.img_size=32",
+            "data.image_size=32", f"data.train=[{{type: csv, path: {_write_csv_data(tmp_path / 'data')}}}]",
+            "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    log, checkpoints = (out / "metrics.jsonl").read_bytes(), sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert main(args) == 2  # the same command again, without --resume: the first run's log and checkpoints stay
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"train.output_dir {out}: already holds a run (checkpoints up to step-00000002)" in err[0]
+    assert "--resume auto" in err[0]
+    assert (out / "metrics.jsonl").read_bytes() == log
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == checkpoints
+    assert main([*args, "--resume", "auto"]) == 0

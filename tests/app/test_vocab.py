@@ -34,6 +34,10 @@ def test_vocab_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["vocab", str(tmp_path / "c.txt"), str(tmp_path / "file" / "sub")]) == 2
     assert "OUT_DIR" in capsys.readouterr().err
+    (tmp_path / "pairs.jsonl").write_text('{"image": "1.jpg", "caption": "a dog"}\n')
+    assert main(["vocab", str(tmp_path / "pairs.jsonl"), str(tmp_path / "j")]) == 2  # not a vocabulary of its syntax
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pairs.jsonl: a JSON file" in err and not (tmp_path / "j").exists()
 
 
 def test_train_tiny_on_user_data_needs_no_tokenizer_and_no_network(tmp_path, monkeypatch, capsys):
