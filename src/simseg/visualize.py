@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from simseg.images import to_rgb
+
 
 def palette(num_colors: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map: (num_colors, 3) uint8, index 0 black, 1 dark red, 2 dark green, ...
@@ -175,7 +177,7 @@ def overlay(
     Returns:
         An RGB image: the blend, with the legend in a strip on the right.
     """
-    base = image.convert("RGB")
+    base = to_rgb(image)
     lab = np.asarray(labels)
     if lab.shape != (base.height, base.width):
         raise ValueError(f"overlay: labels {lab.shape} do not match the image size {base.height}x{base.width}")
