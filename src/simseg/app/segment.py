@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give the class names with exactly one of --classes or --classes-file")
     classes = read_class_file(args.classes_file) if args.classes_file else parse_class_list(args.classes)
     if len(classes) > 256:
-        raise InputError(f"--classes: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
+        source = args.classes_file or "--classes"
+        raise InputError(f"{source}: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
                          "background)")
     protocol, params, recorded = resolve_protocol(args.protocol, parse_set(args.params),
                                                   evaluation_defaults(args.checkpoint))
