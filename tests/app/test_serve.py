@@ -303,6 +303,8 @@ def test_body_limit_middleware_at_its_boundary():
         ({"templates": "all"}, png_bytes(), 400, "templates: 'all'"),
         ({"example": "7"}, None, 400, "not a built-in example"),
         ({"example": "one"}, None, 400, "expected an example number"),
+        ({"example": "0"}, None, 400, "example: 0 is not a built-in example: this server has none"),  # not 0..-1
+        ({"image": "street.jpg"}, None, 400, "image: expected an uploaded file, got the text 'street.jpg'"),
     ],
 )
 def test_bad_input_gets_a_clear_json_error_and_the_server_stays_up(model, fields, data, status, message):

@@ -660,6 +660,9 @@ def create_app(
         upload = form.get("image")
         example_text = _text(form, "example")
         image: bytes | int
+        if isinstance(upload, str) and upload:  # e.g. curl -F image=photo.jpg, without the @ that uploads the file
+            raise RequestError(400, f"image: expected an uploaded file, got the text {upload[:60]!r} (with curl: "
+                                    "-F image=@FILE)")
         if upload is not None and not isinstance(upload, str):
             name = upload.filename or "upload"
             data = await upload.read(limits.max_upload_bytes + 1)
@@ -670,6 +673,9 @@ def create_app(
                 image = int(example_text)
             except ValueError:
                 raise RequestError(400, f"example: expected an example number, got {example_text!r}") from None
+            if not service.examples:
+                raise RequestError(400, f"example: {image} is not a built-in example: this server has none (simseg "
+                                        "serve --demo has them); upload an image instead")
             if not 0 <= image < len(service.examples):
                 raise RequestError(400, f"example: {image} is not a built-in example (0..{len(service.examples) - 1})")
             name = service.examples[image][0]
