@@ -745,6 +745,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_option(parser, default="cpu")
 
 
+def _limits(args: argparse.Namespace) -> ServeLimits:
+    """The limits of the command line, each checked under its option's name and unit (ServeLimits names its fields,
+    in bytes: ``--max-upload-mb -1`` would read as -1048576 bytes, and nan or inf MB could not become bytes at all)."""
+    import math
+
+    from simseg.app.options import check_at_least
+
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb * 2**20 >= 1):
+        raise InputError(f"--max-upload-mb: must be a positive, finite number of MB (at least one byte), got "
+                         f"{args.max_upload_mb:g}")
+    for option, value in (("--max-pixels", args.max_pixels), ("--max-classes", args.max_classes),
+                          ("--queue", args.queue)):
+        check_at_least(option, value, 1)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise InputError(f"--timeout: must be a positive, finite number of seconds, got {args.timeout:g}")
+    return ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                       max_classes=args.max_classes, timeout_s=args.timeout, queue=args.queue)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``simseg serve`` until interrupted."""
     import simseg
@@ -767,8 +786,7 @@ def run(args: argparse.Namespace) -> int:
         if not DEMO_CHECKPOINT.exists():
             raise InputError(f"--demo: {DEMO_CHECKPOINT} not found; run 'simseg demo' first (in this folder), or "
                              "give --checkpoint")
-    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                         max_classes=args.max_classes, timeout_s=args.timeout, queue=args.queue)
+    limits = _limits(args)
     from simseg.app.options import describe_recorded, resolve_protocol
     from simseg.checkpoint import evaluation_defaults
 
