@@ -605,6 +605,29 @@ def test_cli_serves_a_checkpoint_with_its_recorded_evaluation_defaults(tmp_path,
     assert config["default_protocol"] == "simseg" and config["default_classes"] == "cat"
 
 
+def test_cli_answers_state_the_checkpoint_and_versions_as_segment_json_does(tmp_path, monkeypatch, model, capsys):
+    import json
+
+    import uvicorn
+
+    from simseg.app.cli import main
+    from simseg.checkpoint import save_model
+
+    ckpt = save_model(model, tmp_path / "ck")
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app))
+    cache = str(tmp_path / "cache")
+    assert main(["serve", "--checkpoint", str(ckpt), "--protocol", "dense", "--cache-dir", cache]) == 0
+    answer = post(TestClient(served["app"]), png_bytes(), templates="single").json()
+    (tmp_path / "img.png").write_bytes(png_bytes())
+    assert main(["segment", str(tmp_path / "img.png"), "--classes", CLASSES, "--checkpoint", str(ckpt), "--protocol",
+                 "dense", "--templates", "single", "--cache-dir", cache, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "segment.json").read_text())
+    assert answer["checkpoint"] == report["checkpoint"] and len(answer["checkpoint"]["sha256"]) == 64
+    assert answer["versions"] == report["versions"] and answer["versions"]["simseg"]
+    capsys.readouterr()
+
+
 def test_cli_needs_a_checkpoint_or_a_demo_model(tmp_path, monkeypatch, capsys):
     from simseg.app.cli import main
 
