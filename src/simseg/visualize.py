@@ -135,6 +135,18 @@ def save_label_png(labels: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans, which matplotlib ships (Latin, Greek and Cyrillic: class names such as 'café' or 'Straße'), found
+    without importing matplotlib; else Pillow's default font, whose glyphs are ASCII only."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            try:
+                return ImageFont.truetype(str(path), size)
+            except OSError:  # a damaged install: the default font still draws ASCII
+                break
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
