@@ -29,6 +29,8 @@ def test_cli_segment_end_to_end(vocab_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 1  # one image failed
     assert "broken.jpg" in captured.err and "street.jpg" not in captured.err
+    line, = [row for row in captured.err.splitlines() if "broken.jpg" in row]
+    assert line.startswith(f"error: {bad}: corrupt or truncated image") and line.count("broken.jpg") == 1
     labels = Image.open(out / "street_labels.png")
     assert labels.mode == "P" and labels.size == (56, 40)
     assert set(np.unique(np.asarray(labels))) <= {0, 1, 2}

@@ -204,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
                            out / f"{stem}_overlay.png")
             except SimSegError as e:
                 failed += 1
-                bar.write(f"{path}: error: {e}", file=sys.stderr)
+                # a read error names the image already (once is enough); another (an output) gets its name
+                named = str(e).startswith(f"{path}: ")
+                bar.write(f"error: {e}" if named else f"{path}: error: {e}", file=sys.stderr)
                 records.append({"image": str(path), "error": str(e)})
                 continue
             found = ", ".join(f"{name} {score:.3f}" for name, score in result.found) or "nothing (all background)"
