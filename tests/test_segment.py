@@ -361,6 +361,30 @@ def test_segment_convenience_takes_paths_and_lists(model, tmp_path):
     assert [r.labels.shape for r in many] == [(20, 30), (20, 30)]
 
 
+@pytest.mark.parametrize("protocol", ["simseg", "dense"])
+def test_a_pil_image_of_any_mode_segments_as_its_file_does(model, tmp_path, protocol):
+    from simseg.images import load_image
+    from simseg.segment import segment
+    from simseg.visualize import overlay
+
+    rng = np.random.default_rng(5)
+    rgba = np.dstack([rng.integers(0, 256, (24, 40, 3)), rng.integers(0, 256, (24, 40))]).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rng.integers(0, 65536, (24, 40)).astype(np.uint16)).save(tmp_path / "grey16.png")
+    params = {"crf": False} if protocol == "simseg" else {"short_side": 32, "crop_size": 32, "stride": 16}
+    for name in ("rgba.png", "grey16.png"):
+        opened = Image.open(tmp_path / name)
+        assert opened.mode in ("RGBA", "I;16")
+        from_file, from_pil = segment(model, [tmp_path / name, opened], "cat, dog", protocol=protocol,
+                                      templates="single", cache_dir=tmp_path, **params)
+        # Image.convert("RGB") would clip the 16-bit values to white and drop the alpha channel
+        np.testing.assert_array_equal(from_pil.scores, from_file.scores)
+        np.testing.assert_array_equal(from_pil.labels, from_file.labels)
+        np.testing.assert_array_equal(np.asarray(overlay(opened, from_pil.labels, from_pil.class_names)),
+                                      np.asarray(overlay(load_image(tmp_path / name), from_file.labels,
+                                                         from_file.class_names)))
+
+
 # ------------------------------------------------------------------ the dense protocol
 def test_window_starts_cover_the_image():
     assert _window_starts(448, 448, 224) == [0]
@@ -787,6 +811,7 @@ def test_segment_many_without_workers_and_its_errors(model, tmp_path):
 
     class Unreadable:  # an image whose conversion fails the way a truncated file does
         size = (10, 10)
+        mode = "CMYK"
 
         def convert(self, mode):
             raise InputError("broken.jpg: truncated image")

@@ -101,3 +101,17 @@ def test_iou_bar_chart_and_grid(tmp_path):
     grid = image_grid([[a, b], [b]], tmp_path / "grid.png", titles=["image", "pred"], cell_height=20)
     assert (tmp_path / "grid.png").is_file()
     assert grid.height >= 2 * 20 and grid.width >= 40 + 20
+
+
+def test_the_legend_draws_accented_greek_and_cyrillic_class_names():
+    from simseg.visualize import overlay
+
+    image = Image.new("RGB", (60, 40), (90, 90, 90))
+    labels = np.ones((40, 60), np.int64)
+
+    def legend(name: str) -> np.ndarray:
+        return np.asarray(overlay(image, labels, ["background", name]))[:, 60:]
+
+    # a font without these glyphs draws each as the same empty box: the names would be told apart by nothing
+    for a, b in (("é", "ß"), ("Ü", "ö"), ("λ", "ж")):
+        assert not np.array_equal(legend(f"caf{a}"), legend(f"caf{b}")), (a, b)

@@ -21,8 +21,10 @@ from simseg.errors import ImageTooLargeError, InputError, one_line
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB."""
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB: high bit depths scaled to 0..255,
+    transparent pixels composited on white (``Image.convert("RGB")`` would clip 16-bit values and drop alpha).
+    An RGB image is returned as it is; any other is a new image."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -103,7 +105,7 @@ def load_image(
             img.load()
             if exif_transpose:
                 img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return to_rgb(img)
     except InputError:
         raise
     except Image.DecompressionBombError as e:

@@ -53,6 +53,7 @@ from PIL import Image
 from simseg.classnames import flatten_synonyms, max_over_synonyms, parse_class_list, resolve_templates, templates_name
 from simseg.embeddings import class_embeddings
 from simseg.errors import ConfigError, InputError, SimSegError
+from simseg.images import to_rgb
 from simseg.packed import packed_view
 from simseg.protocols import DEFAULT_PROTOCOL, DenseParams, SimSegParams, make_params
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_normalize, short_side_size
@@ -325,7 +326,7 @@ class SimSegProtocol:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """``Resize((S, S))`` (PIL bilinear), ``ToTensor``, ``Normalize``: a (1, 3, S, S) float32 batch (CPU)."""
         size = self.params.input_size
-        return resize_normalize(image.convert("RGB"), (size, size), self.mean, self.std).unsqueeze(0)
+        return resize_normalize(to_rgb(image), (size, size), self.mean, self.std).unsqueeze(0)
 
     @torch.inference_mode()
     def forward(self, model: Any, class_emb: torch.Tensor, x: torch.Tensor,
@@ -452,7 +453,7 @@ class DenseProtocol:
             size = (max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5)))
         else:
             size = short_side_size(width, height, p.short_side)  # short side, PIL bilinear
-        x = resize_normalize(image.convert("RGB"), size, self.mean, self.std)
+        x = resize_normalize(to_rgb(image), size, self.mean, self.std)
         _, h, w = x.shape
         crop, stride = p.crop_size, p.stride
         # pad to at least one window; padded pixels are cut off below
@@ -671,7 +672,8 @@ class Segmenter:
                                          scores, size, crf_fn=crf_fn, class_of_name=self.class_of_name)
 
     def __call__(self, image: Image.Image) -> SegmentationResult:
-        """Segment one RGB PIL image; the label map has the image's size."""
+        """Segment one PIL image; the label map has the image's size. A mode other than RGB is converted as
+        :func:`simseg.images.load_image` converts a file (16-bit grey scaled, transparency on white)."""
         return self.protocol(self._forward_model, self.class_emb, self.class_names, image, self.class_of_name)
 
     def segment_many(self, images: Iterable[Image.Image | SimSegError], crf_workers: int = 0, lanes: int = 1,

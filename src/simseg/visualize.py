@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from simseg.images import to_rgb
+
 
 def palette(num_colors: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map: (num_colors, 3) uint8, index 0 black, 1 dark red, 2 dark green, ...
@@ -133,6 +135,18 @@ def save_label_png(labels: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans, which matplotlib ships (Latin, Greek and Cyrillic: class names such as 'café' or 'Straße'), found
+    without importing matplotlib; else Pillow's default font, whose glyphs are ASCII only."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            try:
+                return ImageFont.truetype(str(path), size)
+            except OSError:  # a damaged install: the default font still draws ASCII
+                break
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
@@ -175,7 +189,7 @@ def overlay(
     Returns:
         An RGB image: the blend, with the legend in a strip on the right.
     """
-    base = image.convert("RGB")
+    base = to_rgb(image)
     lab = np.asarray(labels)
     if lab.shape != (base.height, base.width):
         raise ValueError(f"overlay: labels {lab.shape} do not match the image size {base.height}x{base.width}")

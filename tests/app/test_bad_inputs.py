@@ -226,6 +226,9 @@ CASES = [
     case(SEG.replace("cat,dog", "cat,background"), 2, "'background' must be the first entry"),
     case(SEG.replace("cat,dog", ",".join(f"c{i}" for i in range(300))), 2, "a palette label PNG holds at most 255",
          id="segment 300 classes"),
+    case(SEG.replace("--classes cat,dog", "--classes-file $d/c.txt"), 2,
+         "c.txt: 300 classes; a palette label PNG holds at most 255",
+         {"c.txt": "".join(f"c{i}\n" for i in range(300))}, id="segment --classes-file of 300 classes"),
     case(SEG.replace("--classes cat,dog", "--classes-file $d/none.txt"), 2, "none.txt: class file not found"),
     case(SEG.replace("--classes cat,dog", "--classes-file $d/cls"), 2, "cls: class file not found", {"cls": DIR}),
     case(SEG.replace("--classes cat,dog", "--classes-file $d/c.txt"), 2, "c.txt: class file is empty",
@@ -599,11 +602,16 @@ CASES = [
     case("serve --checkpoint $ck --port 70000", 2, "--port: must be between 1 and 65535, got 70000"),
     case("serve --checkpoint $ck --host no.such.host.invalid", 2, "cannot listen on no.such.host.invalid"),
     case("serve --checkpoint $ck --classes cat,,dog", 2, "empty class name at position 2"),
-    case("serve --checkpoint $ck --max-pixels 0", 2, "serve limit max_pixels: must be at least 1, got 0"),
-    case("serve --checkpoint $ck --queue 0", 2, "serve limit queue: must be at least 1, got 0"),
-    case("serve --checkpoint $ck --timeout 0", 2, "serve limit timeout: must be a positive, finite number of seconds"),
-    case("serve --checkpoint $ck --timeout nan", 2, "timeout: must be a positive, finite number of seconds, got nan"),
-    case("serve --checkpoint $ck --max-upload-mb 0", 2, "max_upload"),
+    case("serve --checkpoint $ck --max-pixels 0", 2, "--max-pixels: must be at least 1, got 0"),
+    case("serve --checkpoint $ck --max-classes 0", 2, "--max-classes: must be at least 1, got 0"),
+    case("serve --checkpoint $ck --queue 0", 2, "--queue: must be at least 1, got 0"),
+    case("serve --checkpoint $ck --timeout 0", 2, "--timeout: must be a positive, finite number of seconds, got 0"),
+    case("serve --checkpoint $ck --timeout nan", 2, "--timeout: must be a positive, finite number of seconds, got nan"),
+    case("serve --checkpoint $ck --max-upload-mb 0", 2, "--max-upload-mb: must be a positive, finite number of MB"),
+    case("serve --checkpoint $ck --max-upload-mb -1", 2, "--max-upload-mb: must be a positive, finite number of MB "
+         "(at least one byte), got -1", id="serve --max-upload-mb -1 (not -1048576 bytes)"),
+    case("serve --checkpoint $ck --max-upload-mb nan", 2, "--max-upload-mb: must be a positive, finite number of MB"),
+    case("serve --checkpoint $ck --max-upload-mb inf", 2, "--max-upload-mb: must be a positive, finite number of MB"),
 ]
 
 

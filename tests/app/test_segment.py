@@ -29,6 +29,8 @@ def test_cli_segment_end_to_end(vocab_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 1  # one image failed
     assert "broken.jpg" in captured.err and "street.jpg" not in captured.err
+    line, = [row for row in captured.err.splitlines() if "broken.jpg" in row]
+    assert line.startswith(f"error: {bad}: corrupt or truncated image") and line.count("broken.jpg") == 1
     labels = Image.open(out / "street_labels.png")
     assert labels.mode == "P" and labels.size == (56, 40)
     assert set(np.unique(np.asarray(labels))) <= {0, 1, 2}
@@ -121,3 +123,24 @@ def test_output_folder_that_is_a_file_is_a_one_line_error(tiny_model, vocab_dir,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--out" in err[0] and "Traceback" not in err[0]
 
+
+
+def test_an_output_that_cannot_be_written_fails_that_image_in_one_line(tiny_model, tmp_path, capsys):
+    from simseg.checkpoint import save_model
+
+    ck = save_model(tiny_model, tmp_path / "ck")
+    for name in ("a", "b"):
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    (out / "a_labels.png").mkdir(parents=True)  # an earlier mistake left a folder where a's labels go
+    code = main(["segment", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--classes", "cat", "--checkpoint",
+                 str(ck), "--no-crf", "--templates", "single", "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    line, = [row for row in captured.err.splitlines() if "a_labels.png" in row]
+    assert "a.png" in line and "cannot write" in line
+    report = json.loads((out / "segment.json").read_text())  # the report and the other image are still written
+    assert report["num_failed"] == 1 and "a_labels.png" in report["images"][0]["error"]
+    assert (out / "b_labels.png").is_file() and (out / "b_overlay.png").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

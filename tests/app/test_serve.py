@@ -303,6 +303,8 @@ def test_body_limit_middleware_at_its_boundary():
         ({"templates": "all"}, png_bytes(), 400, "templates: 'all'"),
         ({"example": "7"}, None, 400, "not a built-in example"),
         ({"example": "one"}, None, 400, "expected an example number"),
+        ({"example": "0"}, None, 400, "example: 0 is not a built-in example: this server has none"),  # not 0..-1
+        ({"image": "street.jpg"}, None, 400, "image: expected an uploaded file, got the text 'street.jpg'"),
     ],
 )
 def test_bad_input_gets_a_clear_json_error_and_the_server_stays_up(model, fields, data, status, message):
@@ -601,6 +603,29 @@ def test_cli_serves_a_checkpoint_with_its_recorded_evaluation_defaults(tmp_path,
     assert main(["serve", "--checkpoint", str(ckpt), "--protocol", "simseg", "--classes", "cat"]) == 0
     config = TestClient(served["app"]).get("/config").json()
     assert config["default_protocol"] == "simseg" and config["default_classes"] == "cat"
+
+
+def test_cli_answers_state_the_checkpoint_and_versions_as_segment_json_does(tmp_path, monkeypatch, model, capsys):
+    import json
+
+    import uvicorn
+
+    from simseg.app.cli import main
+    from simseg.checkpoint import save_model
+
+    ckpt = save_model(model, tmp_path / "ck")
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app))
+    cache = str(tmp_path / "cache")
+    assert main(["serve", "--checkpoint", str(ckpt), "--protocol", "dense", "--cache-dir", cache]) == 0
+    answer = post(TestClient(served["app"]), png_bytes(), templates="single").json()
+    (tmp_path / "img.png").write_bytes(png_bytes())
+    assert main(["segment", str(tmp_path / "img.png"), "--classes", CLASSES, "--checkpoint", str(ckpt), "--protocol",
+                 "dense", "--templates", "single", "--cache-dir", cache, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "segment.json").read_text())
+    assert answer["checkpoint"] == report["checkpoint"] and len(answer["checkpoint"]["sha256"]) == 64
+    assert answer["versions"] == report["versions"] and answer["versions"]["simseg"]
+    capsys.readouterr()
 
 
 def test_cli_needs_a_checkpoint_or_a_demo_model(tmp_path, monkeypatch, capsys):

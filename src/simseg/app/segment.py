@@ -111,6 +111,21 @@ def _leave_trace(model: Any, checkpoint: str, size: int, cache: Path) -> None:
         warnings.warn(f"{cache}: the traced image tower for a quick start could not be written ({e})")
 
 
+def _write_png(image: Any, path: Path) -> None:
+    """Write an output PNG atomically (no half-written file after a kill); an unwritable path (a folder of that name,
+    a read-only file, a full disk) is one error naming the file."""
+    import io
+
+    from simseg.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as e:
+        raise InputError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Write a label PNG and an overlay per image, print the classes found, and write ``segment.json``.
 
@@ -127,13 +142,14 @@ def run(args: argparse.Namespace) -> int:
     from simseg.classnames import parse_class_list, read_class_file
     from simseg.images import load_image
     from simseg.progress import progress_bar
-    from simseg.visualize import overlay, save_label_png
+    from simseg.visualize import label_image, overlay
 
     if (args.classes is None) == (args.classes_file is None):
         raise InputError("give the class names with exactly one of --classes or --classes-file")
     classes = read_class_file(args.classes_file) if args.classes_file else parse_class_list(args.classes)
     if len(classes) > 256:
-        raise InputError(f"--classes: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
+        source = args.classes_file or "--classes"
+        raise InputError(f"{source}: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
                          "background)")
     protocol, params, recorded = resolve_protocol(args.protocol, parse_set(args.params),
                                                   evaluation_defaults(args.checkpoint))
@@ -183,12 +199,14 @@ def run(args: argparse.Namespace) -> int:
             try:
                 if isinstance(result, SimSegError):
                     raise result
-                save_label_png(result.labels, out / f"{stem}_labels.png")
-                overlay(image, result.labels, result.class_names,
-                        scores=result.scores).save(out / f"{stem}_overlay.png")
+                _write_png(label_image(result.labels), out / f"{stem}_labels.png")
+                _write_png(overlay(image, result.labels, result.class_names, scores=result.scores),
+                           out / f"{stem}_overlay.png")
             except SimSegError as e:
                 failed += 1
-                bar.write(f"{path}: error: {e}", file=sys.stderr)
+                # a read error names the image already (once is enough); another (an output) gets its name
+                named = str(e).startswith(f"{path}: ")
+                bar.write(f"error: {e}" if named else f"{path}: error: {e}", file=sys.stderr)
                 records.append({"image": str(path), "error": str(e)})
                 continue
             found = ", ".join(f"{name} {score:.3f}" for name, score in result.found) or "nothing (all background)"

@@ -152,6 +152,8 @@ class SegmentService:
         protocol_params: per protocol name, parameters for the default segmenter (e.g. the demo model's input
             size); default: the protocols' own defaults (the paper's).
         default_protocol: the protocol of a request that names none (and the page's initial choice).
+        checkpoint: the checkpoint's fingerprint (path and sha256, :func:`simseg.app.report.provenance`'s
+            ``checkpoint``), stated in every answer with the software versions; empty when not given.
     """
 
     def __init__(
@@ -165,7 +167,10 @@ class SegmentService:
         title: str = "",
         protocol_params: dict[str, dict] | None = None,
         default_protocol: str = DEFAULT_PROTOCOL,
+        checkpoint: dict[str, Any] | None = None,
     ):
+        from simseg.app.report import software_versions
+
         if default_protocol not in PROTOCOLS:
             raise InputError(f"protocol {default_protocol!r}: not one of {', '.join(PROTOCOLS)}")
         self.model = model
@@ -178,6 +183,8 @@ class SegmentService:
         self.cache_dir = cache_dir
         self.factory = segmenter_factory
         self.title = title
+        self.checkpoint = dict(checkpoint or {})
+        self.versions = software_versions()
         self._segmenters: OrderedDict[tuple, Any] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simseg-serve")
         self._admitted = 0
@@ -297,6 +304,8 @@ class SegmentService:
             "details": getattr(result, "details", {}),
             "labels_png_base64": _png_base64(label_image(labels)),
             "overlay_png_base64": _png_base64(blend),
+            "checkpoint": self.checkpoint,
+            "versions": self.versions,
             "seconds": round(time.perf_counter() - start, 3),
         }
 
@@ -454,6 +463,8 @@ SEGMENT_RESPONSE_SCHEMA: dict[str, Any] = {
                               "description": "label map as a PNG whose pixel values are class indices"},
         "overlay_png_base64": {"type": "string", "format": "byte",
                                "description": "the image with the classes painted over it (same size)"},
+        "checkpoint": {"type": "object", "description": "the checkpoint that produced the answer: path and sha256"},
+        "versions": {"type": "object", "description": "the software versions (Python, simseg, torch, ...)"},
         "seconds": {"type": "number", "description": "processing time of the request"},
     },
 }
@@ -505,6 +516,7 @@ def create_app(
     title: str = "",
     protocol_params: dict[str, dict] | None = None,
     default_protocol: str = DEFAULT_PROTOCOL,
+    checkpoint: dict[str, Any] | None = None,
 ) -> Any:
     """The FastAPI app: the page at ``/``, ``POST /segment``, ``GET /health``, ``GET /config``, ``GET /examples/N``,
     and the API's description at ``/docs`` and ``/openapi.json``.
@@ -519,6 +531,7 @@ def create_app(
         title: what the page calls the model.
         protocol_params: per protocol, parameters for the segmenter (see :class:`SegmentService`).
         default_protocol: the protocol of a request that names none, and the page's initial choice.
+        checkpoint: the checkpoint's fingerprint every answer states (see :class:`SegmentService`).
 
     Returns:
         A FastAPI app; its :class:`SegmentService` is ``app.state.service``.
@@ -533,7 +546,7 @@ def create_app(
     limits = limits or ServeLimits()
     service = SegmentService(model, limits, default_classes=default_classes, examples=examples, cache_dir=cache_dir,
                              segmenter_factory=segmenter_factory, title=title, protocol_params=protocol_params,
-                             default_protocol=default_protocol)
+                             default_protocol=default_protocol, checkpoint=checkpoint)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -660,6 +673,9 @@ def create_app(
         upload = form.get("image")
         example_text = _text(form, "example")
         image: bytes | int
+        if isinstance(upload, str) and upload:  # e.g. curl -F image=photo.jpg, without the @ that uploads the file
+            raise RequestError(400, f"image: expected an uploaded file, got the text {upload[:60]!r} (with curl: "
+                                    "-F image=@FILE)")
         if upload is not None and not isinstance(upload, str):
             name = upload.filename or "upload"
             data = await upload.read(limits.max_upload_bytes + 1)
@@ -670,6 +686,9 @@ def create_app(
                 image = int(example_text)
             except ValueError:
                 raise RequestError(400, f"example: expected an example number, got {example_text!r}") from None
+            if not service.examples:
+                raise RequestError(400, f"example: {image} is not a built-in example: this server has none (simseg "
+                                        "serve --demo has them); upload an image instead")
             if not 0 <= image < len(service.examples):
                 raise RequestError(400, f"example: {image} is not a built-in example (0..{len(service.examples) - 1})")
             name = service.examples[image][0]
@@ -739,6 +758,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_option(parser, default="cpu")
 
 
+def _limits(args: argparse.Namespace) -> ServeLimits:
+    """The limits of the command line, each checked under its option's name and unit (ServeLimits names its fields,
+    in bytes: ``--max-upload-mb -1`` would read as -1048576 bytes, and nan or inf MB could not become bytes at all)."""
+    import math
+
+    from simseg.app.options import check_at_least
+
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb * 2**20 >= 1):
+        raise InputError(f"--max-upload-mb: must be a positive, finite number of MB (at least one byte), got "
+                         f"{args.max_upload_mb:g}")
+    for option, value in (("--max-pixels", args.max_pixels), ("--max-classes", args.max_classes),
+                          ("--queue", args.queue)):
+        check_at_least(option, value, 1)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise InputError(f"--timeout: must be a positive, finite number of seconds, got {args.timeout:g}")
+    return ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                       max_classes=args.max_classes, timeout_s=args.timeout, queue=args.queue)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``simseg serve`` until interrupted."""
     import simseg
@@ -761,9 +799,9 @@ def run(args: argparse.Namespace) -> int:
         if not DEMO_CHECKPOINT.exists():
             raise InputError(f"--demo: {DEMO_CHECKPOINT} not found; run 'simseg demo' first (in this folder), or "
                              "give --checkpoint")
-    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                         max_classes=args.max_classes, timeout_s=args.timeout, queue=args.queue)
+    limits = _limits(args)
     from simseg.app.options import describe_recorded, resolve_protocol
+    from simseg.app.report import provenance
     from simseg.checkpoint import evaluation_defaults
 
     device = resolve_device(args.device)
@@ -792,7 +830,8 @@ def run(args: argparse.Namespace) -> int:
 
         parse_class_list(default_classes)  # a typo in --classes fails here, not on the page
     app = create_app(model, limits, default_classes=default_classes, examples=examples, cache_dir=args.cache_dir,
-                     title=checkpoint, protocol_params=protocol_params, default_protocol=protocol)
+                     title=checkpoint, protocol_params=protocol_params, default_protocol=protocol,
+                     checkpoint=provenance(checkpoint, model=model)["checkpoint"])
     print(f"simseg serve: {checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
