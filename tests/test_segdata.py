@@ -105,7 +105,8 @@ def test_a_sample_listed_twice_is_refused_not_counted_twice(tmp_path):
     base = write_voc(tmp_path, {"2007_000001": np.zeros((2, 3), np.uint8), "2007_000002": np.ones((2, 3), np.uint8)})
     val = base / "ImageSets" / "Segmentation" / "val.txt"
     val.write_text("2007_000001\n2007_000002\n\n 2007_000001 \n")
-    with pytest.raises(InputError, match=r"val\.txt: line 4: sample id '2007_000001' is listed twice \(first on line 1"):
+    with pytest.raises(InputError,
+                       match=r"val\.txt: line 4: sample id '2007_000001' is listed twice \(first on line 1"):
         SegmentationBenchmark("pascal_voc", tmp_path)
     presence = benchmark_presence("pascal_voc", tmp_path)  # --dataset all: shown as missing, with the reason
     assert not presence.present and "listed twice" in presence.reason

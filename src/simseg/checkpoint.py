@@ -175,7 +175,8 @@ def _load_own(directory: Path, tokenizer: Tokenizer | None, text: bool = True) -
     recorded = doc.get("weights_sha256")
     digest = file_sha256(weights) if recorded else None
     if recorded and digest != recorded:
-        raise CheckpointError(f"{weights}: does not match the sha256 recorded in {CONFIG_NAME} (a partial or mixed save)")
+        raise CheckpointError(
+            f"{weights}: does not match the sha256 recorded in {CONFIG_NAME} (a partial or mixed save)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:

@@ -65,7 +65,8 @@ def contrastive_loss(
         the scalar loss averaged over the local rows.
     """
     if image_emb.shape != text_emb.shape:
-        raise ValueError(f"image and text embeddings differ in shape: {tuple(image_emb.shape)} vs {tuple(text_emb.shape)}")
+        raise ValueError(
+            f"image and text embeddings differ in shape: {tuple(image_emb.shape)} vs {tuple(text_emb.shape)}")
     if all_text_emb is None:
         all_text_emb = gather_features(text_emb, world_size)
     if all_image_emb is None:

@@ -262,8 +262,9 @@ class SimSegModel(nn.Module):
     def tokenize(self, texts: list[str] | str, padding: str = "max_length") -> dict[str, torch.Tensor]:
         """Token ids and attention mask for ``texts`` (max_length 25), on the model's device."""
         if self.tokenizer is None:
-            raise ConfigError("this model has no tokenizer: pass a folder with vocab.txt (or a Hugging Face name such as "
-                              "bert-base-uncased) as tokenizer=... to load_model, or --tokenizer on the command line")
+            raise ConfigError("this model has no tokenizer: pass a folder with vocab.txt (or a Hugging Face name such "
+                              "as bert-base-uncased) as tokenizer=... to load_model, or --tokenizer on the command "
+                              "line")
         batch = self.tokenizer(texts, max_length=self.max_length, padding=padding)
         return {k: v.to(self.device) for k, v in batch.items()}
 

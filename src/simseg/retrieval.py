@@ -6,10 +6,10 @@ JSON-lines file (``image`` path relative to that file, ``caption``, optional ``i
 
 The protocol of the paper: a SQUARE ``Resize((324, 324))`` (the image is squashed, aspect ratio not kept: the
 original's ``resize`` transform), ``CenterCrop(288)``, ImageNet normalisation, LoDA-pooled (masked) L2-normalised
-embeddings, images de-duplicated by ``image_id`` before encoding. ``resize_mode="short"`` resizes the short side to 324
-instead (aspect ratio kept), an option; :func:`protocol_info` states which one produced a number. I2T R@K counts an image when any of
-its captions is among its top K texts; T2I R@K counts a caption when its image is among its top K images; RSUM is
-the sum of the six recalls, all in percent. Examples::
+embeddings, images de-duplicated by ``image_id`` before encoding. ``resize_mode="short"`` resizes the short side to
+324 instead (aspect ratio kept), an option; :func:`protocol_info` states which one produced a number. I2T R@K counts an
+image when any of its captions is among its top K texts; T2I R@K counts a caption when its image is among its top K
+images; RSUM is the sum of the six recalls, all in percent. Examples::
 
     simseg eval-retrieval --dataset f30k --data-root data --checkpoint simseg.vit-b.pth --out runs/f30k
     torchrun --nproc_per_node 8 -m simseg eval-retrieval --dataset coco --data-root data --checkpoint ckpt/

@@ -598,7 +598,8 @@ def train(cfg: dict, resume: str = "none", batch_iter: Iterator[dict] | None = N
     model.to(device).train()
     broadcast_parameters(model)
     opt = adamw(param_groups(model, float(tc["weight_decay"]), bool(tc.get("decay_exclude_1d", False))),
-                lr=float(tc["lr"]), betas=tuple(tc["betas"]), eps=float(tc["eps"]), kernel=str(tc.get("adamw", "fused")))
+                lr=float(tc["lr"]), betas=tuple(tc["betas"]), eps=float(tc["eps"]),
+                kernel=str(tc.get("adamw", "fused")))
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if found is not None:
         try:
