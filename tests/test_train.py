@@ -3,6 +3,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,6 +246,24 @@ def test_damaged_newest_checkpoint_falls_back(vocab_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])  # half-written
     found = find_resume_checkpoint(tmp_path / "run")
     assert found is not None and found[0].name == "step-00000002" and found[1]["step"] == 2
+
+
+def test_a_save_removes_the_temp_folders_of_killed_writers_only(vocab_dir, tmp_path):
+    cfg = _cfg(vocab_dir, tmp_path / "run", steps=2, checkpoint_every=1)
+    train(cfg, batch_iter=_batches(), progress=False)
+    root = tmp_path / "run" / "checkpoints"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a writer killed mid-save: its pid runs no more
+    orphan = root / f".tmp-step-00000003-{gone.pid}"
+    live = root / f".tmp-step-00000003-{os.getppid()}"  # a process that runs (another writer saving now)
+    for folder in (orphan, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    longer = copy.deepcopy(cfg)
+    longer["train"]["steps"] = 3
+    train(longer, resume="auto", batch_iter=_batches(start=2), progress=False)
+    assert not orphan.exists() and live.is_dir()
+    assert sorted(p.name for p in root.glob("step-*"))[-1] == "step-00000003"
 
 
 def test_resuming_with_another_model_config_is_refused_naming_the_keys(vocab_dir, tmp_path):

@@ -68,7 +68,8 @@ def save_training_checkpoint(
 
     ``extra`` (counters, data positions: plain JSON values) goes to ``state.json``; ``rng`` holds every rank's
     :func:`rng_snapshot`, so each rank resumes its own dropout stream. Checkpoints of later steps than this one (left
-    by a run that was rewound to an earlier checkpoint) are removed."""
+    by a run that was rewound to an earlier checkpoint) are removed, and so are the half-written temp folders of
+    processes killed while saving (:func:`remove_orphaned_temp_folders`)."""
     from simseg.checkpoint import save_model
 
     root = run_dir / "checkpoints"
@@ -89,11 +90,35 @@ def save_training_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_bytes(root / LATEST_NAME, final.name.encode())
+    remove_orphaned_temp_folders(root)
     done = sorted(p for p in root.glob("step-*") if p.name <= final.name)
     stale = [p for p in root.glob("step-*") if p.name > final.name]
     for old in stale + (done[:-keep] if keep > 0 else []):
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # it exists (another user's), or the id cannot be checked: keep its folder
+    return True
+
+
+def remove_orphaned_temp_folders(root: Path) -> list[Path]:
+    """Remove the ``.tmp-step-*-PID`` folders under ``root`` (a run's ``checkpoints/``) whose writer process is gone:
+    a process killed while saving leaves one, a whole checkpoint's size, that nothing would read or remove. The
+    folder of a process that still runs (one saving now) is kept. Returns the folders removed."""
+    removed = []
+    for tmp in sorted(Path(root).glob(".tmp-step-*")):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if tmp.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
 
 
 def read_training_state(ckpt: Path) -> dict:
