@@ -548,6 +548,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least("--limit", args.limit, 1)
     check_at_least("--num-overlays", args.num_overlays, 0)
+    check_at_least("--workers", args.workers, 1)
     names, explicit = parse_benchmark_selection(args.dataset)
     single = explicit and len(names) == 1
     _check_names_options(args, names, single)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from simseg.app.options import (add_checkpoint_options, add_device_option, add_parallel_options, add_protocol_options,
-                                describe_recorded, output_dir, parallel_plan, parse_set, resolve_device,
+                                check_at_least, describe_recorded, output_dir, parallel_plan, parse_set, resolve_device,
                                 resolve_protocol, torch_threads)
 from simseg.errors import InputError, SimSegError
 
@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         source = args.classes_file or "--classes"
         raise InputError(f"{source}: {len(classes) - 1} classes; a palette label PNG holds at most 255 (plus "
                          "background)")
+    check_at_least("--workers", args.workers, 1)  # before loading a model: fail fast
     protocol, params, recorded = resolve_protocol(args.protocol, parse_set(args.params),
                                                   evaluation_defaults(args.checkpoint))
     if protocol == "simseg" and not args.no_crf:
