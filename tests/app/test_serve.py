@@ -805,6 +805,15 @@ def test_page_in_headless_chromium_uploads_segments_and_shows_overlay_legend_sco
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
+    # an error after a result: the earlier result goes, so that it cannot pass for the answer to this request
+    browser.find_element(By.ID, "classes").clear()
+    browser.find_element(By.ID, "submit").click()
+    error = wait.until(lambda d: d.find_element(By.ID, "error") if d.find_element(By.ID, "error").is_displayed()
+                       else False)
+    assert "classes: empty" in error.text
+    assert not browser.find_element(By.ID, "result").is_displayed()
+    assert not browser.find_element(By.ID, "overlay").is_displayed()
+
     # the API page renders from the local Swagger UI (the browser has no network)
     from simseg.app.serve import swagger_ui_dir
 

@@ -8,6 +8,9 @@ function showError(message) {
   const box = $("error");
   box.textContent = message;
   box.hidden = false;
+  // an earlier request's result must not stay beside the error, where it would pass for this request's answer
+  $("result").hidden = true;
+  $("placeholder").hidden = false;
 }
 
 function clearError() {
