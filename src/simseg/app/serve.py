@@ -623,10 +623,17 @@ def create_app(
 
     error = {"content": {"application/json": {"schema": _ERROR_SCHEMA}}}
 
-    @app.get("/examples/{index}.png", summary="a built-in example image (PNG)",
-             responses={404: {"description": "no such example", **error}})
-    async def example(index: str) -> Response:
-        # read here, not by FastAPI: its validation error would be a 422 in another JSON shape
+    # the index is read here, not by FastAPI: its validation error would be a 422 in another JSON shape (and a
+    # declared parameter would list that 422 in the schema), so the schema's parameter is given by hand
+    @app.get("/examples/{index}.png", summary="a built-in example image (PNG)", response_class=Response,
+             responses={200: {"description": "the example image", "content": {"image/png": {
+                 "schema": {"type": "string", "format": "binary"}}}},
+                        404: {"description": "no such example", **error}},
+             openapi_extra={"parameters": [{"name": "index", "in": "path", "required": True,
+                                            "description": "the example's number (GET /config lists them)",
+                                            "schema": {"type": "integer", "minimum": 0}}]})
+    async def example(request: Request) -> Response:
+        index = request.path_params["index"]
         number = int(index) if index.isdigit() else -1
         if not 0 <= number < len(service.example_png):
             raise RequestError(404, f"example {index!r}: no such example (there are {len(service.example_png)})")
