@@ -628,6 +628,12 @@ def test_cli_answers_state_the_checkpoint_and_versions_as_segment_json_does(tmp_
     cache = str(tmp_path / "cache")
     assert main(["serve", "--checkpoint", str(ckpt), "--protocol", "dense", "--cache-dir", cache]) == 0
     answer = post(TestClient(served["app"]), png_bytes(), templates="single").json()
+    # the start-up line names the checkpoint with its hash, the URL and the protocol of requests that name none
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("simseg serve:")]
+    assert line == [(f"simseg serve: {ckpt} (sha256 {answer['checkpoint']['sha256'][:12]}) on "
+                     "http://127.0.0.1:8000/; requests that name no protocol get dense (Ctrl+C stops)")]
+    assert main(["serve", "--checkpoint", str(ckpt), "--host", "::1", "--port", "8125"]) == 0
+    assert "on http://[::1]:8125/; requests that name no protocol get simseg" in capsys.readouterr().out
     (tmp_path / "img.png").write_bytes(png_bytes())
     assert main(["segment", str(tmp_path / "img.png"), "--classes", CLASSES, "--checkpoint", str(ckpt), "--protocol",
                  "dense", "--templates", "single", "--cache-dir", cache, "--out", str(tmp_path / "out")]) == 0

@@ -808,7 +808,7 @@ def run(args: argparse.Namespace) -> int:
                              "give --checkpoint")
     limits = _limits(args)
     from simseg.app.options import describe_recorded, resolve_protocol
-    from simseg.app.report import provenance
+    from simseg.app.report import provenance, short_sha
     from simseg.checkpoint import evaluation_defaults
 
     device = resolve_device(args.device)
@@ -836,9 +836,12 @@ def run(args: argparse.Namespace) -> int:
         from simseg.classnames import parse_class_list
 
         parse_class_list(default_classes)  # a typo in --classes fails here, not on the page
+    fingerprint = provenance(checkpoint, model=model)["checkpoint"]
     app = create_app(model, limits, default_classes=default_classes, examples=examples, cache_dir=args.cache_dir,
                      title=checkpoint, protocol_params=protocol_params, default_protocol=protocol,
-                     checkpoint=provenance(checkpoint, model=model)["checkpoint"])
-    print(f"simseg serve: {checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+                     checkpoint=fingerprint)
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address is bracketed in a URL
+    print(f"simseg serve: {checkpoint} (sha256 {short_sha(fingerprint)}) on http://{host}:{args.port}/; requests "
+          f"that name no protocol get {protocol} (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
