@@ -158,3 +158,24 @@ def test_table_and_verdict_show_the_three_views_and_every_threshold():
     # the paper protocol alone below its threshold fails its row and only it
     assert [r["passed"] for r in verdict(_run_results(44.9, 56.0, 99.5), cls)] == [False, True, True, True]
     assert "57.0 with 1 object, 37.0 with 2 objects" in count_note(loda)
+
+
+def test_every_number_of_a_model_evaluation_states_its_protocol(tmp_path, tiny_model):
+    """results.json holds evaluate_model's output: its retrieval numbers say which transforms and input size made them,
+    as its segmentation numbers do (and as eval-retrieval's metrics.json does)."""
+    from simseg.app.demo import ColourSplit, evaluate_model
+    from simseg.retrieval import protocol_info
+    from simseg.synthetic import export_retrieval_parquet, export_segmentation_split, generate_scenes
+
+    size = tiny_model.image_size
+    scenes = generate_scenes(3, 0, size=64)
+    root = export_segmentation_split(scenes, tmp_path / "eval")
+    retrieval = export_retrieval_parquet(scenes, tmp_path / "eval", captions_per_image=1)
+    try:
+        out = evaluate_model(tiny_model, ColourSplit(root), retrieval, tmp_path / "cache", progress=False)
+    finally:
+        tiny_model.set_image_size(size)
+    assert all(seg["protocol"]["name"] in ("simseg", "dense") for seg in out["segmentation"].values())
+    assert out["retrieval"]["num_images"] == 3
+    assert out["retrieval"]["protocol"] == protocol_info(tiny_model, resize_size=size, crop_size=size)
+    assert out["retrieval"]["protocol"]["input_size"] == size

@@ -263,11 +263,12 @@ def evaluate_model(
     Returns:
         ``{"segmentation": {protocol name: {"fg_mIoU", "mIoU", "per_class", "fg_per_class", "mIoU_by_objects",
         "protocol"}}, "patch_similarity": {...}, "colour_embedding_mean_cosine": float,
-        "retrieval": {...}, "predictions": {protocol name: {index: labels}}}``; mIoUs in percent.
+        "retrieval": {metric: value, "protocol"}, "predictions": {protocol name: {index: labels}}}``; mIoUs
+        and recalls in percent.
     """
     from simseg.evaluate import evaluate_segmentation
     from simseg.metrics import ConfusionMatrix
-    from simseg.retrieval import evaluate_retrieval
+    from simseg.retrieval import evaluate_retrieval, protocol_info
     from simseg.segdata import IGNORE_INDEX
     from simseg.segment import Segmenter
 
@@ -315,6 +316,8 @@ def evaluate_model(
     r = evaluate_retrieval(model, retrieval, crop_size=size, resize_size=size, progress=progress, num_workers=1)
     out["retrieval"] = {k: r[k] for k in ("I2T_R@1", "I2T_R@5", "T2I_R@1", "T2I_R@5", "RSUM", "num_images",
                                           "num_captions") if k in r}
+    # as eval-retrieval's metrics.json: the transforms, input size and pooling that produced these numbers
+    out["retrieval"]["protocol"] = protocol_info(model, resize_size=size, crop_size=size)
     return out
 
 
