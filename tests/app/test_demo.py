@@ -82,8 +82,15 @@ def _error(capsys) -> str:
     (["--steps", "0"], "--steps: must be at least 1"),
     (["--steps", "-3"], "--steps: must be at least 1"),
     (["--seed", "-1"], "--seed: must be a non-negative integer"),
+    (["--seed", str(2**64)], "--seed: must be a non-negative integer up to 4294967295"),
 ])
-def test_absurd_arguments_are_refused(tmp_path, capsys, argv, message):
+def test_absurd_arguments_are_refused(tmp_path, capsys, monkeypatch, argv, message):
+    from simseg.app import demo
+
+    def started(*args, **kwargs):
+        raise AssertionError("the demo started")
+
+    monkeypatch.setattr(demo, "run_demo_pipeline", started)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), *argv]) == 2
     assert message in _error(capsys)

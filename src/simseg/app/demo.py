@@ -56,6 +56,8 @@ EVAL_SEED_OFFSET = 1_000_003
 #: What the demo must reach to PASS, as fractions (not percent): colour mIoU with background under the paper's
 #: protocol (``paper_miou``) and the dense one (``bg_miou``), colour fg mIoU (``fg_miou``), LoDA minus CLS (``gap``).
 THRESHOLDS = {"paper_miou": 0.45, "fg_miou": 0.85, "bg_miou": 0.45, "gap": 0.50}
+#: The largest ``--seed`` (training seeds torch's generators with it, plus the epoch).
+MAX_SEED = 2**32 - 1
 #: What the demo writes in its output folder; ``--force`` removes exactly these (never anything else).
 OUTPUTS = ("data", "loda", "cls", "report.md", "results.json", "grid.png", "similarity_maps.png",
            "training_curves.png")
@@ -168,8 +170,8 @@ def check_out_dir(out: Path, force: bool) -> None:
 def _check_arguments(steps: int | None, seed: int) -> None:
     if steps is not None and steps < 1:
         raise InputError(f"--steps: must be at least 1, got {steps}")
-    if seed < 0:
-        raise InputError(f"--seed: must be a non-negative integer, got {seed}")
+    if not 0 <= seed <= MAX_SEED:  # a larger one overflows torch's seeding, after the data were generated
+        raise InputError(f"--seed: must be a non-negative integer up to {MAX_SEED}, got {seed}")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -826,7 +828,7 @@ def run(args: argparse.Namespace) -> int:
         0 when every threshold is met, 1 otherwise (the report is written either way).
 
     Raises:
-        InputError: ``--steps`` below 1, a negative ``--seed``, or an output folder that exists (without
+        InputError: ``--steps`` below 1, a ``--seed`` outside 0..MAX_SEED, or an output folder that exists (without
             ``--force``) or cannot be written.
     """
     _check_arguments(args.steps, args.seed)
