@@ -133,11 +133,32 @@ def test_force_replaces_only_the_demos_own_files(tmp_path):
 
     out = tmp_path / "demo"
     (out / "loda" / "checkpoint").mkdir(parents=True)
+    (out / "data" / "train").mkdir(parents=True)
+    (out / "data" / "vocab").mkdir()
     (out / "report.md").write_text("old report")
     (out / "notes.txt").write_text("mine")
     clear_previous_outputs(out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert "loda" in OUTPUTS and "report.md" in OUTPUTS
+
+
+def test_force_keeps_a_data_folder_the_demo_did_not_write(tmp_path, capsys, monkeypatch):
+    from simseg.app import demo
+
+    def started(*args, **kwargs):
+        raise AssertionError("the demo started")
+
+    monkeypatch.setattr(demo, "run_demo_pipeline", started)
+    out = tmp_path / "project"
+    (out / "data" / "coco").mkdir(parents=True)
+    (out / "data" / "coco" / "annotations.json").write_text("{}")
+    (out / "report.md").write_text("old report")
+    assert main(["demo", "--out", str(out), "--force"]) == 2
+    err = _error(capsys)
+    assert str(out / "data") in err and "coco" in err and "does not write" in err
+    # nothing was removed: neither the foreign folder nor the demo's files
+    assert (out / "data" / "coco" / "annotations.json").read_text() == "{}"
+    assert (out / "report.md").read_text() == "old report"
 
 
 def _run_results(paper: float, dense_bg: float, dense_fg: float) -> dict:

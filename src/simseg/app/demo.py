@@ -61,6 +61,13 @@ MAX_SEED = 2**32 - 1
 #: What the demo writes in its output folder; ``--force`` removes exactly these (never anything else).
 OUTPUTS = ("data", "loda", "cls", "report.md", "results.json", "grid.png", "similarity_maps.png",
            "training_curves.png")
+#: What the demo (and training, in a run folder) writes inside its output folders: a folder of that name holding
+#: anything else is not the demo's, and ``--force`` refuses to remove it (``data`` is a common name).
+OUTPUT_CONTENTS = {
+    "data": {"train", "vocab", "eval"},
+    "loda": {"checkpoint", "checkpoints", "metrics.jsonl", "config.yaml", "tensorboard", "wandb", "cache"},
+    "cls": {"checkpoint", "checkpoints", "metrics.jsonl", "config.yaml", "tensorboard", "wandb", "cache"},
+}
 
 
 @dataclass(frozen=True)
@@ -804,7 +811,20 @@ def run_demo_pipeline(
 
 
 def clear_previous_outputs(out: Path) -> None:
-    """Remove what an earlier demo wrote in ``out`` (the names of :data:`OUTPUTS`); leave everything else alone."""
+    """Remove what an earlier demo wrote in ``out`` (the names of :data:`OUTPUTS`); leave everything else alone.
+
+    Raises:
+        InputError: a folder of one of those names holds something the demo does not write (it is someone else's);
+            nothing is removed then.
+    """
+    for name, expected in OUTPUT_CONTENTS.items():
+        folder = out / name
+        if folder.is_dir() and not folder.is_symlink():
+            foreign = sorted(p.name for p in folder.iterdir() if p.name not in expected and not p.name.startswith("."))
+            if foreign:
+                raise InputError(f"--out {out}: {folder} holds {', '.join(foreign[:3])}"
+                                 f"{', ...' if len(foreign) > 3 else ''}, which simseg demo does not write; --force "
+                                 "replaces only the demo's own files: move it or choose another --out")
     for name in OUTPUTS:
         target = out / name
         if target.is_dir() and not target.is_symlink():
