@@ -34,6 +34,7 @@ BAD = [
     ("data.shuffle=sometimes", "data.shuffle: 'sometimes' is not allowed (must be true or false)"),
     ("train.wandb=maybe", "train.wandb: 'maybe' is not allowed (must be true or false)"),
     ("train.seed=null", "train.seed: a value is required (got null)"),
+    ("train.seed=18446744073709551616", "train.seed: 18446744073709551616 is not allowed (must be <= 4294967295)"),
     ("model.pooling=max", "model.pooling: 'max' is not allowed (one of: loda, avg, cls)"),
     ("model.embed_dim=0", "model.embed_dim: 0 is not allowed (must be >= 1)"),
     ("model.image_topk=0", "model.image_topk: 0 is not allowed (must be >= 1)"),

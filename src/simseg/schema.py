@@ -108,7 +108,7 @@ class DataSchema:
 @dataclass(kw_only=True)
 class TrainSchema:
     output_dir: str = _rule()
-    seed: int = _optional(0, ge=0)
+    seed: int = _optional(0, ge=0, le=2**32 - 1)
     steps: int = _rule(ge=1)
     batch_size: int = _rule(ge=1)
     chunk_size: int = _optional(0, ge=0)
