@@ -682,8 +682,9 @@ def server(model, cache_dir):
     """uvicorn on a free localhost port, in a background thread; yields (base URL, app)."""
     import uvicorn
 
-    app = create_app(model, default_classes=CLASSES, examples=demo_examples(3, seed=0, size=96), cache_dir=cache_dir,
-                     title="tiny test model")
+    limits = ServeLimits(max_upload_bytes=int(10.3 * 2**20))  # whole bytes: 10.299999 MB, which the page rounds
+    app = create_app(model, limits, default_classes=CLASSES, examples=demo_examples(3, seed=0, size=96),
+                     cache_dir=cache_dir, title="tiny test model")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the OS picks the port; the bound socket goes to uvicorn, so no race for it
     port = sock.getsockname()[1]
@@ -770,6 +771,7 @@ def test_page_in_headless_chromium_uploads_segments_and_shows_overlay_legend_sco
     browser.get(url + "/")
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: d.find_element(By.ID, "classes").get_attribute("value") == CLASSES)  # /config loaded
+    assert browser.find_element(By.ID, "limits-hint").text.startswith("Limits: 10.3 MB, ")
 
     # an error first: no classes -> the server's message appears on the page
     browser.find_element(By.ID, "image").send_keys(str(image_path))

@@ -131,8 +131,8 @@ def recorded_evaluation(input_size: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``simseg demo``."""
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}); must not exist "
-                                                           "unless --force")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"output folder (default {DEFAULT_OUT}); must be missing or empty unless --force")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"training steps of each run (default {_preset_steps()}, --quick included)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training scenes and of training (default 0); "

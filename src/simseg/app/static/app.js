@@ -4,6 +4,10 @@
 const $ = (id) => document.getElementById(id);
 let limits = null;
 
+// bytes in MB with 6 significant digits, as the server's messages write them: a limit of 1.2 MB is held as whole
+// bytes, so the plain quotient would show 1.1999998092651367
+const megabytes = (bytes) => Number((bytes / 1048576).toPrecision(6));
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -52,7 +56,7 @@ async function loadConfig() {
       $("examples-row").hidden = false;
     }
     $("limits-hint").textContent =
-      `Limits: ${limits.max_upload_bytes / 1048576} MB, ${(limits.max_pixels / 1e6).toFixed(1)} megapixels, ` +
+      `Limits: ${megabytes(limits.max_upload_bytes)} MB, ${(limits.max_pixels / 1e6).toFixed(1)} megapixels, ` +
       `${limits.max_classes} classes, ${limits.timeout_s} s per request.`;
   } catch (e) {
     showError(`cannot reach the server: ${e}`);
@@ -117,7 +121,7 @@ async function submit(event) {
   if (file && limits && file.size > limits.max_upload_bytes) {
     // refused here: a browser may report a connection reset instead of the server's 413 for a big upload
     showError(`upload too large: ${(file.size / 1048576).toFixed(1)} MB exceeds the limit of ` +
-              `${limits.max_upload_bytes / 1048576} MB`);
+              `${megabytes(limits.max_upload_bytes)} MB`);
     return;
   }
   const form = new FormData();
