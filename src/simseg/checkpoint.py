@@ -105,12 +105,20 @@ def _hub_stamp(folder: Path) -> dict[str, Any]:
 def evaluation_defaults(path_or_preset: str | os.PathLike) -> dict[str, Any]:
     """How a checkpoint records it is meant to be evaluated (``meta.evaluation`` of its ``config.yaml``).
 
-    Empty for checkpoints that record nothing, original ``.pth`` files and presets: the paper's defaults apply.
+    Empty for checkpoints that record nothing, original ``.pth`` files and presets: the paper's defaults apply. An
+    ``hf-hub:`` name is read from its ``config.yaml`` (fetched alone, or read from the cache when offline).
 
     Raises:
         CheckpointError: unreadable config, or recorded defaults that are not valid.
+        InputError: an ``hf-hub:`` name that cannot be resolved.
     """
-    p = Path(path_or_preset)
+    from simseg.hub import is_hub_name, resolve
+
+    label = None
+    if is_hub_name(path_or_preset):
+        p, label = resolve(str(path_or_preset), allow_patterns=(CONFIG_NAME,), required=()), str(path_or_preset)
+    else:
+        p = Path(path_or_preset)
     if not (p.is_dir() and (p / CONFIG_NAME).is_file()):
         return {}
     doc = _read_own_config(p)
@@ -118,7 +126,7 @@ def evaluation_defaults(path_or_preset: str | os.PathLike) -> dict[str, Any]:
     evaluation = meta.get("evaluation") if isinstance(meta, dict) else None
     if evaluation is None:
         return {}
-    return check_evaluation_defaults(evaluation, f"{p / CONFIG_NAME}: meta.evaluation")
+    return check_evaluation_defaults(evaluation, f"{label or p / CONFIG_NAME}: meta.evaluation")
 
 
 def record_evaluation_defaults(checkpoint_dir: str | os.PathLike, evaluation: dict[str, Any]) -> Path:

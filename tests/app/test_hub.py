@@ -180,3 +180,17 @@ def test_segment_and_info_take_hub_names_offline(tiny_model, tmp_path, offline_c
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "checkpoint: hf-hub:someone/tiny-simseg" in done.stdout and "embed_dim: 512" in done.stdout
+
+
+def test_a_hub_model_s_recorded_evaluation_defaults_are_used(tiny_model, tmp_path, offline_cache, capsys):  # noqa: F811
+    from tests.app.test_recorded_defaults import RECORDED, _segment
+
+    folder = tiny_model.save_pretrained(tmp_path / "m", meta={"evaluation": RECORDED})
+    make_hub_cache(offline_cache, "someone/recorded", folder)
+    assert main(["info", "hf-hub:someone/recorded"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation defaults (used by segment" in out and "crop_size: 32" in out
+    (tmp_path / "images").mkdir()
+    report = _segment(tmp_path / "images", "hf-hub:someone/recorded")
+    assert report["protocol"]["name"] == "dense" and report["protocol"]["crop_size"] == 32
+    assert "using the evaluation defaults recorded in hf-hub:someone/recorded" in capsys.readouterr().out
