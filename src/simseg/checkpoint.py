@@ -260,6 +260,9 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}: a simseg checkpoint folder, not an original .pth file (it needs no "
+                                  "conversion)")
         raise CheckpointError(f"{path}: is a folder but not a simseg checkpoint (no {CONFIG_NAME})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")

@@ -49,3 +49,13 @@ def test_cli_convert_and_info(tmp_path, small_model, vocab_dir, capsys):  # noqa
     text = capsys.readouterr().out
     assert "parameters" in text and "sha256" in text and "embed_dim: 128" in text
 
+
+
+def test_convert_given_a_simseg_folder_says_it_needs_no_conversion(tmp_path, tiny_model, capsys):
+    from simseg.checkpoint import save_model
+
+    ck = save_model(tiny_model, tmp_path / "ck")
+    assert main(["convert-checkpoint", str(ck), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ck) in err[0] and "needs no conversion" in err[0] and "no config.yaml" not in err[0]
+    assert not (tmp_path / "out").exists()
