@@ -545,7 +545,7 @@ def upload_folder(folder: str | os.PathLike, repo_id: str, private: bool = False
         folder: the staged model folder (see :func:`stage_folder`).
         repo_id: ``ORG/NAME``.
         private: create the repository private (an existing repository keeps its visibility).
-        revision: the branch to commit to (default ``main``).
+        revision: the branch to commit to (default ``main``; created from ``main`` if the repository lacks it).
         commit_message: the commit's message.
         token: a Hub token; default the one huggingface_hub finds (``HF_TOKEN``, ``hf auth login``).
         api_factory: builds the client (``huggingface_hub.HfApi`` by default).
@@ -562,6 +562,8 @@ def upload_folder(folder: str | os.PathLike, repo_id: str, private: bool = False
     api = (api_factory or huggingface_hub.HfApi)(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and not revision.startswith("refs/pr/"):  # a commit to a branch the repository lacks fails
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  commit_message=commit_message or "Upload simseg model")
     except (ImportError, KeyboardInterrupt):

@@ -30,6 +30,14 @@ class FakeHub:
             fake.calls.append(("create_repo", repo_id, kwargs))
 
         def upload_folder(api, *, repo_id, folder_path, **kwargs):
+            revision = kwargs.get("revision")
+            if revision not in (None, "main") and ("create_branch", repo_id, revision) not in \
+                    [(c[0], c[1], c[2].get("branch")) for c in fake.calls]:  # as the Hub answers: no such branch
+                import httpx
+                from huggingface_hub.errors import RevisionNotFoundError
+
+                raise RevisionNotFoundError(f"Invalid rev id: {revision}", response=httpx.Response(
+                    404, request=httpx.Request("POST", f"https://hub.invalid/api/models/{repo_id}/commit/{revision}")))
             files = {}
             for root, _, names in os.walk(folder_path):
                 for name in names:
@@ -38,7 +46,11 @@ class FakeHub:
             fake.calls.append(("upload_folder", repo_id, {**kwargs, "files": files}))
             return type("CommitInfo", (), {"commit_url": f"hub/{repo_id}/commit/1"})()
 
+        def create_branch(api, repo_id, *, branch, exist_ok=False, **kwargs):
+            fake.calls.append(("create_branch", repo_id, {"branch": branch, "exist_ok": exist_ok, **kwargs}))
+
         monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
         monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
         return self
 
@@ -93,8 +105,9 @@ def test_push_to_hub_takes_the_onnx_export_and_keeps_a_written_card(onnx_checkpo
     ck = shutil.copytree(onnx_checkpoint, tmp_path / "ck")
     (ck / "README.md").write_text("# a card written by hand\n")
     assert main(["push-to-hub", str(ck), "someone/tiny-onnx", "--revision", "v1"]) == 0
-    (_, _, create_kwargs), (_, _, upload_kwargs) = hub.calls
+    (_, _, create_kwargs), (_, _, branch_kwargs), (_, _, upload_kwargs) = hub.calls
     assert create_kwargs["private"] is False and upload_kwargs["revision"] == "v1"
+    assert branch_kwargs == {"branch": "v1", "exist_ok": True}  # a new branch is made, an existing one kept
     files = upload_kwargs["files"]
     assert files["README.md"] == b"# a card written by hand\n"
     assert {"onnx/simseg_onnx.json", "onnx/text.onnx", "onnx/image_288.onnx", "onnx/tokenizer/vocab.txt"} <= set(files)
