@@ -58,6 +58,11 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
+def hub_name(repo_id: str, revision: str | None = None) -> str:
+    """``hf-hub:ORG/NAME``, with ``@revision`` unless it is None or ``main``."""
+    return f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
+
+
 def check_repo_id(repo_id: str) -> str:
     """``ORG/NAME`` as the Hub accepts it, or a one-line error."""
     if not _REPO_ID.match(repo_id) or ".." in repo_id or len(repo_id) > 96:
@@ -302,6 +307,7 @@ def model_card(
     repo_id: str | None = None,
     license: str = "mit",
     training_config: dict | None = None,
+    revision: str | None = None,
 ) -> str:
     """The model card (``README.md``) of a simseg checkpoint folder.
 
@@ -315,6 +321,7 @@ def model_card(
         repo_id: the Hub repository (``ORG/NAME``) the card is for; None for a folder not yet on the Hub.
         license: the Hub's ``license`` field (an SPDX-like id such as ``mit`` or ``apache-2.0``, or ``other``).
         training_config: the training run's merged config, if known.
+        revision: the branch the card is committed to (its load lines name it); None for ``main``.
 
     Raises:
         CheckpointError: the folder has no simseg config.
@@ -331,7 +338,7 @@ def model_card(
     kwargs, tconf = vision.get("kwargs") or {}, text.get("config") or {}
     meta = doc.get("meta") or {}
     title = repo_id or root.resolve().name
-    name = f"hf-hub:{repo_id}" if repo_id else str(root)
+    name = hub_name(repo_id, revision) if repo_id else str(root)
     counts = _parameter_counts(root / WEIGHTS_NAME)
     tokenizer = root / TOKENIZER_DIR / "vocab.txt"
     vocab = sum(1 for _ in tokenizer.open(encoding="utf-8")) if tokenizer.is_file() else None
@@ -439,7 +446,7 @@ def is_simseg_card(path: str | os.PathLike) -> bool:
 
 
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, license: str = "mit",
-                     training_config: dict | None = None, overwrite: bool = False) -> Path:
+                     training_config: dict | None = None, overwrite: bool = False, revision: str | None = None) -> Path:
     """Write :func:`model_card` as ``folder/README.md`` (atomically).
 
     A ``README.md`` that simseg did not write is kept unless ``overwrite``.
@@ -451,7 +458,7 @@ def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, lice
     if path.exists() and not overwrite and not is_simseg_card(path):
         return path
     return atomic_write_text(path, model_card(folder, repo_id=repo_id, license=license,
-                                              training_config=training_config))
+                                              training_config=training_config, revision=revision))
 
 
 def store_metrics(folder: str | os.PathLike, reports: Sequence[str | os.PathLike]) -> list[Path]:

@@ -113,6 +113,19 @@ def test_push_to_hub_takes_the_onnx_export_and_keeps_a_written_card(onnx_checkpo
     assert {"onnx/simseg_onnx.json", "onnx/text.onnx", "onnx/image_288.onnx", "onnx/tokenizer/vocab.txt"} <= set(files)
 
 
+def test_push_to_a_branch_names_the_branch_in_the_card_and_the_load_line(tiny_model, tmp_path, hub, capsys):
+    ck = tiny_model.save_pretrained(tmp_path / "ck")
+    assert main(["push-to-hub", str(ck), "someone/tiny-simseg", "--revision", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert 'simseg.load_model("hf-hub:someone/tiny-simseg@dev")' in out
+    assert "--checkpoint hf-hub:someone/tiny-simseg@dev" in out
+    card = hub.calls[-1][2]["files"]["README.md"].decode()
+    assert 'simseg.load_model("hf-hub:someone/tiny-simseg@dev")' in card
+    assert "--checkpoint hf-hub:someone/tiny-simseg@dev " in card
+    assert main(["push-to-hub", str(ck), "someone/tiny-simseg"]) == 0  # main: the plain name
+    assert 'load_model("hf-hub:someone/tiny-simseg")' in hub.calls[-1][2]["files"]["README.md"].decode()
+
+
 def test_push_to_hub_converts_an_original_checkpoint(tmp_path, hub, vocab_dir):
     from tests.test_checkpoint import _small_cfg, _to_original_layout
     from simseg.model import build_model

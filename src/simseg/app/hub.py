@@ -55,7 +55,7 @@ def _checkpoint_folder(checkpoint: str, staging: Path, tokenizer: str | None) ->
 
 def run(args: argparse.Namespace) -> int:
     """Stage the checkpoint's files with a fresh model card and upload them in one commit."""
-    from simseg.hub import (CARD_NAME, check_license, check_repo_id, find_training_config, is_simseg_card,
+    from simseg.hub import (CARD_NAME, check_license, check_repo_id, find_training_config, hub_name, is_simseg_card,
                             read_config, stage_folder, store_metrics, upload_folder, upload_ready, write_model_card)
 
     check_repo_id(args.repo_id)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             if training is None and not str(args.checkpoint).startswith("hf-hub:"):
                 training = find_training_config(folder)
             write_model_card(staged, repo_id=args.repo_id, license=args.license, training_config=training,
-                             overwrite=True)
+                             overwrite=True, revision=args.revision)
         files = sorted(p for p in staged.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in files)
         print(f"uploading {len(files)} files ({size / 1e6:.1f} MB) to {args.repo_id}"
@@ -87,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
         url = upload_folder(staged, args.repo_id, private=args.private, revision=args.revision,
                             commit_message=args.message, token=token)
     print(f"done: {url}")
-    print(f"load it with: simseg.load_model(\"hf-hub:{args.repo_id}\") or --checkpoint hf-hub:{args.repo_id}")
+    name = hub_name(args.repo_id, args.revision)
+    print(f"load it with: simseg.load_model(\"{name}\") or --checkpoint {name}")
     return 0
