@@ -275,7 +275,7 @@ def _num(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "n/a"
 
 
-def _metrics_rows(metrics: list[tuple[str, dict]], weights_sha: str | None) -> list[str]:
+def _metrics_rows(metrics: list[tuple[str, dict]], weights_sha: str | None, source_sha: str | None = None) -> list[str]:
     rows = ["| report | benchmark | protocol | result | measured on these weights |", "|---|---|---|---|---|"]
     for rel, report in metrics:
         protocol = report.get("protocol") if isinstance(report.get("protocol"), dict) else {}
@@ -290,8 +290,12 @@ def _metrics_rows(metrics: list[tuple[str, dict]], weights_sha: str | None) -> l
             result = (f"I2T R@1 {_num(report.get('I2T_R@1'))}, T2I R@1 {_num(report.get('T2I_R@1'))}, "
                       f"RSUM {_num(report.get('RSUM'))}")
         ck = report.get("checkpoint") if isinstance(report.get("checkpoint"), dict) else {}
-        same = "yes" if weights_sha and ck.get("sha256") == weights_sha else "no (another checkpoint)" \
-            if ck.get("sha256") else "not recorded"
+        if weights_sha and ck.get("sha256") == weights_sha:
+            same = "yes"
+        elif source_sha and ck.get("sha256") == source_sha:  # the original .pth these weights were converted from
+            same = "yes (the file they were converted from)"
+        else:
+            same = "no (another checkpoint)" if ck.get("sha256") else "not recorded"
         rows.append(f"| `{rel}` | {report.get('dataset', 'n/a')} | {pname} | {result} | {same} |")
     return rows
 
@@ -412,8 +416,9 @@ def model_card(
     lines += ["The model config:", "", "```yaml", _yaml_block(cfg), "```", "", "## Evaluation", ""]
     metrics = find_metrics(root)
     if metrics:
+        rows = _metrics_rows(metrics, doc.get("weights_sha256"), meta.get("source_sha256"))
         lines += ["Reports stored in this repository (percent; each report names its full protocol, checkpoint and "
-                  "software versions):", "", *_metrics_rows(metrics, doc.get("weights_sha256")), ""]
+                  "software versions):", "", *rows, ""]
     else:
         lines += ["No evaluation report is stored with this model. `simseg eval-seg` and `simseg eval-retrieval` "
                   "write `metrics.json` reports that `simseg push-to-hub --metrics` uploads with it.", ""]

@@ -135,10 +135,18 @@ def test_push_to_hub_converts_an_original_checkpoint(tmp_path, hub, vocab_dir):
     model = build_model(_small_cfg(), load_tokenizer(vocab_dir)).eval()
     src = tmp_path / "simseg.vit-x.pth"
     torch.save(_to_original_layout(model), src)
-    assert main(["push-to-hub", str(src), "someone/converted", "--tokenizer", str(vocab_dir)]) == 0
+    from simseg.checkpoint import file_sha256
+
+    report = tmp_path / "metrics.json"  # eval-seg run on the .pth itself: its stamp is the .pth's sha256
+    report.write_text(json.dumps({"dataset": "pascal_voc", "mIoU": 1.5, "protocol": {"name": "dense"},
+                                  "checkpoint": {"path": str(src), "sha256": file_sha256(src)}}))
+    assert main(["push-to-hub", str(src), "someone/converted", "--tokenizer", str(vocab_dir),
+                 "--metrics", str(report)]) == 0
     files = hub.calls[-1][2]["files"]
     assert {"model.safetensors", "config.yaml", "tokenizer/vocab.txt", "README.md"} <= set(files)
     assert b"converted_from: simseg.vit-x.pth" in files["config.yaml"]
+    row = [line for line in files["README.md"].decode().splitlines() if "metrics/pascal_voc.json" in line]
+    assert row and row[0].endswith("| yes (the file they were converted from) |")
 
 
 def test_push_to_hub_without_network_token_or_a_model_is_one_line(tiny_model, tmp_path, hub, monkeypatch, capsys):
