@@ -516,14 +516,18 @@ def find_training_config(folder: str | os.PathLike) -> dict | None:
 # ------------------------------------------------------------------------------------------------ upload
 def stage_folder(folder: str | os.PathLike, staging: str | os.PathLike) -> Path:
     """Link (or copy) the files of :data:`UPLOAD_PATTERNS` from ``folder`` into ``staging``, so the card and the
-    reports can be added without writing into the user's checkpoint folder."""
+    reports can be added without writing into the user's checkpoint folder. A JSON file outside ``onnx/`` goes only
+    when it is an evaluation report (:func:`find_metrics`)."""
     import fnmatch
 
     src, dst = Path(folder), Path(staging)
+    reports = {rel for rel, _ in find_metrics(src)}
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src).as_posix()
         if not any(fnmatch.fnmatch(rel, pat) for pat in UPLOAD_PATTERNS) or rel.split("/")[-1].startswith("."):
             continue
+        if rel.endswith(".json") and not rel.startswith("onnx/") and rel not in reports:
+            continue  # not an evaluation report: a training checkpoint's state.json, a tool's notes
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

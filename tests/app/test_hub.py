@@ -73,6 +73,7 @@ def _training_checkpoint(tiny_model, tmp_path):
     (run / "config.yaml").write_text("model: {pooling: loda}\ndata: {image_size: 224}\ntrain: {steps: 7}\n")
     ck = tiny_model.save_pretrained(run / "checkpoint", meta={"step": 7})
     (ck / "train_state.pt").write_bytes(b"optimizer state")
+    (ck / "state.json").write_text(json.dumps({"step": 7, "world_size": 1, "extra": {"data": [3]}}))  # its counters
     (ck / ".model.safetensors.123.tmp").write_bytes(b"partial")
     return ck
 
@@ -91,7 +92,7 @@ def test_push_to_hub_uploads_the_model_folder_with_a_card(tiny_model, tmp_path, 
     assert upload == "upload_folder" and repo2 == "someone/tiny-simseg" and upload_kwargs["commit_message"] == "first"
     files = upload_kwargs["files"]
     assert sorted(files) == ["README.md", "config.yaml", "metrics/pascal_voc.json", "model.safetensors",
-                             "tokenizer/vocab.txt"]  # no optimizer state, no temporary file
+                             "tokenizer/vocab.txt"]  # no optimizer or training state, no temporary file
     assert files["model.safetensors"] == before["model.safetensors"]
     card = files["README.md"].decode()
     assert "license: apache-2.0" in card and 'simseg.load_model("hf-hub:someone/tiny-simseg")' in card
