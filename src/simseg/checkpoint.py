@@ -161,7 +161,13 @@ def _read_own_config(directory: Path) -> dict:
         raise CheckpointError(f"{cfg_path}: unreadable config ({type(e).__name__}: {describe_yaml_error(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != "simseg" or "model" not in doc:
         final = directory / "checkpoint"
-        hint = f" (a training run's folder: its model is {final})" if (final / CONFIG_NAME).is_file() else ""
+        periodic = sorted(p for p in directory.glob("checkpoints/step-*") if (p / CONFIG_NAME).is_file())
+        if (final / CONFIG_NAME).is_file():
+            hint = f" (a training run's folder: its model is {final})"
+        elif periodic:  # a run still training (or stopped before its end): no final model yet
+            hint = f" (a training run's folder: its newest checkpoint is {periodic[-1]})"
+        else:
+            hint = ""
         raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config{hint}")
     try:
         validate_model_config(doc["model"], where=str(cfg_path))
