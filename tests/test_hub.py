@@ -123,6 +123,29 @@ def test_hub_names_that_fail_say_why_in_one_line(tiny_model, tmp_path, offline_c
         simseg.load_model("hf-hub:someone/tiny-simseg", backend="onnx")
 
 
+def test_repository_ids_are_checked_by_the_hub_s_rule(offline_cache):
+    from huggingface_hub.utils import validate_repo_id
+
+    from simseg.hub import check_repo_id, parse_hub_name, resolve
+
+    names = ["someone/model", "someone/model-", "someone/model.", "someone/-model", "someone/a--b", "someone/a..b",
+             "someone/model.git", "someone/" + "x" * 96, "someone/" + "x" * 97, "some_one/model_", "some one/model",
+             "a/b/c", "Org-1/Model.2_x"]
+    for name in names:
+        try:
+            validate_repo_id(name)
+            valid = True
+        except ValueError:
+            valid = False
+        if valid:
+            assert check_repo_id(name) == name and parse_hub_name(f"hf-hub:{name}@v1") == (name, "v1")
+        else:
+            with pytest.raises(InputError, match="not a Hub repository id"):
+                check_repo_id(name)
+            with pytest.raises(InputError, match="not a Hugging Face Hub name"):  # not "not in the local cache"
+                resolve(f"hf-hub:{name}")
+
+
 def test_onnx_export_from_the_hub(onnx_checkpoint, offline_cache):
     import simseg
 

@@ -36,7 +36,7 @@ ONNX_FILES = (CONFIG_NAME, "onnx/*")
 #: What an upload carries from a checkpoint folder (never optimizer state or temporary files).
 UPLOAD_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, f"{TOKENIZER_DIR}/*", CARD_NAME, "*.json", "metrics/*.json", "onnx/*")
 _TRUE = {"1", "ON", "YES", "TRUE"}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?/[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?$")
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -53,7 +53,7 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     """
     body = name[len(HUB_PREFIX):] if is_hub_name(name) else name
     repo_id, _, revision = body.partition("@")
-    if not _REPO_ID.match(repo_id) or ".." in repo_id or (revision == "" and "@" in body):
+    if not _valid_repo_id(repo_id) or (revision == "" and "@" in body):
         raise InputError(f"{name}: not a Hugging Face Hub name (expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION)")
     return repo_id, revision or None
 
@@ -63,9 +63,16 @@ def hub_name(repo_id: str, revision: str | None = None) -> str:
     return f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
 
 
+def _valid_repo_id(repo_id: str) -> bool:
+    """The Hub's rule: letters, digits, '-', '_', '.', beginning and ending with a letter or digit ('_' may end it),
+    no '--' or '..', not ending in '.git', a name of at most 96 characters."""
+    return bool(_REPO_ID.match(repo_id)) and "--" not in repo_id and ".." not in repo_id \
+        and not repo_id.endswith(".git") and len(repo_id.split("/")[-1]) <= 96
+
+
 def check_repo_id(repo_id: str) -> str:
     """``ORG/NAME`` as the Hub accepts it, or a one-line error."""
-    if not _REPO_ID.match(repo_id) or ".." in repo_id or len(repo_id) > 96:
+    if not _valid_repo_id(repo_id):
         raise InputError(f"{repo_id}: not a Hub repository id (expected ORG/NAME: letters, digits, '-', '_', '.')")
     return repo_id
 
