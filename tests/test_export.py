@@ -133,6 +133,8 @@ def test_exports_of_other_models_or_versions_are_one_line_errors(onnx_checkpoint
     fails(tmp_path / "nowhere", "not found", InputError)
     fails(onnx_checkpoint / "tokenizer", "no ONNX export")
     fails(tmp_path, "no ONNX export")
+    plain = save_model(tiny_model, tmp_path / "plain-ck")  # a checkpoint folder: its export goes in its onnx/
+    fails(plain, f"no ONNX export .*make one with: simseg export {plain} {plain / 'onnx'} --format onnx$")
 
     old = _copy_export(onnx_checkpoint, tmp_path / "old")
     manifest = json.loads((old / MANIFEST_NAME).read_text())

@@ -119,8 +119,10 @@ def test_hub_names_that_fail_say_why_in_one_line(tiny_model, tmp_path, offline_c
         with pytest.raises(error, match=words) as info:
             simseg.load_model(name)
         assert str(info.value).startswith(name) and "\n" not in str(info.value)
-    with pytest.raises(CheckpointError, match="no ONNX export"):
+    with pytest.raises(CheckpointError, match="no ONNX export") as info:
         simseg.load_model("hf-hub:someone/tiny-simseg", backend="onnx")
+    assert str(info.value).endswith("make one with: simseg export hf-hub:someone/tiny-simseg OUT_DIR --format onnx, "
+                                    "then use OUT_DIR")  # not an OUT_DIR named after the Hub name
 
 
 def test_repository_ids_are_checked_by_the_hub_s_rule(offline_cache):

@@ -401,9 +401,16 @@ def find_onnx_folder(path: str | os.PathLike, label: str | None = None) -> Path:
     if (p / "onnx" / MANIFEST_NAME).is_file() and (p / CONFIG_NAME).is_file():
         _check_source(p, p / "onnx", read_manifest(p / "onnx"), label)
         return p / "onnx"
-    where = f"{label} (nor in its onnx/ subfolder)" if (p / CONFIG_NAME).is_file() else label
-    raise CheckpointError(f"{where}: no ONNX export ({MANIFEST_NAME}); make one with: "
-                          f"simseg export CHECKPOINT {label if p.is_dir() else 'OUT_DIR'} --format onnx")
+    from simseg.hub import is_hub_name
+
+    if not (p / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{label}: no ONNX export ({MANIFEST_NAME}); make one with: "
+                              f"simseg export CHECKPOINT {label if p.is_dir() else 'OUT_DIR'} --format onnx")
+    # a checkpoint folder: its export belongs in its onnx/ subfolder (a Hub snapshot is not written to: export it here)
+    how = f"simseg export {label} OUT_DIR --format onnx, then use OUT_DIR" if is_hub_name(label) else \
+        f"simseg export {label} {p / 'onnx'} --format onnx"
+    raise CheckpointError(f"{label} (nor in its onnx/ subfolder): no ONNX export ({MANIFEST_NAME}); make one with: "
+                          f"{how}")
 
 
 def _providers(device: str | torch.device) -> list[Any]:
