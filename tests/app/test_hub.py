@@ -127,6 +127,20 @@ def test_push_to_a_branch_names_the_branch_in_the_card_and_the_load_line(tiny_mo
     assert 'load_model("hf-hub:someone/tiny-simseg")' in hub.calls[-1][2]["files"]["README.md"].decode()
 
 
+def test_push_to_hub_refuses_an_onnx_export_of_other_weights(onnx_checkpoint, tiny_model, tmp_path, hub, capsys):
+    import shutil
+
+    from simseg.model import build_model
+
+    retrained = build_model(tiny_model.config, tiny_model.tokenizer, pretrained=False).eval()
+    ck = retrained.save_pretrained(tmp_path / "ck")  # new weights saved over a folder whose onnx/ is the old model's
+    shutil.copytree(onnx_checkpoint / "onnx", ck / "onnx")
+    assert main(["push-to-hub", str(ck), "someone/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{ck}/onnx: exported from another model" in err[0]
+    assert not [c for c in hub.calls if c[0] == "upload_folder"]
+
+
 def test_push_to_hub_converts_an_original_checkpoint(tmp_path, hub, vocab_dir):
     from tests.test_checkpoint import _small_cfg, _to_original_layout
     from simseg.model import build_model

@@ -55,6 +55,7 @@ def _checkpoint_folder(checkpoint: str, staging: Path, tokenizer: str | None) ->
 
 def run(args: argparse.Namespace) -> int:
     """Stage the checkpoint's files with a fresh model card and upload them in one commit."""
+    from simseg.export import MANIFEST_NAME, find_onnx_folder
     from simseg.hub import (CARD_NAME, check_license, check_repo_id, find_training_config, hub_name, is_simseg_card,
                             read_config, stage_folder, store_metrics, upload_folder, upload_ready, write_model_card)
 
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="simseg-push-") as tmp:
         tmp = Path(tmp)
         folder = _checkpoint_folder(args.checkpoint, tmp, args.tokenizer)
+        if (folder / "onnx" / MANIFEST_NAME).is_file():  # an export of other weights must not go up beside these
+            find_onnx_folder(folder, label=str(args.checkpoint))
         staged = stage_folder(folder, tmp / "upload")
         store_metrics(staged, args.metrics)
         card = staged / CARD_NAME
