@@ -362,7 +362,8 @@ def map_original_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         elif key.startswith(_ORIG_TEXT):
             mapped["text_encoder." + key[len(_ORIG_TEXT):]] = value
         elif key in _ORIG_EXTRA:
-            mapped[_ORIG_EXTRA[key]] = value.reshape(()) if key == "loss.temperature" else value
+            scalar = key == "loss.temperature" and value.numel() == 1  # else the shape check names it
+            mapped[_ORIG_EXTRA[key]] = value.reshape(()) if scalar else value
         else:
             unknown.append(key)
     return mapped, unknown
@@ -399,7 +400,10 @@ def import_original(
     ``load_model(..., image_size=288)``) for the evaluation resolution.
     """
     state, mapped = read_original_state(path)
-    config = model_config or infer_original_config(state)
+    try:
+        config = model_config or infer_original_config(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     embeddings = state.get(_ORIG_TEXT + "embeddings.word_embeddings.weight")  # absent: named by the key check
     words = int(embeddings.shape[0]) if embeddings is not None else None
     if tokenizer is not None and words is not None and tokenizer.vocab_size > words:

@@ -22,8 +22,17 @@ def test_bad_files_give_one_line_errors(tmp_path, small_model, vocab_dir, capsys
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     other = tmp_path / "resnet.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(3)}}, other)
+    no_projection = tmp_path / "no-projection.pth"
+    original = _to_original_layout(small_model)
+    del original["state_dict"]["image_projection.linear.weight"]
+    torch.save(original, no_projection)
+    two_temperatures = tmp_path / "two-temperatures.pth"
+    original = _to_original_layout(small_model)
+    original["state_dict"]["loss.temperature"] = torch.tensor([0.02, 0.03])
+    torch.save(original, two_temperatures)
     cases = {evil: "arbitrary code", text: "not", trunc: "truncated", other: "not a SimSeg checkpoint",
-             tmp_path / "missing.pth": "not found"}
+             tmp_path / "missing.pth": "not found", no_projection: "lacks the key 'image_projection.linear.weight'",
+             two_temperatures: r"wrong shape: temperature_param: checkpoint \(2,\)"}
     for path, words in cases.items():
         with pytest.raises((CheckpointError, InputError), match=words):
             load_model(path, tokenizer=vocab_dir)
