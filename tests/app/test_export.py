@@ -97,3 +97,17 @@ def test_info_describes_an_onnx_export_folder(onnx_checkpoint, tmp_path, capsys)
     assert main(["info", str(broken)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image_64.onnx: missing" in err[0]
+
+
+def test_export_defaults_to_the_size_the_checkpoint_is_segmented_at(onnx_checkpoint, tiny_model, tmp_path, capsys):
+    from simseg.checkpoint import save_model
+    from tests.app.test_recorded_defaults import RECORDED
+
+    ck = save_model(tiny_model, tmp_path / "ck", meta={"evaluation": RECORDED})  # segmented with dense at 32
+    assert main(["export", str(ck), str(ck / "onnx"), "--no-verify"]) == 0
+    assert "image size 32: the dense protocol's, recorded in" in capsys.readouterr().out
+    assert (ck / "onnx" / "image_32.onnx").is_file()
+    out = tmp_path / "out"
+    assert main(["segment", *_images(tmp_path), "--classes", "cat,dog", "--checkpoint", str(ck), "--backend", "onnx",
+                 "--templates", "single", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert json.loads((out / "segment.json").read_text())["protocol"]["crop_size"] == 32
