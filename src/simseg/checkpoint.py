@@ -277,6 +277,12 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
     # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80)
     if not magic.startswith((b"PK\x03\x04", b"\x80")):
         kind = _file_kind(path)
+        if (path.parent / CONFIG_NAME).is_file() or (path.parent.name == TOKENIZER_DIR
+                                                     and (path.parent.parent / CONFIG_NAME).is_file()):
+            folder = path.parent if (path.parent / CONFIG_NAME).is_file() else path.parent.parent
+            kind = f"a file of the simseg checkpoint folder {folder}: give the folder"
+        elif (path.parent / "simseg_onnx.json").is_file():
+            kind = f"a file of the ONNX export {path.parent}: give the folder (with --backend onnx to run it)"
         raise CheckpointError(f"{path}: not a PyTorch checkpoint" + (f" (it is {kind})" if kind else ""))
     from torch.torch_version import TorchVersion
 

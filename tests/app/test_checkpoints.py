@@ -68,3 +68,14 @@ def test_convert_given_a_simseg_folder_says_it_needs_no_conversion(tmp_path, tin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(ck) in err[0] and "needs no conversion" in err[0] and "no config.yaml" not in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_of_a_checkpoint_folder_or_onnx_export_names_the_folder(onnx_checkpoint, capsys):
+    ck, export = onnx_checkpoint, onnx_checkpoint / "onnx"
+    cases = ((ck / "model.safetensors", f"a file of the simseg checkpoint folder {ck}: give the folder"),
+             (ck / "tokenizer" / "vocab.txt", f"a file of the simseg checkpoint folder {ck}: give the folder"),
+             (export / "text.onnx", f"a file of the ONNX export {export}: give the folder"))
+    for path, words in cases:
+        assert main(["info", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{path}: not a PyTorch checkpoint" in err[0] and words in err[0]
