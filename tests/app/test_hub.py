@@ -168,6 +168,7 @@ def test_push_to_hub_without_network_token_or_a_model_is_one_line(tiny_model, tm
     from huggingface_hub import constants
 
     ck = tiny_model.save_pretrained(tmp_path / "ck")
+    run = _training_checkpoint(tiny_model, tmp_path).parent
     bad_report = tmp_path / "r.json"
     bad_report.write_text("{}")
     cases = [
@@ -175,6 +176,8 @@ def test_push_to_hub_without_network_token_or_a_model_is_one_line(tiny_model, tm
         (["push-to-hub", "tiny", "someone/x"], "preset has random weights"),
         (["push-to-hub", str(tmp_path / "missing"), "someone/x"], "not found"),
         (["push-to-hub", str(tmp_path), "someone/x"], "not a simseg checkpoint folder"),
+        (["push-to-hub", str(run), "someone/x"], f"{run / 'config.yaml'}: not a simseg checkpoint config (a training "
+                                                  f"run's folder: its model is {run / 'checkpoint'})"),
         (["push-to-hub", str(ck), "someone/x", "--metrics", str(bad_report)], "not an evaluation report"),
         (["push-to-hub", str(ck), "someone/x", "--license", "My License"], "license"),
     ]

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _checkpoint_folder(checkpoint: str, staging: Path, tokenizer: str | None) -> Path:
     """The simseg folder to upload from: the checkpoint folder itself, a Hub snapshot, or an original ``.pth``
     converted into ``staging``."""
-    from simseg.checkpoint import default_tokenizer, file_sha256, import_original, save_model
+    from simseg.checkpoint import _read_own_config, default_tokenizer, file_sha256, import_original, save_model
     from simseg.checkpoint_format import CONFIG_NAME
     from simseg.config import preset_names
     from simseg.hub import UPLOAD_PATTERNS, is_hub_name, resolve
@@ -42,7 +42,10 @@ def _checkpoint_folder(checkpoint: str, staging: Path, tokenizer: str | None) ->
     path = Path(checkpoint)
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
-            raise InputError(f"{path}: not a simseg checkpoint folder (no {CONFIG_NAME})")
+            export = " (an ONNX export: push the checkpoint folder it was made from, with the export in its onnx/)" \
+                if (path / "simseg_onnx.json").is_file() else ""
+            raise InputError(f"{path}: not a simseg checkpoint folder (no {CONFIG_NAME}){export}")
+        _read_own_config(path)  # a training run's folder or another tool's config: one line naming it, before staging
         return path
     if path.is_file():
         model = import_original(path, load_tokenizer(tokenizer) if tokenizer else default_tokenizer())
