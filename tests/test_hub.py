@@ -111,7 +111,8 @@ def test_hub_names_that_fail_say_why_in_one_line(tiny_model, tmp_path, offline_c
         "hf-hub:someone/not-here": (InputError, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
         "hf-hub:someone/tiny-simseg@v2": (InputError, "not in the local Hugging Face cache"),
         "hf-hub:someone/a-bert": (CheckpointError, "has no simseg config.yaml: not a simseg model"),
-        "hf-hub:someone/no-weights": (CheckpointError, "has no model.safetensors"),
+        "hf-hub:someone/no-weights": (CheckpointError, "no model.safetensors in the local Hugging Face cache and "
+                                                       "HF_HUB_OFFLINE is set"),
         "hf-hub:not a name": (InputError, "not a Hugging Face Hub name"),
         "hf-hub:someone/tiny-simseg@": (InputError, "not a Hugging Face Hub name"),
     }

@@ -193,6 +193,10 @@ def resolve(
         raise CheckpointError(f"{name}: its {CONFIG_NAME} is not a simseg config: not a simseg model")
     for need in required:
         if not (folder / need).is_file():
+            if offline_now:  # the cache may hold only some files (e.g. the config alone): the repository may have it
+                raise CheckpointError(f"{name}: no {need} in the local Hugging Face cache{at} and HF_HUB_OFFLINE is "
+                                      "set (the cached copy holds only some of the files: fetch it once with the "
+                                      "network)")
             raise CheckpointError(f"{name}: the repository has no {need}{at}")
     return folder
 
