@@ -137,6 +137,18 @@ def test_a_training_run_folder_given_as_checkpoint_names_its_model(tmp_path, tin
         load_model(run)
 
 
+def test_a_training_run_folder_without_its_final_model_names_its_newest_checkpoint(tmp_path, tiny_model):
+    from simseg.config import save_config
+
+    run = tmp_path / "run"  # a run still training: periodic checkpoints only
+    save_config(to_dict(load_preset("tiny")), run / "config.yaml")
+    for step in (100, 200):
+        save_model(tiny_model, run / "checkpoints" / f"step-{step:08d}")
+    with pytest.raises(CheckpointError, match=r"run/config\.yaml: not a simseg checkpoint config \(a training run's "
+                                              r"folder: its newest checkpoint is .*run/checkpoints/step-00000200\)$"):
+        load_model(run)
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))

@@ -133,6 +133,8 @@ def test_exports_of_other_models_or_versions_are_one_line_errors(onnx_checkpoint
     fails(tmp_path / "nowhere", "not found", InputError)
     fails(onnx_checkpoint / "tokenizer", "no ONNX export")
     fails(tmp_path, "no ONNX export")
+    plain = save_model(tiny_model, tmp_path / "plain-ck")  # a checkpoint folder: its export goes in its onnx/
+    fails(plain, f"no ONNX export .*make one with: simseg export {plain} {plain / 'onnx'} --format onnx$")
 
     old = _copy_export(onnx_checkpoint, tmp_path / "old")
     manifest = json.loads((old / MANIFEST_NAME).read_text())
@@ -177,6 +179,26 @@ def test_exports_of_other_models_or_versions_are_one_line_errors(onnx_checkpoint
     ck = save_model(other_model, tmp_path / "other-ck")
     shutil.copytree(onnx_checkpoint / "onnx", ck / "onnx")
     fails(ck, "onnx: exported from another model")
+
+
+def test_an_export_missing_its_tokenizer_or_a_manifest_entry_is_one_line(onnx_checkpoint, tmp_path, vocab_dir):
+    import simseg
+    from simseg.export import MANIFEST_NAME
+
+    no_vocab = _copy_export(onnx_checkpoint, tmp_path / "no-vocab")
+    shutil.rmtree(no_vocab / "tokenizer")
+    with pytest.raises(CheckpointError, match=r"tokenizer/vocab.txt: missing \(the export is incomplete") as info:
+        simseg.load_model(no_vocab, backend="onnx")
+    assert "\n" not in str(info.value)
+    assert simseg.load_model(no_vocab, backend="onnx", tokenizer=vocab_dir).tokenizer is not None  # one given: fine
+
+    edited = _copy_export(onnx_checkpoint, tmp_path / "edited")
+    manifest = json.loads((edited / MANIFEST_NAME).read_text())
+    del manifest["embed_dim"]
+    (edited / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"simseg_onnx.json: incomplete manifest \(no 'embed_dim'\)") as info:
+        simseg.load_model(edited, backend="onnx")
+    assert "\n" not in str(info.value)
 
 
 def test_unsupported_exports_are_one_line_errors(tiny_model, vocab_dir, tmp_path, onnx_checkpoint):

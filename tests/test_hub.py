@@ -111,7 +111,8 @@ def test_hub_names_that_fail_say_why_in_one_line(tiny_model, tmp_path, offline_c
         "hf-hub:someone/not-here": (InputError, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
         "hf-hub:someone/tiny-simseg@v2": (InputError, "not in the local Hugging Face cache"),
         "hf-hub:someone/a-bert": (CheckpointError, "has no simseg config.yaml: not a simseg model"),
-        "hf-hub:someone/no-weights": (CheckpointError, "has no model.safetensors"),
+        "hf-hub:someone/no-weights": (CheckpointError, "no model.safetensors in the local Hugging Face cache and "
+                                                       "HF_HUB_OFFLINE is set"),
         "hf-hub:not a name": (InputError, "not a Hugging Face Hub name"),
         "hf-hub:someone/tiny-simseg@": (InputError, "not a Hugging Face Hub name"),
     }
@@ -119,8 +120,33 @@ def test_hub_names_that_fail_say_why_in_one_line(tiny_model, tmp_path, offline_c
         with pytest.raises(error, match=words) as info:
             simseg.load_model(name)
         assert str(info.value).startswith(name) and "\n" not in str(info.value)
-    with pytest.raises(CheckpointError, match="no ONNX export"):
+    with pytest.raises(CheckpointError, match="no ONNX export") as info:
         simseg.load_model("hf-hub:someone/tiny-simseg", backend="onnx")
+    assert str(info.value).endswith("make one with: simseg export hf-hub:someone/tiny-simseg OUT_DIR --format onnx, "
+                                    "then use OUT_DIR")  # not an OUT_DIR named after the Hub name
+
+
+def test_repository_ids_are_checked_by_the_hub_s_rule(offline_cache):
+    from huggingface_hub.utils import validate_repo_id
+
+    from simseg.hub import check_repo_id, parse_hub_name, resolve
+
+    names = ["someone/model", "someone/model-", "someone/model.", "someone/-model", "someone/a--b", "someone/a..b",
+             "someone/model.git", "someone/" + "x" * 96, "someone/" + "x" * 97, "some_one/model_", "some one/model",
+             "a/b/c", "Org-1/Model.2_x"]
+    for name in names:
+        try:
+            validate_repo_id(name)
+            valid = True
+        except ValueError:
+            valid = False
+        if valid:
+            assert check_repo_id(name) == name and parse_hub_name(f"hf-hub:{name}@v1") == (name, "v1")
+        else:
+            with pytest.raises(InputError, match="not a Hub repository id"):
+                check_repo_id(name)
+            with pytest.raises(InputError, match="not a Hugging Face Hub name"):  # not "not in the local cache"
+                resolve(f"hf-hub:{name}")
 
 
 def test_onnx_export_from_the_hub(onnx_checkpoint, offline_cache):

@@ -105,12 +105,20 @@ def _hub_stamp(folder: Path) -> dict[str, Any]:
 def evaluation_defaults(path_or_preset: str | os.PathLike) -> dict[str, Any]:
     """How a checkpoint records it is meant to be evaluated (``meta.evaluation`` of its ``config.yaml``).
 
-    Empty for checkpoints that record nothing, original ``.pth`` files and presets: the paper's defaults apply.
+    Empty for checkpoints that record nothing, original ``.pth`` files and presets: the paper's defaults apply. An
+    ``hf-hub:`` name is read from its ``config.yaml`` (fetched alone, or read from the cache when offline).
 
     Raises:
         CheckpointError: unreadable config, or recorded defaults that are not valid.
+        InputError: an ``hf-hub:`` name that cannot be resolved.
     """
-    p = Path(path_or_preset)
+    from simseg.hub import is_hub_name, resolve
+
+    label = None
+    if is_hub_name(path_or_preset):
+        p, label = resolve(str(path_or_preset), allow_patterns=(CONFIG_NAME,), required=()), str(path_or_preset)
+    else:
+        p = Path(path_or_preset)
     if not (p.is_dir() and (p / CONFIG_NAME).is_file()):
         return {}
     doc = _read_own_config(p)
@@ -118,7 +126,7 @@ def evaluation_defaults(path_or_preset: str | os.PathLike) -> dict[str, Any]:
     evaluation = meta.get("evaluation") if isinstance(meta, dict) else None
     if evaluation is None:
         return {}
-    return check_evaluation_defaults(evaluation, f"{p / CONFIG_NAME}: meta.evaluation")
+    return check_evaluation_defaults(evaluation, f"{label or p / CONFIG_NAME}: meta.evaluation")
 
 
 def record_evaluation_defaults(checkpoint_dir: str | os.PathLike, evaluation: dict[str, Any]) -> Path:
@@ -153,7 +161,13 @@ def _read_own_config(directory: Path) -> dict:
         raise CheckpointError(f"{cfg_path}: unreadable config ({type(e).__name__}: {describe_yaml_error(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != "simseg" or "model" not in doc:
         final = directory / "checkpoint"
-        hint = f" (a training run's folder: its model is {final})" if (final / CONFIG_NAME).is_file() else ""
+        periodic = sorted(p for p in directory.glob("checkpoints/step-*") if (p / CONFIG_NAME).is_file())
+        if (final / CONFIG_NAME).is_file():
+            hint = f" (a training run's folder: its model is {final})"
+        elif periodic:  # a run still training (or stopped before its end): no final model yet
+            hint = f" (a training run's folder: its newest checkpoint is {periodic[-1]})"
+        else:
+            hint = ""
         raise CheckpointError(f"{cfg_path}: not a simseg checkpoint config{hint}")
     try:
         validate_model_config(doc["model"], where=str(cfg_path))
@@ -252,6 +266,9 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}: a simseg checkpoint folder, not an original .pth file (it needs no "
+                                  "conversion)")
         raise CheckpointError(f"{path}: is a folder but not a simseg checkpoint (no {CONFIG_NAME})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
@@ -260,6 +277,12 @@ def read_torch_checkpoint(path: str | os.PathLike) -> Any:
     # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80)
     if not magic.startswith((b"PK\x03\x04", b"\x80")):
         kind = _file_kind(path)
+        if (path.parent / CONFIG_NAME).is_file() or (path.parent.name == TOKENIZER_DIR
+                                                     and (path.parent.parent / CONFIG_NAME).is_file()):
+            folder = path.parent if (path.parent / CONFIG_NAME).is_file() else path.parent.parent
+            kind = f"a file of the simseg checkpoint folder {folder}: give the folder"
+        elif (path.parent / "simseg_onnx.json").is_file():
+            kind = f"a file of the ONNX export {path.parent}: give the folder (with --backend onnx to run it)"
         raise CheckpointError(f"{path}: not a PyTorch checkpoint" + (f" (it is {kind})" if kind else ""))
     from torch.torch_version import TorchVersion
 
@@ -345,7 +368,8 @@ def map_original_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         elif key.startswith(_ORIG_TEXT):
             mapped["text_encoder." + key[len(_ORIG_TEXT):]] = value
         elif key in _ORIG_EXTRA:
-            mapped[_ORIG_EXTRA[key]] = value.reshape(()) if key == "loss.temperature" else value
+            scalar = key == "loss.temperature" and value.numel() == 1  # else the shape check names it
+            mapped[_ORIG_EXTRA[key]] = value.reshape(()) if scalar else value
         else:
             unknown.append(key)
     return mapped, unknown
@@ -382,7 +406,10 @@ def import_original(
     ``load_model(..., image_size=288)``) for the evaluation resolution.
     """
     state, mapped = read_original_state(path)
-    config = model_config or infer_original_config(state)
+    try:
+        config = model_config or infer_original_config(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     embeddings = state.get(_ORIG_TEXT + "embeddings.word_embeddings.weight")  # absent: named by the key check
     words = int(embeddings.shape[0]) if embeddings is not None else None
     if tokenizer is not None and words is not None and tokenizer.vocab_size > words:

@@ -401,9 +401,16 @@ def find_onnx_folder(path: str | os.PathLike, label: str | None = None) -> Path:
     if (p / "onnx" / MANIFEST_NAME).is_file() and (p / CONFIG_NAME).is_file():
         _check_source(p, p / "onnx", read_manifest(p / "onnx"), label)
         return p / "onnx"
-    where = f"{label} (nor in its onnx/ subfolder)" if (p / CONFIG_NAME).is_file() else label
-    raise CheckpointError(f"{where}: no ONNX export ({MANIFEST_NAME}); make one with: "
-                          f"simseg export CHECKPOINT {label if p.is_dir() else 'OUT_DIR'} --format onnx")
+    from simseg.hub import is_hub_name
+
+    if not (p / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{label}: no ONNX export ({MANIFEST_NAME}); make one with: "
+                              f"simseg export CHECKPOINT {label if p.is_dir() else 'OUT_DIR'} --format onnx")
+    # a checkpoint folder: its export belongs in its onnx/ subfolder (a Hub snapshot is not written to: export it here)
+    how = f"simseg export {label} OUT_DIR --format onnx, then use OUT_DIR" if is_hub_name(label) else \
+        f"simseg export {label} {p / 'onnx'} --format onnx"
+    raise CheckpointError(f"{label} (nor in its onnx/ subfolder): no ONNX export ({MANIFEST_NAME}); make one with: "
+                          f"{how}")
 
 
 def _providers(device: str | torch.device) -> list[Any]:
@@ -588,20 +595,28 @@ def load_onnx_model(path: str | os.PathLike, tokenizer: str | os.PathLike | Toke
     manifest = read_manifest(folder)
     providers = _providers(device)
     sessions = {}
-    for key, entry in manifest["image"].get("graphs", {}).items():
-        sessions[int(key)] = _open_graph(folder / entry["file"], entry, manifest, "image", int(key), providers,
-                                         threads)
-    if not sessions:
-        raise CheckpointError(f"{folder / MANIFEST_NAME}: lists no image graph")
-    text = _open_graph(folder / manifest["text"]["file"], manifest["text"], manifest, "text", None, providers,
-                       threads)
-    tok = None
-    if tokenizer is not None:
-        tok = load_tokenizer(tokenizer)
-    elif manifest.get("tokenizer") and (folder / manifest["tokenizer"] / "vocab.txt").is_file():
-        tok = load_tokenizer(folder / manifest["tokenizer"])
-    vocab = manifest["text"].get("vocab_size")
-    if tok is not None and vocab is not None and tok.vocab_size > int(vocab):
-        raise CheckpointError(f"{label}: the tokenizer has {tok.vocab_size} tokens but the text graph only "
-                              f"{vocab} embeddings")
-    return OnnxModel(folder, manifest, sessions, text, tok, label, providers)
+    try:
+        for key, entry in manifest["image"].get("graphs", {}).items():
+            sessions[int(key)] = _open_graph(folder / entry["file"], entry, manifest, "image", int(key), providers,
+                                             threads)
+        if not sessions:
+            raise CheckpointError(f"{folder / MANIFEST_NAME}: lists no image graph")
+        text = _open_graph(folder / manifest["text"]["file"], manifest["text"], manifest, "text", None, providers,
+                           threads)
+        tok = None
+        if tokenizer is not None:
+            tok = load_tokenizer(tokenizer)
+        elif manifest.get("tokenizer"):
+            vocab_file = folder / manifest["tokenizer"] / "vocab.txt"
+            if not vocab_file.is_file():
+                raise CheckpointError(f"{vocab_file}: missing (the export is incomplete; or pass a folder with "
+                                      "vocab.txt as tokenizer=... / --tokenizer)")
+            tok = load_tokenizer(folder / manifest["tokenizer"])
+        vocab = manifest["text"].get("vocab_size")
+        if tok is not None and vocab is not None and tok.vocab_size > int(vocab):
+            raise CheckpointError(f"{label}: the tokenizer has {tok.vocab_size} tokens but the text graph only "
+                                  f"{vocab} embeddings")
+        return OnnxModel(folder, manifest, sessions, text, tok, label, providers)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a manifest edited or written by another tool
+        what = f"no {e.args[0]!r}" if isinstance(e, KeyError) else f"{type(e).__name__}: {one_line(e)}"
+        raise CheckpointError(f"{folder / MANIFEST_NAME}: incomplete manifest ({what})") from None

@@ -36,7 +36,7 @@ ONNX_FILES = (CONFIG_NAME, "onnx/*")
 #: What an upload carries from a checkpoint folder (never optimizer state or temporary files).
 UPLOAD_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, f"{TOKENIZER_DIR}/*", CARD_NAME, "*.json", "metrics/*.json", "onnx/*")
 _TRUE = {"1", "ON", "YES", "TRUE"}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?/[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?$")
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -53,14 +53,26 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     """
     body = name[len(HUB_PREFIX):] if is_hub_name(name) else name
     repo_id, _, revision = body.partition("@")
-    if not _REPO_ID.match(repo_id) or ".." in repo_id or (revision == "" and "@" in body):
+    if not _valid_repo_id(repo_id) or (revision == "" and "@" in body):
         raise InputError(f"{name}: not a Hugging Face Hub name (expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION)")
     return repo_id, revision or None
 
 
+def hub_name(repo_id: str, revision: str | None = None) -> str:
+    """``hf-hub:ORG/NAME``, with ``@revision`` unless it is None or ``main``."""
+    return f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
+
+
+def _valid_repo_id(repo_id: str) -> bool:
+    """The Hub's rule: letters, digits, '-', '_', '.', beginning and ending with a letter or digit ('_' may end it),
+    no '--' or '..', not ending in '.git', a name of at most 96 characters."""
+    return bool(_REPO_ID.match(repo_id)) and "--" not in repo_id and ".." not in repo_id \
+        and not repo_id.endswith(".git") and len(repo_id.split("/")[-1]) <= 96
+
+
 def check_repo_id(repo_id: str) -> str:
     """``ORG/NAME`` as the Hub accepts it, or a one-line error."""
-    if not _REPO_ID.match(repo_id) or ".." in repo_id or len(repo_id) > 96:
+    if not _valid_repo_id(repo_id):
         raise InputError(f"{repo_id}: not a Hub repository id (expected ORG/NAME: letters, digits, '-', '_', '.')")
     return repo_id
 
@@ -181,6 +193,10 @@ def resolve(
         raise CheckpointError(f"{name}: its {CONFIG_NAME} is not a simseg config: not a simseg model")
     for need in required:
         if not (folder / need).is_file():
+            if offline_now:  # the cache may hold only some files (e.g. the config alone): the repository may have it
+                raise CheckpointError(f"{name}: no {need} in the local Hugging Face cache{at} and HF_HUB_OFFLINE is "
+                                      "set (the cached copy holds only some of the files: fetch it once with the "
+                                      "network)")
             raise CheckpointError(f"{name}: the repository has no {need}{at}")
     return folder
 
@@ -270,7 +286,7 @@ def _num(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "n/a"
 
 
-def _metrics_rows(metrics: list[tuple[str, dict]], weights_sha: str | None) -> list[str]:
+def _metrics_rows(metrics: list[tuple[str, dict]], weights_sha: str | None, source_sha: str | None = None) -> list[str]:
     rows = ["| report | benchmark | protocol | result | measured on these weights |", "|---|---|---|---|---|"]
     for rel, report in metrics:
         protocol = report.get("protocol") if isinstance(report.get("protocol"), dict) else {}
@@ -285,8 +301,12 @@ def _metrics_rows(metrics: list[tuple[str, dict]], weights_sha: str | None) -> l
             result = (f"I2T R@1 {_num(report.get('I2T_R@1'))}, T2I R@1 {_num(report.get('T2I_R@1'))}, "
                       f"RSUM {_num(report.get('RSUM'))}")
         ck = report.get("checkpoint") if isinstance(report.get("checkpoint"), dict) else {}
-        same = "yes" if weights_sha and ck.get("sha256") == weights_sha else "no (another checkpoint)" \
-            if ck.get("sha256") else "not recorded"
+        if weights_sha and ck.get("sha256") == weights_sha:
+            same = "yes"
+        elif source_sha and ck.get("sha256") == source_sha:  # the original .pth these weights were converted from
+            same = "yes (the file they were converted from)"
+        else:
+            same = "no (another checkpoint)" if ck.get("sha256") else "not recorded"
         rows.append(f"| `{rel}` | {report.get('dataset', 'n/a')} | {pname} | {result} | {same} |")
     return rows
 
@@ -302,6 +322,7 @@ def model_card(
     repo_id: str | None = None,
     license: str = "mit",
     training_config: dict | None = None,
+    revision: str | None = None,
 ) -> str:
     """The model card (``README.md``) of a simseg checkpoint folder.
 
@@ -315,6 +336,7 @@ def model_card(
         repo_id: the Hub repository (``ORG/NAME``) the card is for; None for a folder not yet on the Hub.
         license: the Hub's ``license`` field (an SPDX-like id such as ``mit`` or ``apache-2.0``, or ``other``).
         training_config: the training run's merged config, if known.
+        revision: the branch the card is committed to (its load lines name it); None for ``main``.
 
     Raises:
         CheckpointError: the folder has no simseg config.
@@ -331,7 +353,7 @@ def model_card(
     kwargs, tconf = vision.get("kwargs") or {}, text.get("config") or {}
     meta = doc.get("meta") or {}
     title = repo_id or root.resolve().name
-    name = f"hf-hub:{repo_id}" if repo_id else str(root)
+    name = hub_name(repo_id, revision) if repo_id else str(root)
     counts = _parameter_counts(root / WEIGHTS_NAME)
     tokenizer = root / TOKENIZER_DIR / "vocab.txt"
     vocab = sum(1 for _ in tokenizer.open(encoding="utf-8")) if tokenizer.is_file() else None
@@ -405,8 +427,9 @@ def model_card(
     lines += ["The model config:", "", "```yaml", _yaml_block(cfg), "```", "", "## Evaluation", ""]
     metrics = find_metrics(root)
     if metrics:
+        rows = _metrics_rows(metrics, doc.get("weights_sha256"), meta.get("source_sha256"))
         lines += ["Reports stored in this repository (percent; each report names its full protocol, checkpoint and "
-                  "software versions):", "", *_metrics_rows(metrics, doc.get("weights_sha256")), ""]
+                  "software versions):", "", *rows, ""]
     else:
         lines += ["No evaluation report is stored with this model. `simseg eval-seg` and `simseg eval-retrieval` "
                   "write `metrics.json` reports that `simseg push-to-hub --metrics` uploads with it.", ""]
@@ -439,7 +462,7 @@ def is_simseg_card(path: str | os.PathLike) -> bool:
 
 
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, license: str = "mit",
-                     training_config: dict | None = None, overwrite: bool = False) -> Path:
+                     training_config: dict | None = None, overwrite: bool = False, revision: str | None = None) -> Path:
     """Write :func:`model_card` as ``folder/README.md`` (atomically).
 
     A ``README.md`` that simseg did not write is kept unless ``overwrite``.
@@ -451,7 +474,7 @@ def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, lice
     if path.exists() and not overwrite and not is_simseg_card(path):
         return path
     return atomic_write_text(path, model_card(folder, repo_id=repo_id, license=license,
-                                              training_config=training_config))
+                                              training_config=training_config, revision=revision))
 
 
 def store_metrics(folder: str | os.PathLike, reports: Sequence[str | os.PathLike]) -> list[Path]:
@@ -504,14 +527,18 @@ def find_training_config(folder: str | os.PathLike) -> dict | None:
 # ------------------------------------------------------------------------------------------------ upload
 def stage_folder(folder: str | os.PathLike, staging: str | os.PathLike) -> Path:
     """Link (or copy) the files of :data:`UPLOAD_PATTERNS` from ``folder`` into ``staging``, so the card and the
-    reports can be added without writing into the user's checkpoint folder."""
+    reports can be added without writing into the user's checkpoint folder. A JSON file outside ``onnx/`` goes only
+    when it is an evaluation report (:func:`find_metrics`)."""
     import fnmatch
 
     src, dst = Path(folder), Path(staging)
+    reports = {rel for rel, _ in find_metrics(src)}
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src).as_posix()
         if not any(fnmatch.fnmatch(rel, pat) for pat in UPLOAD_PATTERNS) or rel.split("/")[-1].startswith("."):
             continue
+        if rel.endswith(".json") and not rel.startswith("onnx/") and rel not in reports:
+            continue  # not an evaluation report: a training checkpoint's state.json, a tool's notes
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -545,7 +572,7 @@ def upload_folder(folder: str | os.PathLike, repo_id: str, private: bool = False
         folder: the staged model folder (see :func:`stage_folder`).
         repo_id: ``ORG/NAME``.
         private: create the repository private (an existing repository keeps its visibility).
-        revision: the branch to commit to (default ``main``).
+        revision: the branch to commit to (default ``main``; created from ``main`` if the repository lacks it).
         commit_message: the commit's message.
         token: a Hub token; default the one huggingface_hub finds (``HF_TOKEN``, ``hf auth login``).
         api_factory: builds the client (``huggingface_hub.HfApi`` by default).
@@ -562,6 +589,8 @@ def upload_folder(folder: str | os.PathLike, repo_id: str, private: bool = False
     api = (api_factory or huggingface_hub.HfApi)(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and not revision.startswith("refs/pr/"):  # a commit to a branch the repository lacks fails
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  commit_message=commit_message or "Upload simseg model")
     except (ImportError, KeyboardInterrupt):

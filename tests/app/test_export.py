@@ -80,3 +80,34 @@ def test_export_arguments(onnx_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "--image-size" in capsys.readouterr().out
+
+
+def test_info_describes_an_onnx_export_folder(onnx_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from simseg.checkpoint import file_sha256
+
+    assert main(["info", str(onnx_checkpoint / "onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "format: ONNX export" in out
+    assert f"exported from weights sha256: {file_sha256(onnx_checkpoint / 'model.safetensors')}" in out
+    assert "image sizes: 64, 288 (patch 16)" in out and "text.onnx" in out and "embed_dim: 512" in out
+    broken = shutil.copytree(onnx_checkpoint / "onnx", tmp_path / "broken")
+    (broken / "image_64.onnx").unlink()
+    assert main(["info", str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image_64.onnx: missing" in err[0]
+
+
+def test_export_defaults_to_the_size_the_checkpoint_is_segmented_at(onnx_checkpoint, tiny_model, tmp_path, capsys):
+    from simseg.checkpoint import save_model
+    from tests.app.test_recorded_defaults import RECORDED
+
+    ck = save_model(tiny_model, tmp_path / "ck", meta={"evaluation": RECORDED})  # segmented with dense at 32
+    assert main(["export", str(ck), str(ck / "onnx"), "--no-verify"]) == 0
+    assert "image size 32: the dense protocol's, recorded in" in capsys.readouterr().out
+    assert (ck / "onnx" / "image_32.onnx").is_file()
+    out = tmp_path / "out"
+    assert main(["segment", *_images(tmp_path), "--classes", "cat,dog", "--checkpoint", str(ck), "--backend", "onnx",
+                 "--templates", "single", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert json.loads((out / "segment.json").read_text())["protocol"]["crop_size"] == 32

@@ -30,6 +30,14 @@ class FakeHub:
             fake.calls.append(("create_repo", repo_id, kwargs))
 
         def upload_folder(api, *, repo_id, folder_path, **kwargs):
+            revision = kwargs.get("revision")
+            if revision not in (None, "main") and ("create_branch", repo_id, revision) not in \
+                    [(c[0], c[1], c[2].get("branch")) for c in fake.calls]:  # as the Hub answers: no such branch
+                import httpx
+                from huggingface_hub.errors import RevisionNotFoundError
+
+                raise RevisionNotFoundError(f"Invalid rev id: {revision}", response=httpx.Response(
+                    404, request=httpx.Request("POST", f"https://hub.invalid/api/models/{repo_id}/commit/{revision}")))
             files = {}
             for root, _, names in os.walk(folder_path):
                 for name in names:
@@ -38,7 +46,11 @@ class FakeHub:
             fake.calls.append(("upload_folder", repo_id, {**kwargs, "files": files}))
             return type("CommitInfo", (), {"commit_url": f"hub/{repo_id}/commit/1"})()
 
+        def create_branch(api, repo_id, *, branch, exist_ok=False, **kwargs):
+            fake.calls.append(("create_branch", repo_id, {"branch": branch, "exist_ok": exist_ok, **kwargs}))
+
         monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
         monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
         return self
 
@@ -61,6 +73,7 @@ def _training_checkpoint(tiny_model, tmp_path):
     (run / "config.yaml").write_text("model: {pooling: loda}\ndata: {image_size: 224}\ntrain: {steps: 7}\n")
     ck = tiny_model.save_pretrained(run / "checkpoint", meta={"step": 7})
     (ck / "train_state.pt").write_bytes(b"optimizer state")
+    (ck / "state.json").write_text(json.dumps({"step": 7, "world_size": 1, "extra": {"data": [3]}}))  # its counters
     (ck / ".model.safetensors.123.tmp").write_bytes(b"partial")
     return ck
 
@@ -79,7 +92,7 @@ def test_push_to_hub_uploads_the_model_folder_with_a_card(tiny_model, tmp_path, 
     assert upload == "upload_folder" and repo2 == "someone/tiny-simseg" and upload_kwargs["commit_message"] == "first"
     files = upload_kwargs["files"]
     assert sorted(files) == ["README.md", "config.yaml", "metrics/pascal_voc.json", "model.safetensors",
-                             "tokenizer/vocab.txt"]  # no optimizer state, no temporary file
+                             "tokenizer/vocab.txt"]  # no optimizer or training state, no temporary file
     assert files["model.safetensors"] == before["model.safetensors"]
     card = files["README.md"].decode()
     assert "license: apache-2.0" in card and 'simseg.load_model("hf-hub:someone/tiny-simseg")' in card
@@ -93,11 +106,39 @@ def test_push_to_hub_takes_the_onnx_export_and_keeps_a_written_card(onnx_checkpo
     ck = shutil.copytree(onnx_checkpoint, tmp_path / "ck")
     (ck / "README.md").write_text("# a card written by hand\n")
     assert main(["push-to-hub", str(ck), "someone/tiny-onnx", "--revision", "v1"]) == 0
-    (_, _, create_kwargs), (_, _, upload_kwargs) = hub.calls
+    (_, _, create_kwargs), (_, _, branch_kwargs), (_, _, upload_kwargs) = hub.calls
     assert create_kwargs["private"] is False and upload_kwargs["revision"] == "v1"
+    assert branch_kwargs == {"branch": "v1", "exist_ok": True}  # a new branch is made, an existing one kept
     files = upload_kwargs["files"]
     assert files["README.md"] == b"# a card written by hand\n"
     assert {"onnx/simseg_onnx.json", "onnx/text.onnx", "onnx/image_288.onnx", "onnx/tokenizer/vocab.txt"} <= set(files)
+
+
+def test_push_to_a_branch_names_the_branch_in_the_card_and_the_load_line(tiny_model, tmp_path, hub, capsys):
+    ck = tiny_model.save_pretrained(tmp_path / "ck")
+    assert main(["push-to-hub", str(ck), "someone/tiny-simseg", "--revision", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert 'simseg.load_model("hf-hub:someone/tiny-simseg@dev")' in out
+    assert "--checkpoint hf-hub:someone/tiny-simseg@dev" in out
+    card = hub.calls[-1][2]["files"]["README.md"].decode()
+    assert 'simseg.load_model("hf-hub:someone/tiny-simseg@dev")' in card
+    assert "--checkpoint hf-hub:someone/tiny-simseg@dev " in card
+    assert main(["push-to-hub", str(ck), "someone/tiny-simseg"]) == 0  # main: the plain name
+    assert 'load_model("hf-hub:someone/tiny-simseg")' in hub.calls[-1][2]["files"]["README.md"].decode()
+
+
+def test_push_to_hub_refuses_an_onnx_export_of_other_weights(onnx_checkpoint, tiny_model, tmp_path, hub, capsys):
+    import shutil
+
+    from simseg.model import build_model
+
+    retrained = build_model(tiny_model.config, tiny_model.tokenizer, pretrained=False).eval()
+    ck = retrained.save_pretrained(tmp_path / "ck")  # new weights saved over a folder whose onnx/ is the old model's
+    shutil.copytree(onnx_checkpoint / "onnx", ck / "onnx")
+    assert main(["push-to-hub", str(ck), "someone/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{ck}/onnx: exported from another model" in err[0]
+    assert not [c for c in hub.calls if c[0] == "upload_folder"]
 
 
 def test_push_to_hub_converts_an_original_checkpoint(tmp_path, hub, vocab_dir):
@@ -109,16 +150,25 @@ def test_push_to_hub_converts_an_original_checkpoint(tmp_path, hub, vocab_dir):
     model = build_model(_small_cfg(), load_tokenizer(vocab_dir)).eval()
     src = tmp_path / "simseg.vit-x.pth"
     torch.save(_to_original_layout(model), src)
-    assert main(["push-to-hub", str(src), "someone/converted", "--tokenizer", str(vocab_dir)]) == 0
+    from simseg.checkpoint import file_sha256
+
+    report = tmp_path / "metrics.json"  # eval-seg run on the .pth itself: its stamp is the .pth's sha256
+    report.write_text(json.dumps({"dataset": "pascal_voc", "mIoU": 1.5, "protocol": {"name": "dense"},
+                                  "checkpoint": {"path": str(src), "sha256": file_sha256(src)}}))
+    assert main(["push-to-hub", str(src), "someone/converted", "--tokenizer", str(vocab_dir),
+                 "--metrics", str(report)]) == 0
     files = hub.calls[-1][2]["files"]
     assert {"model.safetensors", "config.yaml", "tokenizer/vocab.txt", "README.md"} <= set(files)
     assert b"converted_from: simseg.vit-x.pth" in files["config.yaml"]
+    row = [line for line in files["README.md"].decode().splitlines() if "metrics/pascal_voc.json" in line]
+    assert row and row[0].endswith("| yes (the file they were converted from) |")
 
 
 def test_push_to_hub_without_network_token_or_a_model_is_one_line(tiny_model, tmp_path, hub, monkeypatch, capsys):
     from huggingface_hub import constants
 
     ck = tiny_model.save_pretrained(tmp_path / "ck")
+    run = _training_checkpoint(tiny_model, tmp_path).parent
     bad_report = tmp_path / "r.json"
     bad_report.write_text("{}")
     cases = [
@@ -126,6 +176,8 @@ def test_push_to_hub_without_network_token_or_a_model_is_one_line(tiny_model, tm
         (["push-to-hub", "tiny", "someone/x"], "preset has random weights"),
         (["push-to-hub", str(tmp_path / "missing"), "someone/x"], "not found"),
         (["push-to-hub", str(tmp_path), "someone/x"], "not a simseg checkpoint folder"),
+        (["push-to-hub", str(run), "someone/x"], f"{run / 'config.yaml'}: not a simseg checkpoint config (a training "
+                                                  f"run's folder: its model is {run / 'checkpoint'})"),
         (["push-to-hub", str(ck), "someone/x", "--metrics", str(bad_report)], "not an evaluation report"),
         (["push-to-hub", str(ck), "someone/x", "--license", "My License"], "license"),
     ]
@@ -180,3 +232,17 @@ def test_segment_and_info_take_hub_names_offline(tiny_model, tmp_path, offline_c
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "checkpoint: hf-hub:someone/tiny-simseg" in done.stdout and "embed_dim: 512" in done.stdout
+
+
+def test_a_hub_model_s_recorded_evaluation_defaults_are_used(tiny_model, tmp_path, offline_cache, capsys):  # noqa: F811
+    from tests.app.test_recorded_defaults import RECORDED, _segment
+
+    folder = tiny_model.save_pretrained(tmp_path / "m", meta={"evaluation": RECORDED})
+    make_hub_cache(offline_cache, "someone/recorded", folder)
+    assert main(["info", "hf-hub:someone/recorded"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation defaults (used by segment" in out and "crop_size: 32" in out
+    (tmp_path / "images").mkdir()
+    report = _segment(tmp_path / "images", "hf-hub:someone/recorded")
+    assert report["protocol"]["name"] == "dense" and report["protocol"]["crop_size"] == 32
+    assert "using the evaluation defaults recorded in hf-hub:someone/recorded" in capsys.readouterr().out

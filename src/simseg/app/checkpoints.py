@@ -11,17 +11,47 @@ CONVERT_HELP = "convert an original SimSeg .pth checkpoint to the simseg format"
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="simseg checkpoint folder, original .pth, preset name, or hf-hub:ORG/NAME")
+    parser.add_argument("checkpoint", help="simseg checkpoint folder, original .pth, preset name, hf-hub:ORG/NAME, or "
+                                           "an ONNX export folder")
     parser.add_argument("--tokenizer", default=None, help="folder with vocab.txt (or a Hugging Face name)")
+
+
+def _run_onnx_info(args: argparse.Namespace) -> int:
+    """Print what an ONNX export folder holds (its graphs checked as ``--backend onnx`` checks them)."""
+    from omegaconf import OmegaConf
+
+    from simseg.checkpoint import checkpoint_fingerprint, load_model
+
+    model = load_model(args.checkpoint, tokenizer=args.tokenizer, backend="onnx")
+    fp = checkpoint_fingerprint(args.checkpoint, backend="onnx")
+    manifest = model.manifest
+    print(f"checkpoint: {args.checkpoint}")
+    print(f"format: ONNX export (simseg_onnx.json sha256 {fp['sha256']}; run it with --backend onnx)")
+    print(f"exported from weights sha256: {fp.get('source_weights_sha256') or 'not recorded'}")
+    print("config:")
+    print("  " + OmegaConf.to_yaml(OmegaConf.create(model.config)).replace("\n", "\n  ").rstrip())
+    print(f"image sizes: {', '.join(map(str, model.image_sizes))} (patch {model.patch_size})")
+    print(f"temperature: {float(model.temperature()):.5f}")
+    print(f"tokenizer: {'none' if model.tokenizer is None else f'{model.tokenizer.vocab_size} tokens'}")
+    print("graphs:")
+    for entry in [*manifest["image"]["graphs"].values(), manifest["text"]]:
+        print(f"  {entry['file']:<18}{(model.folder / entry['file']).stat().st_size:>14,} bytes")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
     """Print the config, sizes and parameter counts of a checkpoint."""
+    from pathlib import Path
+
     from omegaconf import OmegaConf
 
-    from simseg.checkpoint import checkpoint_fingerprint, evaluation_defaults, load_model
+    from simseg.checkpoint import CONFIG_NAME, checkpoint_fingerprint, evaluation_defaults, load_model
+    from simseg.export import MANIFEST_NAME
     from simseg.model import parameter_counts
 
+    path = Path(args.checkpoint)
+    if path.is_dir() and (path / MANIFEST_NAME).is_file() and not (path / CONFIG_NAME).is_file():
+        return _run_onnx_info(args)
     model = load_model(args.checkpoint, tokenizer=args.tokenizer)
     recorded = evaluation_defaults(args.checkpoint)
     print(f"checkpoint: {args.checkpoint}")

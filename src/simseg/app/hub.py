@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _checkpoint_folder(checkpoint: str, staging: Path, tokenizer: str | None) -> Path:
     """The simseg folder to upload from: the checkpoint folder itself, a Hub snapshot, or an original ``.pth``
     converted into ``staging``."""
-    from simseg.checkpoint import default_tokenizer, file_sha256, import_original, save_model
+    from simseg.checkpoint import _read_own_config, default_tokenizer, file_sha256, import_original, save_model
     from simseg.checkpoint_format import CONFIG_NAME
     from simseg.config import preset_names
     from simseg.hub import UPLOAD_PATTERNS, is_hub_name, resolve
@@ -42,7 +42,10 @@ def _checkpoint_folder(checkpoint: str, staging: Path, tokenizer: str | None) ->
     path = Path(checkpoint)
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
-            raise InputError(f"{path}: not a simseg checkpoint folder (no {CONFIG_NAME})")
+            export = " (an ONNX export: push the checkpoint folder it was made from, with the export in its onnx/)" \
+                if (path / "simseg_onnx.json").is_file() else ""
+            raise InputError(f"{path}: not a simseg checkpoint folder (no {CONFIG_NAME}){export}")
+        _read_own_config(path)  # a training run's folder or another tool's config: one line naming it, before staging
         return path
     if path.is_file():
         model = import_original(path, load_tokenizer(tokenizer) if tokenizer else default_tokenizer())
@@ -55,7 +58,8 @@ def _checkpoint_folder(checkpoint: str, staging: Path, tokenizer: str | None) ->
 
 def run(args: argparse.Namespace) -> int:
     """Stage the checkpoint's files with a fresh model card and upload them in one commit."""
-    from simseg.hub import (CARD_NAME, check_license, check_repo_id, find_training_config, is_simseg_card,
+    from simseg.export import MANIFEST_NAME, find_onnx_folder
+    from simseg.hub import (CARD_NAME, check_license, check_repo_id, find_training_config, hub_name, is_simseg_card,
                             read_config, stage_folder, store_metrics, upload_folder, upload_ready, write_model_card)
 
     check_repo_id(args.repo_id)
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="simseg-push-") as tmp:
         tmp = Path(tmp)
         folder = _checkpoint_folder(args.checkpoint, tmp, args.tokenizer)
+        if (folder / "onnx" / MANIFEST_NAME).is_file():  # an export of other weights must not go up beside these
+            find_onnx_folder(folder, label=str(args.checkpoint))
         staged = stage_folder(folder, tmp / "upload")
         store_metrics(staged, args.metrics)
         card = staged / CARD_NAME
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             if training is None and not str(args.checkpoint).startswith("hf-hub:"):
                 training = find_training_config(folder)
             write_model_card(staged, repo_id=args.repo_id, license=args.license, training_config=training,
-                             overwrite=True)
+                             overwrite=True, revision=args.revision)
         files = sorted(p for p in staged.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in files)
         print(f"uploading {len(files)} files ({size / 1e6:.1f} MB) to {args.repo_id}"
@@ -87,5 +93,6 @@ def run(args: argparse.Namespace) -> int:
         url = upload_folder(staged, args.repo_id, private=args.private, revision=args.revision,
                             commit_message=args.message, token=token)
     print(f"done: {url}")
-    print(f"load it with: simseg.load_model(\"hf-hub:{args.repo_id}\") or --checkpoint hf-hub:{args.repo_id}")
+    name = hub_name(args.repo_id, args.revision)
+    print(f"load it with: simseg.load_model(\"{name}\") or --checkpoint {name}")
     return 0
