@@ -779,3 +779,23 @@ def test_bad_input_through_the_simseg_executable(argv, status, message, files, w
     shown = error_lines(proc.stderr)
     assert any(_subst(message, names) in line for line in shown), proc.stderr
     assert len(shown) == (2 if status == 1 else 1), proc.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """``simseg info tiny | head -1``: the pipe's reader is gone before the command writes (here closed before the
+    process starts), so every write fails; the command ends with status 1 and nothing on stderr, no traceback."""
+    import sys
+
+    import simseg
+
+    src = str(Path(simseg.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           "SIMSEG_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "simseg", "info", "tiny"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr

@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:  # pragma: no cover - console script
-    """The console script: the process-wide allocator setting (:mod:`simseg.allocator`), then :func:`main`."""
+    """The console script: the process-wide allocator setting (:mod:`simseg.allocator`), then :func:`main`.
+
+    A reader that stops early (``simseg info CKPT | head -3``) ends the command quietly, as other command-line tools
+    end: exit status 1 and no traceback."""
     import os
 
     from simseg.allocator import from_environment
@@ -123,7 +126,15 @@ def entry() -> None:  # pragma: no cover - console script
     except ValueError as err:
         print(f"simseg: error: {err}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # stdout's reader is gone: what is still buffered would fail again as Python exits, so it goes nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
