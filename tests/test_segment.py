@@ -826,3 +826,29 @@ def test_segment_many_without_workers_and_its_errors(model, tmp_path):
             np.testing.assert_array_equal(out[i].labels, serial[j])
         with pytest.raises(InputError, match="broken.jpg"):
             list(seg.segment_many(mixed, lanes=lanes))
+
+
+def test_a_model_in_training_mode_segments_and_encodes_classes_as_in_eval_mode_and_keeps_its_mode(model, tmp_path):
+    from simseg.model import set_dropout
+
+    names, templates = ["background", "cat", "dog"], ("a photo of a {}.", "the toy {}.")
+    reference = class_embeddings(model, names, templates, use_cache=False, progress=False)
+    image = _photo_like(3, (96, 80))
+    expected = Segmenter(model, names, protocol="dense", templates=templates, cache_dir=tmp_path / "eval",
+                         progress=False)(image)
+    training = copy.deepcopy(model)
+    set_dropout(training, 0.3)
+    training.train()
+    training.image_encoder.eval()  # a caller's own mix of modes is kept as it is
+    modes = [m.training for m in training.modules()]
+    cached = class_embeddings(training, names, templates, cache_dir=tmp_path, progress=False)
+    assert [m.training for m in training.modules()] == modes
+    # no dropout: the cache file, which an eval-mode model reads later, holds the model's embeddings
+    torch.testing.assert_close(cached, reference, rtol=0, atol=1e-6)
+    training.image_encoder.train()
+    seg = Segmenter(training, names, protocol="dense", templates=templates, cache_dir=tmp_path, progress=False)
+    first, second = seg(image), seg(image)
+    np.testing.assert_array_equal(first.scores, second.scores)
+    np.testing.assert_allclose(first.scores, expected.scores, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(first.labels, expected.labels)
+    assert all(m.training for m in training.modules())

@@ -116,12 +116,17 @@ def encode_class_names(
 
     ``progress``: a bar over the batches when there are at least four (a terminal redraws it, a log gets lines).
 
+    A model in training mode is run as in eval mode (:func:`simseg.model.eval_view`: no dropout, its mode unchanged),
+    so the embeddings, and the cache files written from them, are those of the model's weights alone.
+
     Returns:
         (C, D) float32 on the model's device: the template mean of the L2-normalised prompt embeddings, divided by
         its norm (no epsilon, as the original).
     """
+    from simseg.model import eval_view
     from simseg.progress import progress_bar
 
+    model = eval_view(model)
     prompts = [t.format(name) for name in class_names for t in templates]
     tokens = model.tokenize(prompts, padding="longest")
     ids, mask = tokens["input_ids"], tokens["attention_mask"]

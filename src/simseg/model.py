@@ -7,6 +7,7 @@ pooling and temperature are ours.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Sequence
@@ -454,6 +455,25 @@ def set_dropout(model: nn.Module, p: float) -> int:
         text.config.hidden_dropout_prob = float(p)
         text.config.attention_probs_dropout_prob = float(p)
     return count
+
+
+def eval_view(model: Any) -> Any:
+    """``model`` as it computes in eval mode, without changing it: the model itself when no module of it is in
+    training mode, else a shallow copy of its module tree with every module in eval mode, sharing every parameter
+    and buffer (nothing is copied). Inference on a model handed over in training mode (a training loop's) then has no
+    dropout, and the caller's model keeps its mode."""
+    if not isinstance(model, nn.Module) or not any(m.training for m in model.modules()):
+        return model
+
+    def view(module: nn.Module) -> nn.Module:
+        if not any(m.training for m in module.modules()):
+            return module
+        new = copy.copy(module)
+        new._modules = {name: None if child is None else view(child) for name, child in module._modules.items()}
+        new.training = False
+        return new
+
+    return view(model)
 
 
 def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained: bool | None = None,

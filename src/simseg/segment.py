@@ -54,6 +54,7 @@ from simseg.classnames import flatten_synonyms, max_over_synonyms, parse_class_l
 from simseg.embeddings import class_embeddings
 from simseg.errors import ConfigError, InputError, SimSegError
 from simseg.images import to_rgb
+from simseg.model import eval_view
 from simseg.packed import packed_view
 from simseg.protocols import DEFAULT_PROTOCOL, DenseParams, SimSegParams, make_params
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_normalize, short_side_size
@@ -577,7 +578,8 @@ class Segmenter:
     sizes) and a training loop may share one model.
 
     Args:
-        model: a loaded :class:`simseg.model.SimSegModel` in eval mode.
+        model: a loaded :class:`simseg.model.SimSegModel`; modules in training mode when it is handed over are run
+            as in eval mode (no dropout) and keep their mode.
         class_names: class list, a comma string or a sequence; ``background`` is index 0 (prepended when missing).
         protocol: ``"simseg"`` (the paper's) or ``"dense"``.
         crf: ``simseg`` protocol only: refine with the dense CRF (see :class:`SimSegProtocol`).
@@ -629,13 +631,14 @@ class Segmenter:
     @property
     def model(self) -> Any:
         """The model (only read). Its forwards run on :func:`simseg.packed.packed_view` of it: the same parameters,
-        the image tower's linear layers on packed weights, bit-identical outputs."""
+        the image tower's linear layers on packed weights, bit-identical outputs; in eval mode
+        (:func:`simseg.model.eval_view`) whatever the model's own mode."""
         return self._model
 
     @model.setter
     def model(self, model: Any) -> None:
         self._model = model
-        self._forward_model = packed_view(model)
+        self._forward_model = packed_view(eval_view(model))
 
     @property
     def params(self) -> SimSegParams | DenseParams:
