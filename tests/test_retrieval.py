@@ -538,6 +538,18 @@ def test_a_model_runs_at_any_crop_size_without_being_rebuilt(vocab_dir, tmp_path
     assert metric_values(got) == pytest.approx(metric_values(rebuilt))
 
 
+def test_evaluation_gives_each_module_its_own_mode_back(tiny_model, tmp_path):
+    """A caller training with a frozen tower in eval mode (model.train(); model.image_encoder.eval()) keeps that mix."""
+    import copy
+
+    path = write_parquet(tmp_path / "valid.parquet", toy_rows(2, 1))
+    model = copy.deepcopy(tiny_model).train()
+    model.image_encoder.eval()
+    modes = [m.training for m in model.modules()]
+    evaluate_retrieval(model, path, crop_size=32, resize_size=36, progress=False)
+    assert [m.training for m in model.modules()] == modes
+
+
 def test_bad_images_are_reported_counted_and_skipped_on_request(tmp_path):
     rows = toy_rows(4, 2)
     for r in rows:
