@@ -852,3 +852,22 @@ def test_a_model_in_training_mode_segments_and_encodes_classes_as_in_eval_mode_a
     np.testing.assert_allclose(first.scores, expected.scores, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(first.labels, expected.labels)
     assert all(m.training for m in training.modules())
+
+
+def test_a_class_list_assigned_after_construction_gets_its_own_embeddings(model, tmp_path):
+    kw = dict(protocol="dense", templates="single", cache_dir=tmp_path, progress=False)
+    seg = Segmenter(model, "cat,dog,grass", **kw)
+    image = _photo_like(4, (64, 48))
+    seg.class_names = ["horse", "sky"]  # as the constructor takes it: background prepended
+    fresh = Segmenter(model, ["horse", "sky"], **kw)
+    assert seg.class_names == fresh.class_names == ["background", "horse", "sky"]
+    torch.testing.assert_close(seg.class_emb, fresh.class_emb, rtol=0, atol=0)
+    got, want = seg(image), fresh(image)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.found == want.found and got.class_names == want.class_names
+    seg.class_names.append("tree")  # a copy: the segmenter's list is not changed behind its embeddings
+    assert seg.class_names == ["background", "horse", "sky"]
+    with pytest.raises(InputError, match="duplicate"):
+        seg.class_names = "cat,cat"
+    assert seg.class_names == ["background", "horse", "sky"] and seg.class_emb.shape[0] == 3

@@ -593,7 +593,8 @@ class Segmenter:
             :class:`~simseg.protocols.DenseParams` fields).
 
     Attributes:
-        class_names: the classes, in label-index order (``background`` first).
+        class_names: the classes, in label-index order (``background`` first); assigning a new class list encodes
+            its embeddings.
         names: the names that are encoded (the class names, or the synonyms flattened in class order).
         class_of_name: the class index of each name; None when every class has one name.
         class_emb: one unit-norm embedding per entry of :attr:`names` (so per class without synonyms).
@@ -618,15 +619,32 @@ class Segmenter:
     ):
         self.model = model
         given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
-        self.class_names = parse_class_list(given)
-        self.names, self.class_of_name = _query_names(self.class_names, len(given), synonyms)
+        parsed = parse_class_list(given)
+        names, class_of_name = _query_names(parsed, len(given), synonyms)
         self.protocol = make_protocol(protocol, crf=crf, mean=model.mean, std=model.std, **params)
         if self.protocol.input_size % model.patch_size:
             name = "input_size" if protocol == "simseg" else "crop_size"
             raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
                               f"model's patch size {model.patch_size}")
         self.templates = resolve_templates(templates)
-        self.class_emb = class_embeddings(model, self.names, self.templates, cache_dir=cache_dir, progress=progress)
+        self._cache_dir, self._progress = cache_dir, progress
+        self._set_classes(parsed, names, class_of_name)
+
+    def _set_classes(self, class_names: list[str], names: list[str], class_of_name: list[int] | None) -> None:
+        emb = class_embeddings(self.model, names, self.templates, cache_dir=self._cache_dir, progress=self._progress)
+        self._class_names, self.names, self.class_of_name, self.class_emb = class_names, names, class_of_name, emb
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes, in label-index order (``background`` first); a copy. Setting a class list (a comma string
+        or a sequence, as the constructor takes it) encodes its embeddings; each class then has its one name."""
+        return list(self._class_names)
+
+    @class_names.setter
+    def class_names(self, class_names: str | Sequence[str]) -> None:
+        given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+        parsed = parse_class_list(given)
+        self._set_classes(parsed, *_query_names(parsed, len(given), None))
 
     @property
     def model(self) -> Any:
