@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import torch
@@ -471,6 +471,9 @@ def eval_view(model: Any) -> Any:
         new = copy.copy(module)
         new._modules = {name: None if child is None else view(child) for name, child in module._modules.items()}
         new.training = False
+        for key, value in vars(module).items():  # a method set on the instance runs on the view, not the original
+            if isinstance(value, MethodType) and value.__self__ is module:
+                setattr(new, key, MethodType(value.__func__, new))
         return new
 
     return view(model)
