@@ -226,6 +226,17 @@ def test_class_embedding_cache_hit_key_and_corruption(model, tmp_path, monkeypat
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_cache_file_with_damaged_rows_under_an_intact_header_is_recomputed(model, tmp_path):
+    templates = ("a photo of a {}.",)
+    first = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path, progress=False)
+    (path,) = tmp_path.glob("*.npy")
+    for damaged in (np.zeros_like(first.numpy()), 3 * first.numpy()):  # zeroed pages, or any other bytes
+        np.save(path, damaged.astype(np.float32))
+        again = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path, progress=False)
+        torch.testing.assert_close(again, first, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(np.load(path)), first, rtol=0, atol=1e-6)  # rewritten
+
+
 def test_cache_dir_defaults_to_simseg_cache(model, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMSEG_CACHE", str(tmp_path))
     class_embeddings(model, ["background", "cat"], ("a photo of a {}.",))

@@ -60,12 +60,15 @@ def cache_key(model: Any, class_names: Sequence[str], templates: Sequence[str]) 
 
 
 def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached array, or None when the file is missing, unreadable, or not what it should be."""
+    """The cached array, or None when the file is missing, unreadable, or not what it should be (shape, dtype, finite
+    rows of unit norm)."""
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
     if arr.shape != shape or arr.dtype != np.float32 or not np.isfinite(arr).all():
+        return None
+    if not np.allclose(np.linalg.norm(arr, axis=1), 1.0, rtol=0, atol=1e-4):  # damaged data under an intact header
         return None
     return arr
 
