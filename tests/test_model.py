@@ -65,6 +65,13 @@ def test_tokenizer_reads_vocab_and_truncates(vocab_dir, tmp_path):
         Tokenizer(tmp_path / "vocab.txt")
 
 
+def test_an_empty_batch_tokenizes_to_zero_rows_with_either_padding(vocab_dir):
+    tok = load_tokenizer(vocab_dir)
+    for padding, width in (("max_length", 25), ("longest", 0)):
+        batch = tok([], max_length=25, padding=padding)
+        assert batch["input_ids"].shape == batch["attention_mask"].shape == (0, width)
+
+
 def test_real_bert_vocab_ids(tmp_path):
     # the released tokenizer: "a photo of a dog." -> 101, 1037, 6302, 1997, 1037, 3899, 1012, 102 with bert-base-uncased.
     # Build a vocab file with those words at those ids (the real file is not downloadable here).
