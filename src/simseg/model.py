@@ -235,9 +235,16 @@ class SimSegModel(nn.Module):
         Resampling always starts from the native (trained) position embedding, so switching sizes back and forth
         (e.g. 288 for one protocol, 448 for another) never compounds interpolation error. Weights changed since the
         last resize (training) become the new native ones.
+
+        Raises:
+            ConfigError: ``size`` is not a positive multiple of the patch size.
         """
         from timm.layers import resample_abs_pos_embed
 
+        if isinstance(size, bool) or not hasattr(size, "__index__") or size < 1 or size % self.patch_size:
+            raise ConfigError(f"image_size: {size!r} is not a positive multiple of the model's patch size "
+                              f"{self.patch_size}")
+        size = int(size)
         vit = self.image_encoder
         if (size, size) == tuple(vit.patch_embed.img_size):
             return
