@@ -93,6 +93,12 @@ def test_other_classes_keep_a_distinct_palette_away_from_the_colour_words():
     assert colour_word("snow") == (255, 250, 250) and colour_word("  ") is None
 
 
+def test_a_colour_word_pillow_has_already_drawn_with_keeps_its_colour():
+    Image.new("RGB", (1, 1), "orchid")  # Pillow then holds the name's parsed tuple in place of its hex string
+    assert colour_word("Orchid") == (218, 112, 214)
+    assert class_colors(["background", "orchid"])[1].tolist() == [218, 112, 214]
+
+
 def test_iou_bar_chart_and_grid(tmp_path):
     iou_bar_chart({"background": 80.0, "cat": 41.5, "dog": None}, tmp_path / "c" / "chart.png", "voc (simseg)")
     chart = Image.open(tmp_path / "c" / "chart.png")
@@ -115,3 +121,4 @@ def test_the_legend_draws_accented_greek_and_cyrillic_class_names():
     # a font without these glyphs draws each as the same empty box: the names would be told apart by nothing
     for a, b in (("é", "ß"), ("Ü", "ö"), ("λ", "ж")):
         assert not np.array_equal(legend(f"caf{a}"), legend(f"caf{b}")), (a, b)
+

@@ -70,7 +70,8 @@ def colour_word(name: str) -> tuple[int, int, int] | None:
         hex_value = mcolors.XKCD_COLORS.get(f"xkcd:{key}")
     if hex_value is None:
         return None
-    r, g, b = ImageColor.getrgb(hex_value)[:3]
+    # Pillow's getrgb replaces a name's entry in its table with the parsed tuple once the name was used (a fill="red")
+    r, g, b = (hex_value if isinstance(hex_value, tuple) else ImageColor.getrgb(hex_value))[:3]
     return r, g, b
 
 
