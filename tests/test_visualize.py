@@ -122,3 +122,11 @@ def test_the_legend_draws_accented_greek_and_cyrillic_class_names():
     for a, b in (("é", "ß"), ("Ü", "ö"), ("λ", "ж")):
         assert not np.array_equal(legend(f"caf{a}"), legend(f"caf{b}")), (a, b)
 
+
+def test_past_255_classes_no_class_is_drawn_black_like_background():
+    names = ["background"] + [f"class{i}" for i in range(1, 600)]
+    for table in (class_colors(names), class_colors(names[:3] + ["red"] + names[4:])):
+        black = [c for c in range(1, len(names)) if not table[c].any()]
+        assert black == []
+    np.testing.assert_array_equal(class_colors(names)[1:256], palette()[1:256])  # the VOC colours as before
+    np.testing.assert_array_equal(class_colors(names)[256:511], palette()[1:256])

@@ -75,12 +75,17 @@ def colour_word(name: str) -> tuple[int, int, int] | None:
     return r, g, b
 
 
+def _foreground_color(index: int) -> np.ndarray:
+    """VOC palette colour ``index`` for 1..255; past that, colours 1..255 again (colour 0, black, is background's)."""
+    return _PALETTE[1 + (index - 1) % 255]
+
+
 def class_colors(class_names: Sequence[str]) -> np.ndarray:
     """(N, 3) uint8 colours for a class list (index 0, background, is black and never painted).
 
     Colour words are drawn in their colour (:func:`colour_word`); class ``c`` otherwise gets VOC palette colour
     ``c``, or, when that is within :data:`MIN_COLOR_DISTANCE` of a colour word's colour or already taken, the next
-    palette colour that is not.
+    palette colour that is not. Past 255 classes the palette's colours 1..255 repeat: no class is black.
     """
     n = len(class_names)
     out = np.zeros((max(n, 1), 3), dtype=np.uint8)
@@ -95,10 +100,10 @@ def class_colors(class_names: Sequence[str]) -> np.ndarray:
         if named[c] is not None:
             out[c] = named[c]
             continue
-        candidate = _PALETTE[c % 256]
+        candidate = _foreground_color(c)
         if taken and not free(candidate):
             for index in spare:
-                candidate = _PALETTE[index % 256]
+                candidate = _foreground_color(index)
                 if free(candidate) or index >= 10 * 256 - 1:
                     break
         out[c] = candidate
