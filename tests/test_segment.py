@@ -882,3 +882,20 @@ def test_a_class_list_assigned_after_construction_gets_its_own_embeddings(model,
     with pytest.raises(InputError, match="duplicate"):
         seg.class_names = "cat,cat"
     assert seg.class_names == ["background", "horse", "sky"] and seg.class_emb.shape[0] == 3
+
+
+def test_a_model_assigned_after_construction_gets_its_own_class_embeddings(model, vocab_dir, tmp_path):
+    import simseg
+
+    torch.manual_seed(1)
+    other = simseg.load_model("tiny", tokenizer=vocab_dir)  # other random weights
+    kw = dict(protocol="dense", templates="single", cache_dir=tmp_path, progress=False)
+    seg = Segmenter(model, "cat,dog,grass", synonyms=[["cat", "kitten"], ["dog"], ["grass", "lawn"]], **kw)
+    seg.model = other
+    fresh = Segmenter(other, "cat,dog,grass", synonyms=[["cat", "kitten"], ["dog"], ["grass", "lawn"]], **kw)
+    assert seg.model is other and seg.names == fresh.names and seg.class_of_name == fresh.class_of_name
+    torch.testing.assert_close(seg.class_emb, fresh.class_emb, rtol=0, atol=0)
+    image = _photo_like(5, (64, 48))
+    got, want = seg(image), fresh(image)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.labels, want.labels)

@@ -650,13 +650,20 @@ class Segmenter:
     def model(self) -> Any:
         """The model (only read). Its forwards run on :func:`simseg.packed.packed_view` of it: the same parameters,
         the image tower's linear layers on packed weights, bit-identical outputs; in eval mode
-        (:func:`simseg.model.eval_view`) whatever the model's own mode."""
+        (:func:`simseg.model.eval_view`) whatever the model's own mode. Assigning another model encodes the class
+        embeddings with it (read from the cache when its text weights have them)."""
         return self._model
 
     @model.setter
     def model(self, model: Any) -> None:
+        if hasattr(self, "protocol") and self.protocol.input_size % model.patch_size:
+            name = "input_size" if self.protocol.name == "simseg" else "crop_size"
+            raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
+                              f"model's patch size {model.patch_size}")
         self._model = model
         self._forward_model = packed_view(eval_view(model))
+        if hasattr(self, "_class_names"):  # after construction: the embeddings are the text tower's
+            self._set_classes(self._class_names, self.names, self.class_of_name)
 
     @property
     def params(self) -> SimSegParams | DenseParams:
