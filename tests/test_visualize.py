@@ -130,3 +130,17 @@ def test_past_255_classes_no_class_is_drawn_black_like_background():
         assert black == []
     np.testing.assert_array_equal(class_colors(names)[1:256], palette()[1:256])  # the VOC colours as before
     np.testing.assert_array_equal(class_colors(names)[256:511], palette()[1:256])
+
+
+def test_the_iou_chart_leaves_the_callers_matplotlib_backend_as_it_was(tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a caller's own choice (a notebook's inline backend, a GUI one)
+    try:
+        iou_bar_chart({"cat": 40.0, "dog": None}, tmp_path / "chart.png", "VOC")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    with Image.open(tmp_path / "chart.png") as chart:
+        assert chart.format == "PNG" and chart.width == 700

@@ -6,7 +6,7 @@ predictions look like VOC ground truth), moved to another palette colour when it
 colour-word class of the same list. Label PNGs keep the plain VOC palette: their pixel values are the data.
 
 Everything returns or writes ordinary PIL images / PNG files. matplotlib's colour tables are read by
-:func:`class_colors`; pyplot is imported only by the chart function.
+:func:`class_colors`; the chart function draws on its own matplotlib Figure (pyplot is never imported).
 """
 
 from __future__ import annotations
@@ -244,31 +244,26 @@ def iou_bar_chart(per_class: Mapping[str, float | None], path: str | os.PathLike
         path: output image path (PNG).
         title: chart title (say which dataset, protocol and checkpoint).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend and figures are left as they are
 
     names = list(per_class)
     values = [per_class[n] for n in names]
     fig_h = max(2.5, 0.22 * len(names) + 1.2)
-    fig, ax = plt.subplots(figsize=(7, fig_h))
-    try:
-        ypos = np.arange(len(names))
-        ax.barh(ypos, [v if v is not None else 0.0 for v in values], color="#4878cf")
-        for y, v in zip(ypos, values):
-            ax.text((v or 0.0) + 0.5, y, "n/a" if v is None else f"{v:.1f}", va="center", fontsize=7)
-        ax.set_yticks(ypos)
-        ax.set_yticklabels(names, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 105)
-        ax.set_xlabel("IoU (%)")
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(7, fig_h))
+    ax = fig.subplots()
+    ypos = np.arange(len(names))
+    ax.barh(ypos, [v if v is not None else 0.0 for v in values], color="#4878cf")
+    for y, v in zip(ypos, values):
+        ax.text((v or 0.0) + 0.5, y, "n/a" if v is None else f"{v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(ypos)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
 
 
 def image_grid(
