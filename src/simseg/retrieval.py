@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from simseg.errors import InputError, one_line
-from simseg.images import load_image
+from simseg.images import load_image, to_rgb
 from simseg.protocols import RetrievalParams
 
 #: The paper's evaluation transform: resized to 324 x 324 (square), centre crop 288 (the ViT's input size).
@@ -470,7 +470,7 @@ def _decode(image: Any, name: str):
         raise InputError(f"{name}: no image data")
     if isinstance(image, (bytes, bytearray, memoryview, str, os.PathLike)):
         return load_image(image, name=name)
-    return image.convert("RGB")  # a PIL image
+    return to_rgb(image)  # a PIL image: converted as a file of that mode is (16-bit scaled, transparency on white)
 
 
 def _model_device(model: Any) -> torch.device:
