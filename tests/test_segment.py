@@ -856,13 +856,17 @@ def test_a_model_in_training_mode_segments_and_encodes_classes_as_in_eval_mode_a
     assert [m.training for m in training.modules()] == modes
     # no dropout: the cache file, which an eval-mode model reads later, holds the model's embeddings
     torch.testing.assert_close(cached, reference, rtol=0, atol=1e-6)
-    training.image_encoder.train()
     seg = Segmenter(training, names, protocol="dense", templates=templates, cache_dir=tmp_path, progress=False)
-    first, second = seg(image), seg(image)
-    np.testing.assert_array_equal(first.scores, second.scores)
-    np.testing.assert_allclose(first.scores, expected.scores, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(first.labels, expected.labels)
-    assert all(m.training for m in training.modules())
+    results = [seg(image)]
+    training.image_encoder.train()  # modes changed after construction (a training loop between evaluations)
+    results += [seg(image), seg(image)]
+    training.eval()
+    results += [seg(image)]
+    for got in results:
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+    np.testing.assert_array_equal(results[1].scores, results[2].scores)
+    assert not any(m.training for m in training.modules())
 
 
 def test_a_class_list_assigned_after_construction_gets_its_own_embeddings(model, tmp_path):

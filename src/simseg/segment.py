@@ -578,8 +578,8 @@ class Segmenter:
     sizes) and a training loop may share one model.
 
     Args:
-        model: a loaded :class:`simseg.model.SimSegModel`; modules in training mode when it is handed over are run
-            as in eval mode (no dropout) and keep their mode.
+        model: a loaded :class:`simseg.model.SimSegModel`; modules in training mode (when it is handed over or
+            later) are run as in eval mode (no dropout) and keep their mode.
         class_names: class list, a comma string or a sequence; ``background`` is index 0 (prepended when missing).
         protocol: ``"simseg"`` (the paper's) or ``"dense"``.
         crf: ``simseg`` protocol only: refine with the dense CRF (see :class:`SimSegProtocol`).
@@ -650,8 +650,8 @@ class Segmenter:
     def model(self) -> Any:
         """The model (only read). Its forwards run on :func:`simseg.packed.packed_view` of it: the same parameters,
         the image tower's linear layers on packed weights, bit-identical outputs; in eval mode
-        (:func:`simseg.model.eval_view`) whatever the model's own mode. Assigning another model encodes the class
-        embeddings with it (read from the cache when its text weights have them)."""
+        (:func:`simseg.model.eval_view`) whatever the model's own mode at the call. Assigning another model encodes
+        the class embeddings with it (read from the cache when its text weights have them)."""
         return self._model
 
     @model.setter
@@ -661,9 +661,20 @@ class Segmenter:
             raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
                               f"model's patch size {model.patch_size}")
         self._model = model
-        self._forward_model = packed_view(eval_view(model))
+        self._view = (None, model)  # (the modules' training flags it was made for, the model the forwards run on)
         if hasattr(self, "_class_names"):  # after construction: the embeddings are the text tower's
             self._set_classes(self._class_names, self.names, self.class_of_name)
+
+    @property
+    def _forward_model(self) -> Any:
+        """The model the forwards run on: :func:`simseg.packed.packed_view` of :func:`simseg.model.eval_view` of the
+        model, made again when the model's modes changed since (a training loop switching it between calls)."""
+        modes = tuple(m.training for m in self._model.modules()) if isinstance(self._model, torch.nn.Module) else ()
+        made_for, view = self._view
+        if made_for != modes:
+            view = packed_view(eval_view(self._model))
+            self._view = (modes, view)
+        return view
 
     @property
     def params(self) -> SimSegParams | DenseParams:
