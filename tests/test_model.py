@@ -65,6 +65,13 @@ def test_tokenizer_reads_vocab_and_truncates(vocab_dir, tmp_path):
         Tokenizer(tmp_path / "vocab.txt")
 
 
+def test_an_empty_batch_tokenizes_to_zero_rows_with_either_padding(vocab_dir):
+    tok = load_tokenizer(vocab_dir)
+    for padding, width in (("max_length", 25), ("longest", 0)):
+        batch = tok([], max_length=25, padding=padding)
+        assert batch["input_ids"].shape == batch["attention_mask"].shape == (0, width)
+
+
 def test_real_bert_vocab_ids(tmp_path):
     # the released tokenizer: "a photo of a dog." -> 101, 1037, 6302, 1997, 1037, 3899, 1012, 102 with bert-base-uncased.
     # Build a vocab file with those words at those ids (the real file is not downloadable here).
@@ -199,3 +206,27 @@ def test_max_length_beyond_the_text_towers_positions_is_one_config_error(vocab_d
                                           r"tower's max_position_embeddings, 64\)$"):
         build_model(cfg, load_tokenizer(vocab_dir))
     assert build_model({**cfg, "max_length": 64}, load_tokenizer(vocab_dir)).max_length == 64
+
+
+def test_an_image_size_off_the_patch_grid_is_one_config_error_and_changes_nothing(tiny_model):
+    import copy
+
+    from simseg.errors import ConfigError
+
+    model = copy.deepcopy(tiny_model)
+    for size in (30, 0, -16, 2.5):
+        with pytest.raises(ConfigError, match=rf"image_size: {size!r} is not a positive multiple of the model's patch"):
+            model.set_image_size(size)
+    assert model.image_size == tiny_model.image_size
+    assert torch.equal(model.image_encoder.pos_embed, tiny_model.image_encoder.pos_embed)
+
+
+def test_load_model_checks_the_device_before_loading(vocab_dir):
+    import simseg
+
+    with pytest.raises(InputError, match="^device bogus: not a device name"):
+        simseg.load_model("tiny", tokenizer=vocab_dir, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="^device cuda: no CUDA device is available on this machine"):
+            simseg.load_model("tiny", tokenizer=vocab_dir, device="cuda")
+    assert simseg.load_model("tiny", tokenizer=vocab_dir, device=torch.device("cpu")).device == torch.device("cpu")

@@ -503,6 +503,27 @@ def test_missing_image_file_is_a_bad_image_and_empty_sources_fail(tmp_path):
 
 
 
+def test_in_memory_pil_images_are_read_as_their_encoded_files_are():
+    class Recording(FakeModel):
+        def encode_image(self, images):
+            self.seen = getattr(self, "seen", []) + [images.clone()]
+            return super().encode_image(images)
+
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rng.random((10, 12)) < 0.5, 0, 255)  # half the pixels transparent
+    grey16 = (rng.random((10, 12)) * 65535).astype(np.uint16)
+    for image in (Image.fromarray(rgba, mode="RGBA"), Image.fromarray(grey16)):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        seen = []
+        for source in (image, buf.getvalue()):
+            model = Recording()
+            evaluate_retrieval(model, [Pair(0, "im", "a photo of a cat.", source)], progress=False)
+            seen.append(model.seen[0])
+        torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)
+
+
 def test_a_missing_source_is_one_line_before_any_progress_line(tmp_path, capsys):
     with pytest.raises(InputError, match=r"missing\.csv: file not found$"):
         evaluate_retrieval(FakeModel(), tmp_path / "missing.csv", progress=True)
@@ -536,6 +557,18 @@ def test_a_model_runs_at_any_crop_size_without_being_rebuilt(vocab_dir, tmp_path
     rebuilt = evaluate_retrieval(simseg.load_model(ckpt, image_size=48), path, crop_size=48, resize_size=54,
                                  progress=False)
     assert metric_values(got) == pytest.approx(metric_values(rebuilt))
+
+
+def test_evaluation_gives_each_module_its_own_mode_back(tiny_model, tmp_path):
+    """A caller training with a frozen tower in eval mode (model.train(); model.image_encoder.eval()) keeps that mix."""
+    import copy
+
+    path = write_parquet(tmp_path / "valid.parquet", toy_rows(2, 1))
+    model = copy.deepcopy(tiny_model).train()
+    model.image_encoder.eval()
+    modes = [m.training for m in model.modules()]
+    evaluate_retrieval(model, path, crop_size=32, resize_size=36, progress=False)
+    assert [m.training for m in model.modules()] == modes
 
 
 def test_bad_images_are_reported_counted_and_skipped_on_request(tmp_path):

@@ -226,6 +226,17 @@ def test_class_embedding_cache_hit_key_and_corruption(model, tmp_path, monkeypat
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_cache_file_with_damaged_rows_under_an_intact_header_is_recomputed(model, tmp_path):
+    templates = ("a photo of a {}.",)
+    first = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path, progress=False)
+    (path,) = tmp_path.glob("*.npy")
+    for damaged in (np.zeros_like(first.numpy()), 3 * first.numpy()):  # zeroed pages, or any other bytes
+        np.save(path, damaged.astype(np.float32))
+        again = class_embeddings(model, ["background", "cat"], templates, cache_dir=tmp_path, progress=False)
+        torch.testing.assert_close(again, first, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(np.load(path)), first, rtol=0, atol=1e-6)  # rewritten
+
+
 def test_cache_dir_defaults_to_simseg_cache(model, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMSEG_CACHE", str(tmp_path))
     class_embeddings(model, ["background", "cat"], ("a photo of a {}.",))
@@ -826,3 +837,69 @@ def test_segment_many_without_workers_and_its_errors(model, tmp_path):
             np.testing.assert_array_equal(out[i].labels, serial[j])
         with pytest.raises(InputError, match="broken.jpg"):
             list(seg.segment_many(mixed, lanes=lanes))
+
+
+def test_a_model_in_training_mode_segments_and_encodes_classes_as_in_eval_mode_and_keeps_its_mode(model, tmp_path):
+    from simseg.model import set_dropout
+
+    names, templates = ["background", "cat", "dog"], ("a photo of a {}.", "the toy {}.")
+    reference = class_embeddings(model, names, templates, use_cache=False, progress=False)
+    image = _photo_like(3, (96, 80))
+    expected = Segmenter(model, names, protocol="dense", templates=templates, cache_dir=tmp_path / "eval",
+                         progress=False)(image)
+    training = copy.deepcopy(model)
+    set_dropout(training, 0.3)
+    training.train()
+    training.image_encoder.eval()  # a caller's own mix of modes is kept as it is
+    modes = [m.training for m in training.modules()]
+    cached = class_embeddings(training, names, templates, cache_dir=tmp_path, progress=False)
+    assert [m.training for m in training.modules()] == modes
+    # no dropout: the cache file, which an eval-mode model reads later, holds the model's embeddings
+    torch.testing.assert_close(cached, reference, rtol=0, atol=1e-6)
+    seg = Segmenter(training, names, protocol="dense", templates=templates, cache_dir=tmp_path, progress=False)
+    results = [seg(image)]
+    training.image_encoder.train()  # modes changed after construction (a training loop between evaluations)
+    results += [seg(image), seg(image)]
+    training.eval()
+    results += [seg(image)]
+    for got in results:
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+    np.testing.assert_array_equal(results[1].scores, results[2].scores)
+    assert not any(m.training for m in training.modules())
+
+
+def test_a_class_list_assigned_after_construction_gets_its_own_embeddings(model, tmp_path):
+    kw = dict(protocol="dense", templates="single", cache_dir=tmp_path, progress=False)
+    seg = Segmenter(model, "cat,dog,grass", **kw)
+    image = _photo_like(4, (64, 48))
+    seg.class_names = ["horse", "sky"]  # as the constructor takes it: background prepended
+    fresh = Segmenter(model, ["horse", "sky"], **kw)
+    assert seg.class_names == fresh.class_names == ["background", "horse", "sky"]
+    torch.testing.assert_close(seg.class_emb, fresh.class_emb, rtol=0, atol=0)
+    got, want = seg(image), fresh(image)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.found == want.found and got.class_names == want.class_names
+    seg.class_names.append("tree")  # a copy: the segmenter's list is not changed behind its embeddings
+    assert seg.class_names == ["background", "horse", "sky"]
+    with pytest.raises(InputError, match="duplicate"):
+        seg.class_names = "cat,cat"
+    assert seg.class_names == ["background", "horse", "sky"] and seg.class_emb.shape[0] == 3
+
+
+def test_a_model_assigned_after_construction_gets_its_own_class_embeddings(model, vocab_dir, tmp_path):
+    import simseg
+
+    torch.manual_seed(1)
+    other = simseg.load_model("tiny", tokenizer=vocab_dir)  # other random weights
+    kw = dict(protocol="dense", templates="single", cache_dir=tmp_path, progress=False)
+    seg = Segmenter(model, "cat,dog,grass", synonyms=[["cat", "kitten"], ["dog"], ["grass", "lawn"]], **kw)
+    seg.model = other
+    fresh = Segmenter(other, "cat,dog,grass", synonyms=[["cat", "kitten"], ["dog"], ["grass", "lawn"]], **kw)
+    assert seg.model is other and seg.names == fresh.names and seg.class_of_name == fresh.class_of_name
+    torch.testing.assert_close(seg.class_emb, fresh.class_emb, rtol=0, atol=0)
+    image = _photo_like(5, (64, 48))
+    got, want = seg(image), fresh(image)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.labels, want.labels)

@@ -93,6 +93,12 @@ def test_other_classes_keep_a_distinct_palette_away_from_the_colour_words():
     assert colour_word("snow") == (255, 250, 250) and colour_word("  ") is None
 
 
+def test_a_colour_word_pillow_has_already_drawn_with_keeps_its_colour():
+    Image.new("RGB", (1, 1), "orchid")  # Pillow then holds the name's parsed tuple in place of its hex string
+    assert colour_word("Orchid") == (218, 112, 214)
+    assert class_colors(["background", "orchid"])[1].tolist() == [218, 112, 214]
+
+
 def test_iou_bar_chart_and_grid(tmp_path):
     iou_bar_chart({"background": 80.0, "cat": 41.5, "dog": None}, tmp_path / "c" / "chart.png", "voc (simseg)")
     chart = Image.open(tmp_path / "c" / "chart.png")
@@ -115,3 +121,26 @@ def test_the_legend_draws_accented_greek_and_cyrillic_class_names():
     # a font without these glyphs draws each as the same empty box: the names would be told apart by nothing
     for a, b in (("é", "ß"), ("Ü", "ö"), ("λ", "ж")):
         assert not np.array_equal(legend(f"caf{a}"), legend(f"caf{b}")), (a, b)
+
+
+def test_past_255_classes_no_class_is_drawn_black_like_background():
+    names = ["background"] + [f"class{i}" for i in range(1, 600)]
+    for table in (class_colors(names), class_colors(names[:3] + ["red"] + names[4:])):
+        black = [c for c in range(1, len(names)) if not table[c].any()]
+        assert black == []
+    np.testing.assert_array_equal(class_colors(names)[1:256], palette()[1:256])  # the VOC colours as before
+    np.testing.assert_array_equal(class_colors(names)[256:511], palette()[1:256])
+
+
+def test_the_iou_chart_leaves_the_callers_matplotlib_backend_as_it_was(tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a caller's own choice (a notebook's inline backend, a GUI one)
+    try:
+        iou_bar_chart({"cat": 40.0, "dog": None}, tmp_path / "chart.png", "VOC")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    with Image.open(tmp_path / "chart.png") as chart:
+        assert chart.format == "PNG" and chart.width == 700

@@ -12,9 +12,16 @@ def load_model(path_or_preset, tokenizer=None, device="cpu", image_size=None, ba
     ``hf-hub:ORG/NAME``; ``backend="onnx"`` runs an ONNX export (``simseg export``) in ONNX Runtime.
 
     See :func:`simseg.checkpoint.load_model`.
+
+    Raises:
+        InputError: ``device`` is not a device name, or names one this machine lacks (checked before loading, for
+            the torch backend).
     """
     from simseg.checkpoint import load_model as _load_model
+    from simseg.distributed import resolve_device
 
+    if device is not None and backend == "torch":  # ONNX Runtime finds its own CUDA (a CPU-only torch may lack it)
+        device = resolve_device(str(device), label="device")
     return _load_model(path_or_preset, tokenizer=tokenizer, device=device, image_size=image_size, backend=backend,
                        text=text)
 

@@ -60,12 +60,15 @@ def cache_key(model: Any, class_names: Sequence[str], templates: Sequence[str]) 
 
 
 def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached array, or None when the file is missing, unreadable, or not what it should be."""
+    """The cached array, or None when the file is missing, unreadable, or not what it should be (shape, dtype, finite
+    rows of unit norm)."""
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
     if arr.shape != shape or arr.dtype != np.float32 or not np.isfinite(arr).all():
+        return None
+    if not np.allclose(np.linalg.norm(arr, axis=1), 1.0, rtol=0, atol=1e-4):  # damaged data under an intact header
         return None
     return arr
 
@@ -116,12 +119,17 @@ def encode_class_names(
 
     ``progress``: a bar over the batches when there are at least four (a terminal redraws it, a log gets lines).
 
+    A model in training mode is run as in eval mode (:func:`simseg.model.eval_view`: no dropout, its mode unchanged),
+    so the embeddings, and the cache files written from them, are those of the model's weights alone.
+
     Returns:
         (C, D) float32 on the model's device: the template mean of the L2-normalised prompt embeddings, divided by
         its norm (no epsilon, as the original).
     """
+    from simseg.model import eval_view
     from simseg.progress import progress_bar
 
+    model = eval_view(model)
     prompts = [t.format(name) for name in class_names for t in templates]
     tokens = model.tokenize(prompts, padding="longest")
     ids, mask = tokens["input_ids"], tokens["attention_mask"]

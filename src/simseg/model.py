@@ -7,11 +7,12 @@ pooling and temperature are ours.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import torch
@@ -234,9 +235,16 @@ class SimSegModel(nn.Module):
         Resampling always starts from the native (trained) position embedding, so switching sizes back and forth
         (e.g. 288 for one protocol, 448 for another) never compounds interpolation error. Weights changed since the
         last resize (training) become the new native ones.
+
+        Raises:
+            ConfigError: ``size`` is not a positive multiple of the patch size.
         """
         from timm.layers import resample_abs_pos_embed
 
+        if isinstance(size, bool) or not hasattr(size, "__index__") or size < 1 or size % self.patch_size:
+            raise ConfigError(f"image_size: {size!r} is not a positive multiple of the model's patch size "
+                              f"{self.patch_size}")
+        size = int(size)
         vit = self.image_encoder
         if (size, size) == tuple(vit.patch_embed.img_size):
             return
@@ -454,6 +462,28 @@ def set_dropout(model: nn.Module, p: float) -> int:
         text.config.hidden_dropout_prob = float(p)
         text.config.attention_probs_dropout_prob = float(p)
     return count
+
+
+def eval_view(model: Any) -> Any:
+    """``model`` as it computes in eval mode, without changing it: the model itself when no module of it is in
+    training mode, else a shallow copy of its module tree with every module in eval mode, sharing every parameter
+    and buffer (nothing is copied). Inference on a model handed over in training mode (a training loop's) then has no
+    dropout, and the caller's model keeps its mode."""
+    if not isinstance(model, nn.Module) or not any(m.training for m in model.modules()):
+        return model
+
+    def view(module: nn.Module) -> nn.Module:
+        if not any(m.training for m in module.modules()):
+            return module
+        new = copy.copy(module)
+        new._modules = {name: None if child is None else view(child) for name, child in module._modules.items()}
+        new.training = False
+        for key, value in vars(module).items():  # a method set on the instance runs on the view, not the original
+            if isinstance(value, MethodType) and value.__self__ is module:
+                setattr(new, key, MethodType(value.__func__, new))
+        return new
+
+    return view(model)
 
 
 def build_model(model_cfg: dict, tokenizer: Tokenizer | None = None, pretrained: bool | None = None,

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from simseg.errors import InputError, one_line
-from simseg.images import load_image
+from simseg.images import load_image, to_rgb
 from simseg.protocols import RetrievalParams
 
 #: The paper's evaluation transform: resized to 324 x 324 (square), centre crop 288 (the ViT's input size).
@@ -470,7 +470,7 @@ def _decode(image: Any, name: str):
         raise InputError(f"{name}: no image data")
     if isinstance(image, (bytes, bytearray, memoryview, str, os.PathLike)):
         return load_image(image, name=name)
-    return image.convert("RGB")  # a PIL image
+    return to_rgb(image)  # a PIL image: converted as a file of that mode is (16-bit scaled, transparency on white)
 
 
 def _model_device(model: Any) -> torch.device:
@@ -522,7 +522,7 @@ def evaluate_retrieval(
 
     Args:
         model: a :class:`simseg.model.SimSegModel` (``tokenize``, ``encode_text``, ``encode_image``, ``mean``,
-            ``std``); it is put in eval mode for the call and restored afterwards.
+            ``std``); it is put in eval mode for the call, and each of its modules gets its own mode back afterwards.
         source: a ``.parquet`` / ``.csv`` / ``.json`` / ``.jsonl`` file, a folder holding ``valid.parquet``, or an
             iterable of :class:`Pair` (e.g. a held-out split during training).
         batch_size: images and captions encoded at once.
@@ -583,8 +583,9 @@ def evaluate_retrieval(
     index = PairIndex(name)
     show = progress and rank == 0
 
-    was_training = bool(getattr(model, "training", False))
-    if was_training:
+    # every module's own mode, restored as it was: model.train() would also switch modules the caller keeps in eval
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    if any(training for _, training in modes):
         model.eval()
     try:
         image_rows: list[int] = []
@@ -664,8 +665,8 @@ def evaluate_retrieval(
         images = _gather_rows(local_rows, image_embs, len(kept_images), dim)
         texts = _gather_rows(mine, text_embs, len(text_rows), dim)
     finally:
-        if was_training:
-            model.train()
+        for module, training in modes:
+            module.training = training
 
     metrics = retrieval_metrics(images.to(device), texts.to(device), text_to_image.to(device), ks=ks,
                                 chunk_size=chunk_size, tie_tolerance=tie_tolerance)

@@ -54,6 +54,7 @@ from simseg.classnames import flatten_synonyms, max_over_synonyms, parse_class_l
 from simseg.embeddings import class_embeddings
 from simseg.errors import ConfigError, InputError, SimSegError
 from simseg.images import to_rgb
+from simseg.model import eval_view
 from simseg.packed import packed_view
 from simseg.protocols import DEFAULT_PROTOCOL, DenseParams, SimSegParams, make_params
 from simseg.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_normalize, short_side_size
@@ -577,7 +578,8 @@ class Segmenter:
     sizes) and a training loop may share one model.
 
     Args:
-        model: a loaded :class:`simseg.model.SimSegModel` in eval mode.
+        model: a loaded :class:`simseg.model.SimSegModel`; modules in training mode (when it is handed over or
+            later) are run as in eval mode (no dropout) and keep their mode.
         class_names: class list, a comma string or a sequence; ``background`` is index 0 (prepended when missing).
         protocol: ``"simseg"`` (the paper's) or ``"dense"``.
         crf: ``simseg`` protocol only: refine with the dense CRF (see :class:`SimSegProtocol`).
@@ -591,7 +593,8 @@ class Segmenter:
             :class:`~simseg.protocols.DenseParams` fields).
 
     Attributes:
-        class_names: the classes, in label-index order (``background`` first).
+        class_names: the classes, in label-index order (``background`` first); assigning a new class list encodes
+            its embeddings.
         names: the names that are encoded (the class names, or the synonyms flattened in class order).
         class_of_name: the class index of each name; None when every class has one name.
         class_emb: one unit-norm embedding per entry of :attr:`names` (so per class without synonyms).
@@ -616,26 +619,62 @@ class Segmenter:
     ):
         self.model = model
         given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
-        self.class_names = parse_class_list(given)
-        self.names, self.class_of_name = _query_names(self.class_names, len(given), synonyms)
+        parsed = parse_class_list(given)
+        names, class_of_name = _query_names(parsed, len(given), synonyms)
         self.protocol = make_protocol(protocol, crf=crf, mean=model.mean, std=model.std, **params)
         if self.protocol.input_size % model.patch_size:
             name = "input_size" if protocol == "simseg" else "crop_size"
             raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
                               f"model's patch size {model.patch_size}")
         self.templates = resolve_templates(templates)
-        self.class_emb = class_embeddings(model, self.names, self.templates, cache_dir=cache_dir, progress=progress)
+        self._cache_dir, self._progress = cache_dir, progress
+        self._set_classes(parsed, names, class_of_name)
+
+    def _set_classes(self, class_names: list[str], names: list[str], class_of_name: list[int] | None) -> None:
+        emb = class_embeddings(self.model, names, self.templates, cache_dir=self._cache_dir, progress=self._progress)
+        self._class_names, self.names, self.class_of_name, self.class_emb = class_names, names, class_of_name, emb
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes, in label-index order (``background`` first); a copy. Setting a class list (a comma string
+        or a sequence, as the constructor takes it) encodes its embeddings; each class then has its one name."""
+        return list(self._class_names)
+
+    @class_names.setter
+    def class_names(self, class_names: str | Sequence[str]) -> None:
+        given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+        parsed = parse_class_list(given)
+        self._set_classes(parsed, *_query_names(parsed, len(given), None))
 
     @property
     def model(self) -> Any:
         """The model (only read). Its forwards run on :func:`simseg.packed.packed_view` of it: the same parameters,
-        the image tower's linear layers on packed weights, bit-identical outputs."""
+        the image tower's linear layers on packed weights, bit-identical outputs; in eval mode
+        (:func:`simseg.model.eval_view`) whatever the model's own mode at the call. Assigning another model encodes
+        the class embeddings with it (read from the cache when its text weights have them)."""
         return self._model
 
     @model.setter
     def model(self, model: Any) -> None:
+        if hasattr(self, "protocol") and self.protocol.input_size % model.patch_size:
+            name = "input_size" if self.protocol.name == "simseg" else "crop_size"
+            raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
+                              f"model's patch size {model.patch_size}")
         self._model = model
-        self._forward_model = packed_view(model)
+        self._view = (None, model)  # (the modules' training flags it was made for, the model the forwards run on)
+        if hasattr(self, "_class_names"):  # after construction: the embeddings are the text tower's
+            self._set_classes(self._class_names, self.names, self.class_of_name)
+
+    @property
+    def _forward_model(self) -> Any:
+        """The model the forwards run on: :func:`simseg.packed.packed_view` of :func:`simseg.model.eval_view` of the
+        model, made again when the model's modes changed since (a training loop switching it between calls)."""
+        modes = tuple(m.training for m in self._model.modules()) if isinstance(self._model, torch.nn.Module) else ()
+        made_for, view = self._view
+        if made_for != modes:
+            view = packed_view(eval_view(self._model))
+            self._view = (modes, view)
+        return view
 
     @property
     def params(self) -> SimSegParams | DenseParams:

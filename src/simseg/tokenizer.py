@@ -77,7 +77,7 @@ class Tokenizer:
             raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
         encs = self._tok.encode_batch(list(texts))
         ids = [e.ids[: max_length - 1] + [self.sep_id] if len(e.ids) > max_length else e.ids for e in encs]
-        length = max_length if padding == "max_length" else max(len(x) for x in ids)
+        length = max_length if padding == "max_length" else max((len(x) for x in ids), default=0)
         input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
         for i, row in enumerate(ids):

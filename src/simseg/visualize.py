@@ -6,7 +6,7 @@ predictions look like VOC ground truth), moved to another palette colour when it
 colour-word class of the same list. Label PNGs keep the plain VOC palette: their pixel values are the data.
 
 Everything returns or writes ordinary PIL images / PNG files. matplotlib's colour tables are read by
-:func:`class_colors`; pyplot is imported only by the chart function.
+:func:`class_colors`; the chart function draws on its own matplotlib Figure (pyplot is never imported).
 """
 
 from __future__ import annotations
@@ -70,8 +70,14 @@ def colour_word(name: str) -> tuple[int, int, int] | None:
         hex_value = mcolors.XKCD_COLORS.get(f"xkcd:{key}")
     if hex_value is None:
         return None
-    r, g, b = ImageColor.getrgb(hex_value)[:3]
+    # Pillow's getrgb replaces a name's entry in its table with the parsed tuple once the name was used (a fill="red")
+    r, g, b = (hex_value if isinstance(hex_value, tuple) else ImageColor.getrgb(hex_value))[:3]
     return r, g, b
+
+
+def _foreground_color(index: int) -> np.ndarray:
+    """VOC palette colour ``index`` for 1..255; past that, colours 1..255 again (colour 0, black, is background's)."""
+    return _PALETTE[1 + (index - 1) % 255]
 
 
 def class_colors(class_names: Sequence[str]) -> np.ndarray:
@@ -79,7 +85,7 @@ def class_colors(class_names: Sequence[str]) -> np.ndarray:
 
     Colour words are drawn in their colour (:func:`colour_word`); class ``c`` otherwise gets VOC palette colour
     ``c``, or, when that is within :data:`MIN_COLOR_DISTANCE` of a colour word's colour or already taken, the next
-    palette colour that is not.
+    palette colour that is not. Past 255 classes the palette's colours 1..255 repeat: no class is black.
     """
     n = len(class_names)
     out = np.zeros((max(n, 1), 3), dtype=np.uint8)
@@ -94,10 +100,10 @@ def class_colors(class_names: Sequence[str]) -> np.ndarray:
         if named[c] is not None:
             out[c] = named[c]
             continue
-        candidate = _PALETTE[c % 256]
+        candidate = _foreground_color(c)
         if taken and not free(candidate):
             for index in spare:
-                candidate = _PALETTE[index % 256]
+                candidate = _foreground_color(index)
                 if free(candidate) or index >= 10 * 256 - 1:
                     break
         out[c] = candidate
@@ -238,31 +244,26 @@ def iou_bar_chart(per_class: Mapping[str, float | None], path: str | os.PathLike
         path: output image path (PNG).
         title: chart title (say which dataset, protocol and checkpoint).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend and figures are left as they are
 
     names = list(per_class)
     values = [per_class[n] for n in names]
     fig_h = max(2.5, 0.22 * len(names) + 1.2)
-    fig, ax = plt.subplots(figsize=(7, fig_h))
-    try:
-        ypos = np.arange(len(names))
-        ax.barh(ypos, [v if v is not None else 0.0 for v in values], color="#4878cf")
-        for y, v in zip(ypos, values):
-            ax.text((v or 0.0) + 0.5, y, "n/a" if v is None else f"{v:.1f}", va="center", fontsize=7)
-        ax.set_yticks(ypos)
-        ax.set_yticklabels(names, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 105)
-        ax.set_xlabel("IoU (%)")
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(7, fig_h))
+    ax = fig.subplots()
+    ypos = np.arange(len(names))
+    ax.barh(ypos, [v if v is not None else 0.0 for v in values], color="#4878cf")
+    for y, v in zip(ypos, values):
+        ax.text((v or 0.0) + 0.5, y, "n/a" if v is None else f"{v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(ypos)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
 
 
 def image_grid(
