@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from simseg.visualize import (MIN_COLOR_DISTANCE, class_colors, colorize, colour_word, image_grid, iou_bar_chart,
-                              overlay, palette, save_label_png)
+                              label_image, overlay, palette, save_label_png)
 
 
 def test_palette_is_the_voc_colour_map():
@@ -144,3 +144,16 @@ def test_the_iou_chart_leaves_the_callers_matplotlib_backend_as_it_was(tmp_path)
         matplotlib.use(before)
     with Image.open(tmp_path / "chart.png") as chart:
         assert chart.format == "PNG" and chart.width == 700
+
+
+def test_label_indices_out_of_range_are_refused_not_wrapped_or_recoloured():
+    assert np.array_equal(np.asarray(label_image(np.full((2, 2), 65535))), np.full((2, 2), 65535))  # the largest
+    with pytest.raises(ValueError, match=r"label_image: class indices must be in 0\.\.65535, got 70000\.\.70000"):
+        label_image(np.full((2, 2), 70000))  # uint16 would wrap it to 4464, another class
+    with pytest.raises(ValueError, match=r"label_image: .* got -1\.\.0"):
+        label_image(np.array([[0, -1]]))
+    img = Image.new("RGB", (4, 3))
+    with pytest.raises(ValueError, match=r"overlay: class indices must not be negative, got -1"):
+        overlay(img, -np.ones((3, 4), np.int32), ["background", "cat"])  # it took the palette's last colour
+    with pytest.raises(ValueError, match=r"overlay: alpha must lie in \[0, 1\], got 1\.5"):
+        overlay(img, np.ones((3, 4), np.int32), ["background", "cat"], alpha=1.5)

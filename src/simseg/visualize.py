@@ -119,8 +119,14 @@ def colorize(labels: np.ndarray) -> Image.Image:
 
 def label_image(labels: np.ndarray) -> Image.Image:
     """A label map as an image whose pixel values are the class indices: a VOC-palette "P" image for indices up to
-    255, 16-bit grey above (for very long class lists)."""
+    255, 16-bit grey above (for very long class lists).
+
+    Raises:
+        ValueError: an index is negative or above 65535 (it would wrap around and name another class).
+    """
     arr = np.asarray(labels)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise ValueError(f"label_image: class indices must be in 0..65535, got {arr.min()}..{arr.max()}")
     if arr.size and arr.max() > 255:
         return Image.fromarray(arr.astype(np.uint16))
     img = Image.fromarray(arr.astype(np.uint8), mode="P")
@@ -199,6 +205,10 @@ def overlay(
     lab = np.asarray(labels)
     if lab.shape != (base.height, base.width):
         raise ValueError(f"overlay: labels {lab.shape} do not match the image size {base.height}x{base.width}")
+    if lab.size and lab.min() < 0:  # a negative index would take a colour from the palette's end
+        raise ValueError(f"overlay: class indices must not be negative, got {lab.min()}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"overlay: alpha must lie in [0, 1], got {alpha}")
     rgb = np.asarray(base, dtype=np.float32)
     colors, table = _label_colors(lab, class_names)
     painted = (lab != 0)[..., None]
