@@ -618,14 +618,9 @@ class Segmenter:
         **params: Any,
     ):
         self.model = model
-        given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
-        parsed = parse_class_list(given)
-        names, class_of_name = _query_names(parsed, len(given), synonyms)
+        parsed, names, class_of_name = _parse_classes(class_names, synonyms)
         self.protocol = make_protocol(protocol, crf=crf, mean=model.mean, std=model.std, **params)
-        if self.protocol.input_size % model.patch_size:
-            name = "input_size" if protocol == "simseg" else "crop_size"
-            raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
-                              f"model's patch size {model.patch_size}")
+        _check_patch_size(self.protocol, model)
         self.templates = resolve_templates(templates)
         self._cache_dir, self._progress = cache_dir, progress
         self._set_classes(parsed, names, class_of_name)
@@ -642,9 +637,7 @@ class Segmenter:
 
     @class_names.setter
     def class_names(self, class_names: str | Sequence[str]) -> None:
-        given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
-        parsed = parse_class_list(given)
-        self._set_classes(parsed, *_query_names(parsed, len(given), None))
+        self._set_classes(*_parse_classes(class_names, None))
 
     @property
     def model(self) -> Any:
@@ -656,10 +649,8 @@ class Segmenter:
 
     @model.setter
     def model(self, model: Any) -> None:
-        if hasattr(self, "protocol") and self.protocol.input_size % model.patch_size:
-            name = "input_size" if self.protocol.name == "simseg" else "crop_size"
-            raise ConfigError(f"protocol parameter {name}: {self.protocol.input_size} is not a multiple of the "
-                              f"model's patch size {model.patch_size}")
+        if hasattr(self, "protocol"):  # after construction (the constructor checks once it has made the protocol)
+            _check_patch_size(self.protocol, model)
         self._model = model
         self._view = (None, model)  # (the modules' training flags it was made for, the model the forwards run on)
         if hasattr(self, "_class_names"):  # after construction: the embeddings are the text tower's
@@ -790,6 +781,23 @@ class Segmenter:
                 threads.shutdown(wait=True, cancel_futures=True)
             if own_pool:
                 pool.close()
+
+
+def _parse_classes(class_names: str | Sequence[str], synonyms: Sequence[Sequence[str]] | None,
+                   ) -> tuple[list[str], list[str], list[int] | None]:
+    """A class list as :class:`Segmenter` takes it (a comma string or a sequence): the parsed classes, the names to
+    encode and the class of each name (see :func:`_query_names`)."""
+    given = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+    parsed = parse_class_list(given)
+    return (parsed, *_query_names(parsed, len(given), synonyms))
+
+
+def _check_patch_size(protocol: Any, model: Any) -> None:
+    """The protocol's network input must be a whole number of the model's patches."""
+    if protocol.input_size % model.patch_size:
+        name = "input_size" if protocol.name == "simseg" else "crop_size"
+        raise ConfigError(f"protocol parameter {name}: {protocol.input_size} is not a multiple of the model's patch "
+                          f"size {model.patch_size}")
 
 
 def _query_names(class_names: list[str], num_given: int,
